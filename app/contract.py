@@ -1,0 +1,129 @@
+"""The panel contract's vocabulary (CONTRACT.md): error strings, status strings, service types.
+
+Shared by the gateway's own endpoint, the upstream client and the simulator, so that every
+place speaks exactly the same words.
+"""
+
+import re
+
+# Error strings clients match on.
+INVALID_KEY = "Invalid API key"
+INCORRECT_REQUEST = "Incorrect request"
+INCORRECT_SERVICE = "Incorrect service ID"
+BAD_LINK = "Bad link"
+NOT_ENOUGH_FUNDS = "Not enough funds on balance"
+INCORRECT_ORDER = "Incorrect order ID"
+INCORRECT_REFILL = "Incorrect refill ID"
+NOT_REFILLABLE = "Order not eligible for refill"
+INTERNAL_ERROR = "Internal error"
+RATE_LIMITED = "Too many requests"
+BODY_TOO_LARGE = "Request body too large"
+TEMPORARILY_UNAVAILABLE = "Service temporarily unavailable, try again later"
+
+
+def quantity_too_low(minimum: int) -> str:
+    return f"Quantity less than minimal {minimum}"
+
+
+def quantity_too_high(maximum: int) -> str:
+    return f"Quantity more than maximum {maximum}"
+
+
+def missing_parameter(name: str) -> str:
+    return f"Missing parameter: {name}"
+
+
+class ContractError(Exception):
+    """A business error: answered as HTTP 200 {"error": message}, never as a stack trace."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# Order statuses, exactly as served.
+PENDING = "Pending"
+IN_PROGRESS = "In progress"
+PROCESSING = "Processing"
+COMPLETED = "Completed"
+PARTIAL = "Partial"
+CANCELED = "Canceled"
+ACTIVE = "Active"
+PAUSED = "Paused"
+EXPIRED = "Expired"
+REJECTED = "Rejected"  # refill status only
+
+ORDER_STATUSES = (
+    PENDING,
+    IN_PROGRESS,
+    PROCESSING,
+    COMPLETED,
+    PARTIAL,
+    CANCELED,
+    ACTIVE,
+    PAUSED,
+    EXPIRED,
+)
+FINAL_STATUSES = frozenset({COMPLETED, PARTIAL, CANCELED, EXPIRED})
+
+_STATUS_ALIASES = {
+    "pending": PENDING,
+    "inprogress": IN_PROGRESS,
+    "in progress": IN_PROGRESS,
+    "in_progress": IN_PROGRESS,
+    "processing": PROCESSING,
+    "completed": COMPLETED,
+    "complete": COMPLETED,
+    "partial": PARTIAL,
+    "canceled": CANCELED,
+    "cancelled": CANCELED,
+    "refunded": CANCELED,
+    "active": ACTIVE,
+    "paused": PAUSED,
+    "expired": EXPIRED,
+    "rejected": REJECTED,
+}
+
+
+def normalize_status(raw: object) -> str | None:
+    """Upstream status in any case or spelling → the canonical string; None when unknown."""
+    if not isinstance(raw, str):
+        return None
+    return _STATUS_ALIASES.get(re.sub(r"\s+", " ", raw.strip().lower()))
+
+
+# Service types: canonical (standard dialect) names. SmartPanel writes them lowercase with "_".
+SERVICE_TYPES = (
+    "Default",
+    "Package",
+    "Custom Comments",
+    "Custom Comments Package",
+    "Mentions",
+    "Mentions with Hashtags",
+    "Mentions Custom List",
+    "Mentions Hashtag",
+    "Mentions User Followers",
+    "Mentions Media Likers",
+    "Comment Likes",
+    "Comment Replies",
+    "Poll",
+    "Invites from Groups",
+    "SEO",
+    "Subscriptions",
+)
+_TYPE_BY_KEY = {t.lower().replace(" ", "_"): t for t in SERVICE_TYPES}
+
+
+def smartpanel_type(service_type: str) -> str:
+    return service_type.lower().replace(" ", "_")
+
+
+def canonical_type(raw: object) -> str | None:
+    """'default', 'Custom Comments', 'custom_comments', 'CUSTOM COMMENTS' → canonical; else None."""
+    if not isinstance(raw, str):
+        return None
+    return _TYPE_BY_KEY.get(re.sub(r"[\s_]+", "_", raw.strip().lower()))
+
+
+# Types charged their flat rate per order rather than per 1000 units.
+PACKAGE_TYPES = frozenset({"Package", "Custom Comments Package"})

@@ -1,0 +1,194 @@
+"""Customers and their API keys. Keys are shown once and stored only as SHA-256 hashes."""
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.db import Database
+from app.errors import NotFound, OperatorError
+from app.models import ApiKey, Customer, utcnow
+
+KEY_BYTES = 32
+PREFIX_LENGTH = 8
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return secrets.token_hex(KEY_BYTES)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The customer behind a valid key, as the request path needs it."""
+
+    customer_id: int
+    dialect: str
+    markup_bp: int | None
+    balance: int
+
+
+@dataclass(frozen=True)
+class CustomerView:
+    id: int
+    name: str
+    markup_bp: int | None
+    dialect: str
+    balance: int
+    disabled: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class KeyView:
+    prefix: str
+    customer_id: int
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def authenticate(db: Database, key: str) -> Caller | None:
+    """One indexed read: the key's live customer with its balance, or None."""
+    if not key:
+        return None
+    stmt = (
+        select(Customer.id, Customer.dialect, Customer.markup_bp, Customer.balance)
+        .join(ApiKey, ApiKey.customer_id == Customer.id)
+        .where(
+            ApiKey.key_hash == hash_key(key),
+            ApiKey.revoked_at.is_(None),
+            Customer.disabled.is_(False),
+        )
+    )
+    async with db.read() as conn:
+        row = (await conn.execute(stmt)).first()
+    return Caller(*row) if row else None
+
+
+async def _insert_key(db: Database, customer_id: int) -> str:
+    # A prefix collision (one in four billion) just draws again.
+    for _ in range(5):
+        key = new_key()
+        try:
+            async with db.write() as conn:
+                await conn.execute(
+                    insert(ApiKey).values(
+                        customer_id=customer_id, prefix=key[:PREFIX_LENGTH], key_hash=hash_key(key)
+                    )
+                )
+            return key
+        except IntegrityError:
+            continue
+    raise RuntimeError("could not draw a unique key prefix")
+
+
+async def create_customer(
+    db: Database, name: str, dialect: str, markup_bp: int | None = None
+) -> tuple[int, str]:
+    """Create a customer with one key; returns (id, key). The key is never retrievable again."""
+    name = name.strip()
+    if not name:
+        raise OperatorError("name must not be empty")
+    try:
+        async with db.write() as conn:
+            result = await conn.execute(
+                insert(Customer).values(name=name, dialect=dialect, markup_bp=markup_bp)
+            )
+            customer_id = result.inserted_primary_key[0]
+    except IntegrityError:
+        raise OperatorError(f"a customer named {name!r} exists already") from None
+    return customer_id, await _insert_key(db, customer_id)
+
+
+async def issue_key(db: Database, customer_id: int) -> str:
+    await get_customer(db, customer_id)
+    return await _insert_key(db, customer_id)
+
+
+async def revoke_key(db: Database, prefix: str) -> None:
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(ApiKey)
+            .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+    if result.rowcount != 1:
+        raise NotFound(f"no live key with prefix {prefix!r}")
+
+
+async def list_keys(db: Database, customer_id: int) -> list[KeyView]:
+    stmt = (
+        select(ApiKey.prefix, ApiKey.customer_id, ApiKey.created_at, ApiKey.revoked_at)
+        .where(ApiKey.customer_id == customer_id)
+        .order_by(ApiKey.id)
+    )
+    async with db.read() as conn:
+        return [KeyView(*row) for row in await conn.execute(stmt)]
+
+
+_CUSTOMER_COLUMNS = (
+    Customer.id,
+    Customer.name,
+    Customer.markup_bp,
+    Customer.dialect,
+    Customer.balance,
+    Customer.disabled,
+    Customer.created_at,
+)
+
+
+async def get_customer(db: Database, customer_id: int) -> CustomerView:
+    async with db.read() as conn:
+        row = (
+            await conn.execute(select(*_CUSTOMER_COLUMNS).where(Customer.id == customer_id))
+        ).first()
+    if row is None:
+        raise NotFound(f"no customer {customer_id}")
+    return CustomerView(*row)
+
+
+async def list_customers(db: Database) -> list[CustomerView]:
+    async with db.read() as conn:
+        rows = await conn.execute(select(*_CUSTOMER_COLUMNS).order_by(Customer.id))
+        return [CustomerView(*row) for row in rows]
+
+
+_UNSET = object()
+
+
+async def update_customer(
+    db: Database,
+    customer_id: int,
+    *,
+    name: str | None = None,
+    dialect: str | None = None,
+    markup_bp: int | object | None = _UNSET,
+    disabled: bool | None = None,
+) -> CustomerView:
+    """Change what is given; `markup_bp=None` returns the customer to the default markup."""
+    values: dict[str, object] = {}
+    if name is not None:
+        values["name"] = name.strip()
+    if dialect is not None:
+        values["dialect"] = dialect
+    if markup_bp is not _UNSET:
+        values["markup_bp"] = markup_bp
+    if disabled is not None:
+        values["disabled"] = disabled
+    if values:
+        try:
+            async with db.write() as conn:
+                result = await conn.execute(
+                    update(Customer).where(Customer.id == customer_id).values(**values)
+                )
+        except IntegrityError:
+            raise OperatorError(f"a customer named {name!r} exists already") from None
+        if result.rowcount != 1:
+            raise NotFound(f"no customer {customer_id}")
+    return await get_customer(db, customer_id)

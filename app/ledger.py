@@ -1,0 +1,229 @@
+"""The money ledger: append-only entries, each moving the customer's cached balance with it.
+
+Every change of a balance is `post()`: one conditional UPDATE (never below zero) plus one entry,
+inside the caller's transaction. A unique `ref` makes a charge or a settlement happen once per
+order, whichever process tries.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import case, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import Database
+from app.errors import NotFound, OperatorError
+from app.models import Customer, LedgerEntry, Order
+
+TOPUP = "topup"
+CHARGE = "charge"
+REFUND = "refund"
+ADJUSTMENT = "adjustment"
+KINDS = (TOPUP, CHARGE, REFUND, ADJUSTMENT)
+
+
+def charge_ref(order_id: int) -> str:
+    return f"charge:{order_id}"
+
+
+def refund_ref(order_id: int) -> str:
+    return f"refund:{order_id}"
+
+
+async def post(
+    conn: AsyncConnection,
+    customer_id: int,
+    amount: int,
+    kind: str,
+    *,
+    order_id: int | None = None,
+    ref: str | None = None,
+    memo: str | None = None,
+) -> bool:
+    """Move `amount` (signed micros) in or out of a balance, with its entry.
+
+    Returns False, changing nothing, when the balance would go below zero. A duplicate `ref`
+    raises IntegrityError from the database: the caller's transaction must not commit.
+    """
+    result = await conn.execute(
+        update(Customer)
+        .where(Customer.id == customer_id, Customer.balance + amount >= 0)
+        .values(balance=Customer.balance + amount)
+    )
+    if result.rowcount != 1:
+        return False
+    await conn.execute(
+        insert(LedgerEntry).values(
+            customer_id=customer_id, amount=amount, kind=kind, order_id=order_id, ref=ref, memo=memo
+        )
+    )
+    return True
+
+
+async def debit_for_order(
+    conn: AsyncConnection, customer_id: int, order_id: int, charge: int
+) -> bool:
+    """The conditional debit an order takes in phase 1; False when funds are short."""
+    return await post(
+        conn, customer_id, -charge, CHARGE, order_id=order_id, ref=charge_ref(order_id)
+    )
+
+
+async def refund_order(conn: AsyncConnection, customer_id: int, order_id: int, amount: int) -> None:
+    """The order's one settlement refund (IntegrityError if it was refunded already)."""
+    await post(conn, customer_id, amount, REFUND, order_id=order_id, ref=refund_ref(order_id))
+
+
+async def _operator_post(
+    db: Database, customer_id: int, amount: int, kind: str, memo: str | None
+) -> int:
+    async with db.write() as conn:
+        exists = await conn.scalar(select(Customer.id).where(Customer.id == customer_id))
+        if exists is None:
+            raise NotFound(f"no customer {customer_id}")
+        if not await post(conn, customer_id, amount, kind, memo=memo):
+            raise OperatorError("that would take the balance below zero")
+        return await conn.scalar(select(Customer.balance).where(Customer.id == customer_id))
+
+
+async def topup(db: Database, customer_id: int, amount: int, memo: str | None = None) -> int:
+    """Add money a customer paid; returns the new balance."""
+    if amount <= 0:
+        raise OperatorError("a top-up must be positive")
+    return await _operator_post(db, customer_id, amount, TOPUP, memo)
+
+
+async def adjust(db: Database, customer_id: int, amount: int, memo: str | None = None) -> int:
+    """A signed correction by the operator; returns the new balance."""
+    if amount == 0:
+        raise OperatorError("an adjustment must not be zero")
+    return await _operator_post(db, customer_id, amount, ADJUSTMENT, memo)
+
+
+@dataclass(frozen=True)
+class EntryView:
+    id: int
+    customer_id: int
+    amount: int
+    kind: str
+    order_id: int | None
+    ref: str | None
+    memo: str | None
+    created_at: datetime
+
+
+async def history(db: Database, customer_id: int, limit: int = 100) -> list[EntryView]:
+    """The newest entries first."""
+    stmt = (
+        select(
+            LedgerEntry.id,
+            LedgerEntry.customer_id,
+            LedgerEntry.amount,
+            LedgerEntry.kind,
+            LedgerEntry.order_id,
+            LedgerEntry.ref,
+            LedgerEntry.memo,
+            LedgerEntry.created_at,
+        )
+        .where(LedgerEntry.customer_id == customer_id)
+        .order_by(LedgerEntry.id.desc())
+        .limit(limit)
+    )
+    async with db.read() as conn:
+        return [EntryView(*row) for row in await conn.execute(stmt)]
+
+
+async def verify(db: Database) -> list[str]:
+    """Check every ledger invariant of DESIGN.md; returns one line per problem (empty: clean)."""
+    problems: list[str] = []
+    # One snapshot for the whole check, so concurrent writes cannot fake a mismatch.
+    async with db.snapshot() as conn:
+        sums = {
+            cid: total
+            for cid, total in await conn.execute(
+                select(LedgerEntry.customer_id, func.sum(LedgerEntry.amount)).group_by(
+                    LedgerEntry.customer_id
+                )
+            )
+        }
+        for cid, balance in await conn.execute(select(Customer.id, Customer.balance)):
+            if balance < 0:
+                problems.append(f"customer {cid}: balance {balance} is below zero")
+            if balance != (sums.get(cid) or 0):
+                problems.append(
+                    f"customer {cid}: balance {balance} != sum of entries {sums.get(cid) or 0}"
+                )
+
+        balances_total = await conn.scalar(select(func.coalesce(func.sum(Customer.balance), 0)))
+        entries_total = await conn.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)))
+        if balances_total != entries_total:
+            problems.append(
+                f"all balances {balances_total} != top-ups + adjustments - charges + refunds"
+                f" {entries_total}"
+            )
+
+        signs = {TOPUP: 1, CHARGE: -1, REFUND: 1}
+        for kind, bad in await conn.execute(
+            select(LedgerEntry.kind, func.count()).group_by(LedgerEntry.kind)
+        ):
+            if kind not in KINDS:
+                problems.append(f"{bad} entries of unknown kind {kind!r}")
+        for kind, sign in signs.items():
+            wrong = await conn.scalar(
+                select(func.count())
+                .select_from(LedgerEntry)
+                .where(LedgerEntry.kind == kind, LedgerEntry.amount * sign <= 0)
+            )
+            if wrong:
+                problems.append(f"{wrong} {kind} entries with the wrong sign")
+        orphans = await conn.scalar(
+            select(func.count())
+            .select_from(LedgerEntry)
+            .where(LedgerEntry.kind.in_((CHARGE, REFUND)), LedgerEntry.order_id.is_(None))
+        )
+        if orphans:
+            problems.append(f"{orphans} charge/refund entries name no order")
+
+        per_order = (
+            select(
+                LedgerEntry.order_id.label("order_id"),
+                func.sum(case((LedgerEntry.kind == CHARGE, 1), else_=0)).label("charges"),
+                func.sum(case((LedgerEntry.kind == CHARGE, -LedgerEntry.amount), else_=0)).label(
+                    "charged"
+                ),
+                func.sum(case((LedgerEntry.kind == REFUND, LedgerEntry.amount), else_=0)).label(
+                    "refunded"
+                ),
+                func.min(LedgerEntry.customer_id).label("min_customer"),
+                func.max(LedgerEntry.customer_id).label("max_customer"),
+            )
+            .where(LedgerEntry.order_id.is_not(None))
+            .group_by(LedgerEntry.order_id)
+            .subquery()
+        )
+        rows = await conn.execute(
+            select(
+                Order.id,
+                Order.customer_id,
+                Order.charge,
+                Order.refunded,
+                per_order.c.charges,
+                per_order.c.charged,
+                per_order.c.refunded,
+                per_order.c.min_customer,
+                per_order.c.max_customer,
+            ).outerjoin(per_order, per_order.c.order_id == Order.id)
+        )
+        for oid, cid, charge, refunded, charges, charged, refund_sum, min_c, max_c in rows:
+            if (charges or 0) != 1:
+                problems.append(f"order {oid}: {charges or 0} charge entries, expected 1")
+                continue
+            if charged != charge:
+                problems.append(f"order {oid}: charged {charged} but the order says {charge}")
+            if refund_sum > charged:
+                problems.append(f"order {oid}: refunds {refund_sum} exceed the charge {charged}")
+            if refund_sum != refunded:
+                problems.append(f"order {oid}: refunds {refund_sum} but the order says {refunded}")
+            if min_c != cid or max_c != cid:
+                problems.append(f"order {oid}: entries belong to another customer")
+    return problems

@@ -1,0 +1,168 @@
+"""Tables. Money columns are integer micro-units; markups are basis points."""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands datetimes back without a zone; every stored one is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    # None: the default markup applies (SMMGW_DEFAULT_MARKUP_PERCENT).
+    markup_bp: Mapped[int | None] = mapped_column(Integer)
+    dialect: Mapped[str] = mapped_column(String(20))
+    # Cached sum of this customer's ledger entries; changed only with an entry.
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    # A short public part of the key that names it (shown in lists, used to revoke).
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LedgerEntry(Base):
+    """Append-only. `ref` is unique so an order is charged once and settled once."""
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))  # topup | charge | refund | adjustment
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True)
+    ref: Mapped[str | None] = mapped_column(String(64), unique=True)
+    memo: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Service(Base):
+    """The upstream catalog as last fetched, plus the operator's presentation choices."""
+
+    __tablename__ = "services"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(40))
+    rate: Mapped[int] = mapped_column(BigInteger)  # upstream rate per 1000, micros
+    min: Mapped[int] = mapped_column(BigInteger)
+    max: Mapped[int] = mapped_column(BigInteger)
+    dripfeed: Mapped[bool] = mapped_column(Boolean, default=False)
+    refill: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    # False once the upstream stops listing it: hidden from customers, kept for old orders.
+    upstream_listed: Mapped[bool] = mapped_column(Boolean, default=True)
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    display_name: Mapped[str | None] = mapped_column(Text)
+    display_category: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PriceRule(Base):
+    """A fixed rate or a markup for a service, for everyone (customer_id NULL) or one customer."""
+
+    __tablename__ = "price_rules"
+    __table_args__ = (UniqueConstraint("service_id", "customer_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), index=True)
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), index=True)
+    fixed_rate: Mapped[int | None] = mapped_column(BigInteger)
+    markup_bp: Mapped[int | None] = mapped_column(Integer)
+    # The operator's explicit consent to sell below the upstream rate.
+    below_cost_ok: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Order(Base):
+    """A customer's order. `state` is the placement phase; `status` what the customer sees."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "idempotency_key"),
+        Index("ix_orders_state_refreshed", "state", "refreshed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id"))
+    state: Mapped[str] = mapped_column(String(16))  # sending | placed | rejected | unknown
+    status: Mapped[str] = mapped_column(String(16))
+    params: Mapped[str] = mapped_column(Text)  # JSON of the parameters sent upstream
+    quantity: Mapped[int] = mapped_column(BigInteger)  # units charged for (× runs)
+    rate: Mapped[int] = mapped_column(BigInteger)  # the customer's rate when ordered
+    charge: Mapped[int] = mapped_column(BigInteger)
+    # What the upstream should charge us at its catalog rate: the base of charge-ratio refunds.
+    cost: Mapped[int] = mapped_column(BigInteger)
+    refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    upstream_order_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    upstream_charge: Mapped[int | None] = mapped_column(BigInteger)
+    upstream_status: Mapped[str | None] = mapped_column(String(32))
+    start_count: Mapped[int | None] = mapped_column(BigInteger)
+    remains: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    refreshed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Refill(Base):
+    """A refill a customer asked for, under our own id."""
+
+    __tablename__ = "refills"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    upstream_refill_id: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    refreshed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Setting(Base):
+    """Small operational facts that must survive restarts (catalog sync time, …)."""
+
+    __tablename__ = "kv"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

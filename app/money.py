@@ -1,0 +1,82 @@
+"""Money as integer micro-units (1e-6 of the currency). Decimal only at the edges."""
+
+from decimal import Decimal, InvalidOperation
+
+MICROS = 1_000_000
+_MICRO = Decimal(1) / MICROS
+
+
+class MoneyError(ValueError):
+    """An amount that cannot be represented exactly in micro-units."""
+
+
+def parse_micros(value: str | int | Decimal) -> int:
+    """Parse a decimal amount ("10", "1.25", 3) into micro-units; refuse anything inexact.
+
+    Floats are refused on purpose: they are not exact, and no caller should hold one.
+    """
+    if isinstance(value, bool) or isinstance(value, float):
+        raise MoneyError(f"not an exact amount: {value!r}")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation as exc:
+        raise MoneyError(f"not a number: {value!r}") from exc
+    if not amount.is_finite():
+        raise MoneyError(f"not a finite amount: {value!r}")
+    scaled = amount * MICROS
+    if scaled != scaled.to_integral_value():
+        raise MoneyError(f"more than 6 decimals: {value!r}")
+    return int(scaled)
+
+
+def parse_upstream_micros(value: object) -> int | None:
+    """Read an upstream amount ("1.02", 1.02, "0.0360") leniently; None when unusable.
+
+    Upstream JSON may carry floats; their shortest repr is what the panel printed, and
+    anything below a micro-unit is rounded up so a cost is never understated.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+    if not amount.is_finite() or amount < 0:
+        return None
+    return int((amount * MICROS).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def render(micros: int, min_decimals: int = 2) -> str:
+    """Render micro-units as a decimal string: at least `min_decimals`, every significant digit
+    up to 6, never exponent notation."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS)
+    digits = f"{frac:06d}".rstrip("0")
+    if len(digits) < min_decimals:
+        digits = digits.ljust(min_decimals, "0")
+    return f"{sign}{whole}.{digits}" if digits else f"{sign}{whole}"
+
+
+def charge_for(rate_micros: int, units: int) -> int:
+    """Charge of `units` at a rate per 1000 units: ceil(rate × units / 1000)."""
+    return -(-rate_micros * units // 1000)
+
+
+def apply_markup(rate_micros: int, markup_bp: int) -> int:
+    """A rate raised by a markup in basis points, rounded up to the micro-unit."""
+    return -(-rate_micros * (10_000 + markup_bp) // 10_000)
+
+
+def percent_to_bp(percent: str | int | Decimal) -> int:
+    """'25' or '2.5' percent → basis points; refuse finer than a basis point."""
+    try:
+        value = Decimal(str(percent).strip()) * 100
+    except InvalidOperation as exc:
+        raise MoneyError(f"not a percentage: {percent!r}") from exc
+    if not value.is_finite() or value != value.to_integral_value():
+        raise MoneyError(f"not a percentage with at most 2 decimals: {percent!r}")
+    return int(value)
+
+
+def bp_to_percent(bp: int) -> str:
+    return render(bp * 10_000, 0)

@@ -1,0 +1,89 @@
+"""All configuration in one class: environment variables with the SMMGW_ prefix, or a .env file."""
+
+from decimal import Decimal
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Dialect = Literal["standard", "smartpanel"]
+
+SMMMIX_API_URL = "https://smmmix.com/api/v1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SMMGW_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = "sqlite+aiosqlite:///./smm-gateway.db"
+    upstream_url: str = SMMMIX_API_URL
+    upstream_key: str = ""
+    upstream_double_decode: bool = True
+    upstream_connect_timeout_seconds: float = Field(5.0, gt=0)
+    upstream_timeout_seconds: float = Field(30.0, gt=0)
+    admin_token: str = ""
+    default_markup_percent: Decimal = Field(Decimal(0), ge=0)
+    default_dialect: Dialect = "standard"
+    currency: str = Field("USD", min_length=1, max_length=8)
+    sync_interval_seconds: float = Field(30.0, gt=0)
+    # Off when a separate `smm-gateway worker` process runs the sync instead.
+    sync_in_process: bool = True
+    services_ttl_seconds: float = Field(600.0, gt=0)
+    rate_limit_per_second: float = Field(20.0, ge=0)
+    max_body_bytes: int = Field(1_000_000, gt=0)
+    max_ids_per_call: int = Field(100, ge=1, le=100)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, url: str) -> str:
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            return "postgresql+asyncpg://" + url.split("://", 1)[1]
+        if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+            return "sqlite+aiosqlite://" + url.split("://", 1)[1]
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use a sqlite:/// or postgresql:// URL")
+        return url
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url
+
+    @field_validator("default_markup_percent")
+    @classmethod
+    def _basis_points(cls, value: Decimal) -> Decimal:
+        if (value * 100) != (value * 100).to_integral_value():
+            raise ValueError("at most 2 decimals")
+        return value
+
+    @property
+    def default_markup_bp(self) -> int:
+        return int(self.default_markup_percent * 100)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message is one line naming it."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SMMGW_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()
