@@ -53,22 +53,20 @@ class KeyView:
     revoked_at: datetime | None
 
 
+_AUTHENTICATE = """
+SELECT c.id, c.dialect, c.markup_bp, c.balance
+FROM api_keys k JOIN customers c ON c.id = k.customer_id
+WHERE k.key_hash = {} AND k.revoked_at IS NULL AND NOT c.disabled
+"""
+
+
 async def authenticate(db: Database, key: str) -> Caller | None:
-    """One indexed read: the key's live customer with its balance, or None."""
+    """One indexed read on every request: the key's live customer with its balance, or None.
+    Nothing is cached, so a revocation or a disabling counts from the next request."""
     if not key:
         return None
-    stmt = (
-        select(Customer.id, Customer.dialect, Customer.markup_bp, Customer.balance)
-        .join(ApiKey, ApiKey.customer_id == Customer.id)
-        .where(
-            ApiKey.key_hash == hash_key(key),
-            ApiKey.revoked_at.is_(None),
-            Customer.disabled.is_(False),
-        )
-    )
-    async with db.read() as conn:
-        row = (await conn.execute(stmt)).first()
-    return Caller(*row) if row else None
+    rows = await db.fetch(_AUTHENTICATE.format("?"), _AUTHENTICATE.format("$1"), hash_key(key))
+    return Caller(*rows[0]) if rows else None
 
 
 async def _insert_key(db: Database, customer_id: int) -> str:
@@ -174,6 +172,8 @@ async def update_customer(
     """Change what is given; `markup_bp=None` returns the customer to the default markup."""
     values: dict[str, object] = {}
     if name is not None:
+        if not name.strip():
+            raise OperatorError("name must not be empty")
         values["name"] = name.strip()
     if dialect is not None:
         values["dialect"] = dialect

@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -98,7 +99,17 @@ class PriceRule(Base):
     """A fixed rate or a markup for a service, for everyone (customer_id NULL) or one customer."""
 
     __tablename__ = "price_rules"
-    __table_args__ = (UniqueConstraint("service_id", "customer_id"),)
+    __table_args__ = (
+        UniqueConstraint("service_id", "customer_id"),
+        # NULLs are distinct in the constraint above: one rule for everyone needs its own.
+        Index(
+            "uq_price_rules_everyone",
+            "service_id",
+            unique=True,
+            sqlite_where=text("customer_id IS NULL"),
+            postgresql_where=text("customer_id IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id"), index=True)

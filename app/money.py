@@ -3,6 +3,7 @@
 from decimal import Decimal, InvalidOperation
 
 MICROS = 1_000_000
+MAX_DIGITS = 15  # amounts below 10**15: far beyond any balance, far within a BIGINT of micros
 _MICRO = Decimal(1) / MICROS
 
 
@@ -23,10 +24,20 @@ def parse_micros(value: str | int | Decimal) -> int:
         raise MoneyError(f"not a number: {value!r}") from exc
     if not amount.is_finite():
         raise MoneyError(f"not a finite amount: {value!r}")
-    scaled = amount * MICROS
-    if scaled != scaled.to_integral_value():
-        raise MoneyError(f"more than 6 decimals: {value!r}")
-    return int(scaled)
+    if amount.adjusted() >= MAX_DIGITS:
+        raise MoneyError(f"too large: {value!r}")
+    # Integer arithmetic on the digits: exact for any length, no Decimal context rounding.
+    sign, digits, exponent = amount.as_tuple()
+    assert isinstance(exponent, int)  # finite, checked above
+    number = int("".join(map(str, digits)) or "0")
+    shift = exponent + 6
+    if shift >= 0:
+        micros = number * 10**shift
+    else:
+        micros, rest = divmod(number, 10**-shift)
+        if rest:
+            raise MoneyError(f"more than 6 decimals: {value!r}")
+    return -micros if sign else micros
 
 
 def parse_upstream_micros(value: object) -> int | None:

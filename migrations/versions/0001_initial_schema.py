@@ -140,6 +140,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("price_rules", schema=None) as batch_op:
         batch_op.create_index(
+            "uq_price_rules_everyone",
+            ["service_id"],
+            unique=True,
+            sqlite_where=sa.text("customer_id IS NULL"),
+            postgresql_where=sa.text("customer_id IS NULL"),
+        )
+        batch_op.create_index(
             batch_op.f("ix_price_rules_customer_id"), ["customer_id"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_price_rules_service_id"), ["service_id"], unique=False)
