@@ -1,0 +1,425 @@
+"""The service catalog: the upstream's services kept in a table, and each customer's prices.
+
+`services` and `add` read only this table, never the upstream. A failed or garbled upstream
+fetch leaves the last good catalog in place.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import Database
+from app.errors import NotFound, OperatorError
+from app.models import Customer, PriceRule, Service, Setting, utcnow
+from app.money import apply_markup
+from app.upstream import UpstreamClient, UpstreamService
+
+log = logging.getLogger("smm_gateway.catalog")
+
+SYNCED_AT = "catalog_synced_at"
+LAST_ERROR = "catalog_last_error"
+
+
+@dataclass(frozen=True)
+class PricedService:
+    """A service as one customer sees it: their own rate, the operator's names."""
+
+    id: int
+    name: str
+    category: str
+    type: str
+    rate: int
+    cost: int
+    min: int
+    max: int
+    dripfeed: bool
+    refill: bool
+    cancel: bool
+    description: str | None
+
+
+@dataclass(frozen=True)
+class Rule:
+    fixed_rate: int | None
+    markup_bp: int | None
+    below_cost_ok: bool
+
+
+def resolve_rate(
+    cost: int,
+    *,
+    customer_rule: Rule | None,
+    customer_markup_bp: int | None,
+    service_rule: Rule | None,
+    default_markup_bp: int,
+) -> int | None:
+    """The customer's rate per 1000, most specific rule first; None when the service is
+    suspended because the rate would fall below cost without the operator's consent."""
+    chosen: tuple[int, bool] | None = None
+    if customer_rule is not None:
+        if customer_rule.fixed_rate is not None:
+            chosen = (customer_rule.fixed_rate, customer_rule.below_cost_ok)
+        elif customer_rule.markup_bp is not None:
+            chosen = (apply_markup(cost, customer_rule.markup_bp), customer_rule.below_cost_ok)
+    if chosen is None and customer_markup_bp is not None:
+        chosen = (apply_markup(cost, customer_markup_bp), False)
+    if chosen is None and service_rule is not None:
+        if service_rule.fixed_rate is not None:
+            chosen = (service_rule.fixed_rate, service_rule.below_cost_ok)
+        elif service_rule.markup_bp is not None:
+            chosen = (apply_markup(cost, service_rule.markup_bp), service_rule.below_cost_ok)
+    if chosen is None:
+        chosen = (apply_markup(cost, default_markup_bp), False)
+    rate, below_cost_ok = chosen
+    if rate < cost and not below_cost_ok:
+        return None
+    return rate
+
+
+_SERVICE_COLUMNS = (
+    Service.id,
+    Service.name,
+    Service.category,
+    Service.type,
+    Service.rate,
+    Service.min,
+    Service.max,
+    Service.dripfeed,
+    Service.refill,
+    Service.cancel,
+    Service.description,
+    Service.display_name,
+    Service.display_category,
+)
+
+
+async def _rules(
+    conn: AsyncConnection, customer_id: int | None, service_id: int | None = None
+) -> tuple[dict[int, Rule], dict[int, Rule]]:
+    """(rules for everyone, rules for this customer), keyed by service id."""
+    stmt = select(
+        PriceRule.service_id,
+        PriceRule.customer_id,
+        PriceRule.fixed_rate,
+        PriceRule.markup_bp,
+        PriceRule.below_cost_ok,
+    ).where(or_(PriceRule.customer_id.is_(None), PriceRule.customer_id == customer_id))
+    if service_id is not None:
+        stmt = stmt.where(PriceRule.service_id == service_id)
+    general: dict[int, Rule] = {}
+    personal: dict[int, Rule] = {}
+    for sid, cid, fixed, markup, ok in await conn.execute(stmt):
+        (general if cid is None else personal)[sid] = Rule(fixed, markup, ok)
+    return general, personal
+
+
+def _priced(
+    row: tuple,
+    general: dict[int, Rule],
+    personal: dict[int, Rule],
+    markup_bp: int | None,
+    default_bp: int,
+) -> PricedService | None:
+    (sid, name, category, type_, cost, min_, max_, drip, refill, cancel, desc, dname, dcat) = row
+    rate = resolve_rate(
+        cost,
+        customer_rule=personal.get(sid),
+        customer_markup_bp=markup_bp,
+        service_rule=general.get(sid),
+        default_markup_bp=default_bp,
+    )
+    if rate is None:
+        return None
+    return PricedService(
+        sid,
+        dname or name,
+        dcat or category,
+        type_,
+        rate,
+        cost,
+        min_,
+        max_,
+        drip,
+        refill,
+        cancel,
+        desc,
+    )
+
+
+_ORDERABLE = (Service.upstream_listed.is_(True), Service.hidden.is_(False))
+
+
+async def customer_catalog(
+    db: Database, customer_id: int, markup_bp: int | None, default_bp: int
+) -> list[PricedService]:
+    """Every service this customer can order, at their prices."""
+    async with db.read() as conn:
+        general, personal = await _rules(conn, customer_id)
+        rows = await conn.execute(select(*_SERVICE_COLUMNS).where(*_ORDERABLE).order_by(Service.id))
+        priced = [_priced(tuple(r), general, personal, markup_bp, default_bp) for r in rows]
+    return [p for p in priced if p is not None]
+
+
+async def priced_service(
+    db: Database, service_id: int, customer_id: int, markup_bp: int | None, default_bp: int
+) -> PricedService | None:
+    """One orderable service at this customer's price; None if unknown, hidden or suspended."""
+    async with db.read() as conn:
+        row = (
+            await conn.execute(
+                select(*_SERVICE_COLUMNS).where(Service.id == service_id, *_ORDERABLE)
+            )
+        ).first()
+        if row is None:
+            return None
+        general, personal = await _rules(conn, customer_id, service_id)
+    return _priced(tuple(row), general, personal, markup_bp, default_bp)
+
+
+# --- refreshing from the upstream -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    ok: bool
+    services: int = 0
+    dropped: int = 0
+    error: str | None = None
+
+
+def _upsert(conn: AsyncConnection):  # type: ignore[no-untyped-def]
+    return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+
+
+async def _set_kv(conn: AsyncConnection, key: str, value: str) -> None:
+    stmt = _upsert(conn)(Setting).values(key=key, value=value)
+    await conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
+
+
+async def sync_catalog(db: Database, upstream: UpstreamClient) -> SyncResult:
+    """Fetch the upstream catalog into the table; on any failure keep the last good one."""
+    fetched = await upstream.services()
+    if not isinstance(fetched, list):
+        return await _record_failure(db, f"{type(fetched).__name__}: {fetched.reason}")
+    if not fetched:
+        # An empty catalog from a live panel is far likelier a glitch than a real change.
+        return await _record_failure(db, "the upstream listed no services")
+    now = utcnow()
+    async with db.write() as conn:
+        insert = _upsert(conn)
+        for svc in fetched:
+            values = _service_values(svc)
+            stmt = insert(Service).values(id=svc.service_id, updated_at=now, **values)
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={**values, "upstream_listed": True, "updated_at": now},
+                )
+            )
+        ids = [svc.service_id for svc in fetched]
+        dropped = await conn.execute(
+            update(Service)
+            .where(Service.id.not_in(ids), Service.upstream_listed.is_(True))
+            .values(upstream_listed=False, updated_at=now)
+        )
+        await _set_kv(conn, SYNCED_AT, now.isoformat())
+        await _set_kv(conn, LAST_ERROR, "")
+    if dropped.rowcount:
+        log.warning("catalog: %d services no longer listed upstream, now hidden", dropped.rowcount)
+    log.info("catalog: %d services synced", len(fetched))
+    return SyncResult(True, services=len(fetched), dropped=dropped.rowcount)
+
+
+def _service_values(svc: UpstreamService) -> dict[str, object]:
+    return {
+        "name": svc.name,
+        "category": svc.category,
+        "type": svc.type,
+        "rate": svc.rate_micros,
+        "min": svc.min,
+        "max": svc.max,
+        "dripfeed": svc.dripfeed,
+        "refill": svc.refill,
+        "cancel": svc.cancel,
+        "description": svc.desc,
+        "upstream_listed": True,
+    }
+
+
+async def _record_failure(db: Database, error: str) -> SyncResult:
+    log.warning("catalog: upstream fetch failed (%s); serving the last good catalog", error)
+    async with db.write() as conn:
+        await _set_kv(conn, LAST_ERROR, error)
+    return SyncResult(False, error=error)
+
+
+async def catalog_state(db: Database) -> dict[str, str]:
+    async with db.read() as conn:
+        rows = await conn.execute(
+            select(Setting.key, Setting.value).where(Setting.key.in_((SYNCED_AT, LAST_ERROR)))
+        )
+        return {k: v for k, v in rows}
+
+
+# --- the operator's choices -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    """A service as the operator sees it: cost, default price, visibility, rules."""
+
+    id: int
+    name: str
+    category: str
+    type: str
+    cost: int
+    price: int | None  # the default customer's rate; None = suspended (below cost)
+    min: int
+    max: int
+    dripfeed: bool
+    refill: bool
+    cancel: bool
+    hidden: bool
+    upstream_listed: bool
+    upstream_name: str
+    updated_at: datetime
+
+
+async def list_services(db: Database, default_bp: int) -> list[ServiceView]:
+    async with db.read() as conn:
+        general, _ = await _rules(conn, None)
+        rows = await conn.execute(
+            select(
+                *_SERVICE_COLUMNS, Service.hidden, Service.upstream_listed, Service.updated_at
+            ).order_by(Service.id)
+        )
+        views = []
+        for row in rows:
+            base, (hidden, listed, updated_at) = tuple(row[:13]), tuple(row[13:])
+            priced = _priced(base, general, {}, None, default_bp)
+            views.append(
+                ServiceView(
+                    id=base[0],
+                    name=base[11] or base[1],
+                    category=base[12] or base[2],
+                    type=base[3],
+                    cost=base[4],
+                    price=priced.rate if priced else None,
+                    min=base[5],
+                    max=base[6],
+                    dripfeed=base[7],
+                    refill=base[8],
+                    cancel=base[9],
+                    hidden=hidden,
+                    upstream_listed=listed,
+                    upstream_name=base[1],
+                    updated_at=updated_at,
+                )
+            )
+    return views
+
+
+async def _update_service(db: Database, service_id: int, **values: object) -> None:
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(Service).where(Service.id == service_id).values(**values)
+        )
+    if result.rowcount != 1:
+        raise NotFound(f"no service {service_id}")
+
+
+async def set_hidden(db: Database, service_id: int, hidden: bool) -> None:
+    await _update_service(db, service_id, hidden=hidden)
+
+
+async def rename(
+    db: Database, service_id: int, name: str | None = None, category: str | None = None
+) -> None:
+    """Set the names customers see; an empty string returns to the upstream's name."""
+    values: dict[str, object] = {}
+    if name is not None:
+        values["display_name"] = name or None
+    if category is not None:
+        values["display_category"] = category or None
+    if not values:
+        raise OperatorError("give a name or a category")
+    await _update_service(db, service_id, **values)
+
+
+async def set_price(
+    db: Database,
+    service_id: int,
+    *,
+    customer_id: int | None = None,
+    fixed_rate: int | None = None,
+    markup_bp: int | None = None,
+    below_cost_ok: bool = False,
+) -> None:
+    """A fixed rate or a markup for a service, for everyone or one customer."""
+    if (fixed_rate is None) == (markup_bp is None):
+        raise OperatorError("give either a fixed rate or a markup")
+    if fixed_rate is not None and fixed_rate <= 0:
+        raise OperatorError("a fixed rate must be positive")
+    if markup_bp is not None and markup_bp < 0 and not below_cost_ok:
+        raise OperatorError("a negative markup sells below cost: say --allow-below-cost")
+    await _replace_rule(db, service_id, customer_id, fixed_rate, markup_bp, below_cost_ok)
+
+
+async def _replace_rule(
+    db: Database,
+    service_id: int,
+    customer_id: int | None,
+    fixed_rate: int | None,
+    markup_bp: int | None,
+    below_cost_ok: bool,
+) -> None:
+    async with db.write() as conn:
+        cost = await conn.scalar(select(Service.rate).where(Service.id == service_id))
+        if cost is None:
+            raise NotFound(f"no service {service_id}")
+        if (
+            customer_id is not None
+            and await conn.scalar(select(Customer.id).where(Customer.id == customer_id)) is None
+        ):
+            raise NotFound(f"no customer {customer_id}")
+        if fixed_rate is not None and fixed_rate < cost and not below_cost_ok:
+            raise OperatorError(
+                "that fixed rate is below the upstream rate: say --allow-below-cost"
+            )
+        # One upsert: two operators pricing one service at once leave exactly one rule.
+        rule = {"fixed_rate": fixed_rate, "markup_bp": markup_bp, "below_cost_ok": below_cost_ok}
+        stmt = _upsert(conn)(PriceRule).values(
+            service_id=service_id, customer_id=customer_id, **rule
+        )
+        if customer_id is None:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["service_id"],
+                index_where=PriceRule.customer_id.is_(None),
+                set_=rule,
+            )
+        else:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["service_id", "customer_id"], set_=rule
+            )
+        await conn.execute(stmt)
+
+
+def _delete_rule(service_id: int, customer_id: int | None):  # type: ignore[no-untyped-def]
+    who = (
+        PriceRule.customer_id.is_(None)
+        if customer_id is None
+        else PriceRule.customer_id == customer_id
+    )
+    return delete(PriceRule).where(PriceRule.service_id == service_id, who)
+
+
+async def clear_price(db: Database, service_id: int, customer_id: int | None = None) -> None:
+    async with db.write() as conn:
+        result = await conn.execute(_delete_rule(service_id, customer_id))
+    if result.rowcount == 0:
+        raise NotFound("no such price rule")

@@ -1,0 +1,103 @@
+"""The gateway's ASGI application: routers, and the background work a running gateway does."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from app.catalog import sync_catalog
+from app.db import Database, ping
+from app.panel.router import router as panel_router
+from app.settings import Settings, get_settings
+from app.sync import sync_forever
+from app.upstream import UpstreamClient
+
+log = logging.getLogger("smm_gateway")
+
+
+class Gateway:
+    """What one running gateway holds: settings, database, upstream client."""
+
+    def __init__(
+        self, settings: Settings, upstream_transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.upstream = UpstreamClient.from_settings(settings, transport=upstream_transport)
+
+    async def close(self) -> None:
+        await self.upstream.aclose()
+        await self.db.dispose()
+
+
+async def refresh_catalog_forever(gateway: Gateway) -> None:
+    """Sync the catalog now, then every SMMGW_SERVICES_TTL_SECONDS; failures keep the old one."""
+    while True:
+        try:
+            await sync_catalog(gateway.db, gateway.upstream)
+        except Exception:  # the loop must outlive any one bad pass
+            log.exception("catalog refresh failed")
+        await asyncio.sleep(gateway.settings.services_ttl_seconds)
+
+
+def sending_grace_seconds(settings: Settings) -> float:
+    """How long an `add` can legitimately be in flight; `sending` beyond it was interrupted."""
+    return settings.upstream_connect_timeout_seconds + settings.upstream_timeout_seconds + 5
+
+
+async def sync_orders_forever(gateway: Gateway) -> None:
+    """The status sync (which also recovers orders a crash left in `sending`)."""
+    await sync_forever(
+        gateway.db,
+        gateway.upstream,
+        gateway.settings.sync_interval_seconds,
+        sending_grace_seconds(gateway.settings),
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+    background: bool = True,
+) -> FastAPI:
+    """Build the gateway. `background=False` leaves catalog refresh to the caller (tests)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway = Gateway(settings, upstream_transport)
+        app.state.gateway = gateway
+        loops = [refresh_catalog_forever] if background else []
+        if background and settings.sync_in_process:
+            loops.append(sync_orders_forever)
+        tasks = [asyncio.create_task(loop(gateway)) for loop in loops]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+            await gateway.close()
+
+    app = FastAPI(
+        title="smm-gateway",
+        summary="The SMM panel API (v2 contract) for this reseller's customers.",
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    app.include_router(panel_router)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz(request: Request) -> JSONResponse:
+        """200 once the database answers."""
+        if await ping(request.app.state.gateway.db):
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "database unavailable"}, status_code=503)
+
+    return app

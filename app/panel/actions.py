@@ -1,0 +1,170 @@
+"""The contract's actions. Each takes the request's context and returns a JSON-able reply."""
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from app.catalog import customer_catalog, priced_service
+from app.contract import (
+    INCORRECT_ORDER,
+    INCORRECT_REFILL,
+    INCORRECT_REQUEST,
+    INCORRECT_SERVICE,
+    ContractError,
+)
+from app.customers import Caller
+from app.orders.aftercare import refill_statuses, request_cancels, request_refills
+from app.orders.placing import place_order
+from app.orders.queries import customer_orders
+from app.orders.validation import parse_service_id, validate_add
+from app.panel import render
+
+if TYPE_CHECKING:
+    from app.main import Gateway
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    gateway: "Gateway"
+    caller: Caller
+    params: dict[str, str]
+    headers: Mapping[str, str]
+
+
+Action = Callable[[ActionContext], Awaitable[Any]]
+
+
+async def services(ctx: ActionContext) -> Any:
+    gw, caller = ctx.gateway, ctx.caller
+    catalog = await customer_catalog(
+        gw.db, caller.customer_id, caller.markup_bp, gw.settings.default_markup_bp
+    )
+    return render.services(catalog, caller.dialect)
+
+
+async def balance(ctx: ActionContext) -> Any:
+    # The balance came with the key lookup: one read for the whole request.
+    return render.balance(ctx.caller.balance, ctx.gateway.settings.currency, ctx.caller.dialect)
+
+
+async def add(ctx: ActionContext) -> Any:
+    gw, caller = ctx.gateway, ctx.caller
+    service = await priced_service(
+        gw.db,
+        parse_service_id(ctx.params),
+        caller.customer_id,
+        caller.markup_bp,
+        gw.settings.default_markup_bp,
+    )
+    if service is None:
+        raise ContractError(INCORRECT_SERVICE)
+    request = validate_add(ctx.params, service, refuse_tags=gw.settings.upstream_double_decode)
+    key = (ctx.headers.get("idempotency-key") or ctx.params.get("idempotency_key", "")).strip()
+    if len(key) > 128:
+        raise ContractError("Idempotency-Key is too long (at most 128 characters)")
+    placement = await place_order(gw.db, gw.upstream, caller.customer_id, request, key or None)
+    if placement.order_id is None:
+        raise ContractError(placement.error or INCORRECT_REQUEST)
+    return render.order_placed(placement.order_id)
+
+
+def parse_ids(raw: str, max_ids: int, what: str = "order") -> list[str]:
+    ids = [part.strip() for part in raw.split(",") if part.strip()]
+    if not ids:
+        raise ContractError(INCORRECT_REQUEST)
+    if len(ids) > max_ids:
+        raise ContractError(f"Too many {what} IDs: at most {max_ids} per request")
+    return ids
+
+
+def _as_id(raw: str) -> int | None:
+    # Ids beyond 2**62 cannot be ours and would overflow a BIGINT comparison.
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+
+
+async def status(ctx: ActionContext) -> Any:
+    gw, caller = ctx.gateway, ctx.caller
+    currency = gw.settings.currency
+    if ctx.params.get("orders", "").strip():
+        sent = parse_ids(ctx.params["orders"], gw.settings.max_ids_per_call)
+        wanted = {raw: _as_id(raw) for raw in sent}
+        found = await customer_orders(
+            gw.db, caller.customer_id, [i for i in wanted.values() if i is not None]
+        )
+        return {
+            raw: render.order_status(found[oid], currency)
+            if oid in found
+            else render.item_error(INCORRECT_ORDER, caller.dialect)
+            for raw, oid in wanted.items()
+        }
+    raw = ctx.params.get("order", "").strip()
+    if not raw:
+        raise ContractError(INCORRECT_REQUEST)
+    oid = _as_id(raw)
+    found = await customer_orders(gw.db, caller.customer_id, [oid] if oid is not None else [])
+    if oid not in found:
+        raise ContractError(INCORRECT_ORDER)
+    return render.order_status(found[oid], currency)
+
+
+def _ids_param(ctx: ActionContext, single: str, many: str, what: str) -> tuple[list[str], bool]:
+    """The ids of a single-or-multi action, as sent, and whether the multi form was used."""
+    if ctx.params.get(many, "").strip():
+        return parse_ids(ctx.params[many], ctx.gateway.settings.max_ids_per_call, what), True
+    raw = ctx.params.get(single, "").strip()
+    if not raw:
+        raise ContractError(INCORRECT_REQUEST)
+    return [raw], False
+
+
+def _known(raws: list[str]) -> list[int]:
+    return [i for i in map(_as_id, raws) if i is not None]
+
+
+def _by_raw(raws: list[str], results: dict[int, Any], unknown: Any) -> dict[str, Any]:
+    return {
+        raw: results.get(_as_id(raw), unknown) if _as_id(raw) is not None else unknown
+        for raw in raws
+    }
+
+
+async def refill(ctx: ActionContext) -> Any:
+    raws, many = _ids_param(ctx, "order", "orders", "order")
+    gw = ctx.gateway
+    results = await request_refills(gw.db, gw.upstream, ctx.caller.customer_id, _known(raws))
+    by_raw = _by_raw(raws, results, INCORRECT_ORDER)
+    return render.refill_many(by_raw) if many else render.refill_single(by_raw[raws[0]])
+
+
+async def refill_status(ctx: ActionContext) -> Any:
+    raws, many = _ids_param(ctx, "refill", "refills", "refill")
+    gw = ctx.gateway
+    results = await refill_statuses(
+        gw.db,
+        gw.upstream,
+        ctx.caller.customer_id,
+        _known(raws),
+        gw.settings.sync_interval_seconds,
+    )
+    by_raw = _by_raw(raws, results, (INCORRECT_REFILL,))
+    return (
+        render.refill_status_many(by_raw) if many else render.refill_status_single(by_raw[raws[0]])
+    )
+
+
+async def cancel(ctx: ActionContext) -> Any:
+    raws, _ = _ids_param(ctx, "order", "orders", "order")
+    gw = ctx.gateway
+    results = await request_cancels(gw.db, gw.upstream, ctx.caller.customer_id, _known(raws))
+    return render.cancel_many(_by_raw(raws, results, INCORRECT_ORDER))
+
+
+ACTIONS: dict[str, Action] = {
+    "services": services,
+    "balance": balance,
+    "add": add,
+    "status": status,
+    "refill": refill,
+    "refill_status": refill_status,
+    "cancel": cancel,
+}
