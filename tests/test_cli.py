@@ -1,0 +1,430 @@
+"""The operator's command line, run in-process with typer's CliRunner on a fresh SQLite file."""
+
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from app.cli import app
+from app.demo import DEMO_DB, demo_running
+from app.simulator import SimConfig, create_simulator_app
+
+SIM_KEY = "cli-test-sim-key"
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def db_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test: its own SQLite file, no SMMGW_ settings from outside, no stray .env."""
+    for name in list(os.environ):
+        if name.startswith("SMMGW_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "cli.db"
+    monkeypatch.setenv("SMMGW_DATABASE_URL", f"sqlite:///{path}")
+    return path
+
+
+def cli(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == code, (args, result.exit_code, result.output, result.exception)
+    return result
+
+
+def cli_json(*args: str):  # type: ignore[no-untyped-def]
+    return json.loads(cli(*args, "--json").stdout)
+
+
+def one_line_error(result) -> str:  # type: ignore[no-untyped-def]
+    err = result.stderr.strip()
+    assert err and "\n" not in err, result.stderr
+    assert "Traceback" not in result.output
+    return err
+
+
+def create(name: str = "acme", *extra: str) -> dict:
+    return cli_json("customers", "create", "--name", name, *extra)
+
+
+# --- customers and keys -------------------------------------------------------------------------
+
+
+def test_customers_create_prints_id_and_key_once() -> None:
+    created = create("acme", "--markup", "25", "--dialect", "smartpanel")
+    assert created["id"] == 1
+    assert re.fullmatch(r"[0-9a-f]{64}", created["key"])
+    assert created["prefix"] == created["key"][:8]
+    assert created["markup_percent"] == "25"
+    assert created["dialect"] == "smartpanel"
+
+    text = cli("customers", "create", "--name", "bob").stdout
+    key = re.search(r"key: ([0-9a-f]{64})", text)
+    assert key and "shown only this once" in text
+    assert cli_json("customers", "show", "bob")["dialect"] == "standard"  # the setting's default
+
+
+def test_customers_create_refuses_bad_input() -> None:
+    err = one_line_error(cli("customers", "create", "--name", "x", "--markup", "-5", code=1))
+    assert "negative" in err
+    one_line_error(cli("customers", "create", "--name", "x", "--markup", "1.234", code=1))
+    create("acme")
+    assert "exists already" in one_line_error(cli("customers", "create", "--name", "acme", code=1))
+
+
+def test_list_and_show_never_print_a_key() -> None:
+    first = create("acme")
+    second = cli_json("keys", "issue", "acme")
+    outputs = [
+        cli("customers", "list").stdout,
+        cli("customers", "list", "--json").stdout,
+        cli("customers", "show", "1").stdout,
+        cli("customers", "show", "acme", "--json").stdout,
+        cli("keys", "list", "1").stdout,
+        cli("keys", "list", "1", "--json").stdout,
+    ]
+    for out in outputs:
+        assert first["key"] not in out and second["key"] not in out
+        assert first["key"][8:16] not in out  # not even beyond the prefix
+    shown = json.loads(outputs[3])
+    assert [k["prefix"] for k in shown["keys"]] == [first["prefix"], second["prefix"]]
+    assert shown["balance"] == "0.00" and shown["currency"] == "USD"
+    assert first["prefix"] in outputs[2]
+    listed = json.loads(outputs[1])
+    assert [c["name"] for c in listed] == ["acme"]
+
+
+def test_set_disable_enable() -> None:
+    create("acme", "--markup", "25")
+    changed = cli_json(
+        "customers", "set", "1", "--name", "acme2", "--markup", "12.5", "--dialect", "smartpanel"
+    )
+    assert (changed["name"], changed["markup_percent"], changed["dialect"]) == (
+        "acme2",
+        "12.5",
+        "smartpanel",
+    )
+    assert cli_json("customers", "set", "acme2", "--default-markup")["markup_percent"] is None
+    assert cli_json("customers", "disable", "1")["disabled"] is True
+    assert "disabled" in cli("customers", "list").stdout
+    assert cli_json("customers", "enable", "1")["disabled"] is False
+
+    one_line_error(cli("customers", "set", "1", "--markup", "5", "--default-markup", code=2))
+    one_line_error(cli("customers", "set", "1", code=2))
+    assert "negative" in one_line_error(cli("customers", "set", "1", "--markup", "-1", code=1))
+    assert one_line_error(cli("customers", "disable", "42", code=1)) == "no customer 42"
+    assert one_line_error(cli("customers", "show", "nobody", code=1)) == "no customer 'nobody'"
+
+
+def test_keys_issue_list_revoke() -> None:
+    first = create("acme")
+    issued = cli_json("keys", "issue", "1")
+    assert re.fullmatch(r"[0-9a-f]{64}", issued["key"]) and issued["key"] != first["key"]
+    assert len(cli_json("keys", "list", "acme")) == 2
+
+    assert cli_json("keys", "revoke", first["prefix"])["revoked"] is True
+    keys = {k["prefix"]: k for k in cli_json("keys", "list", "1")}
+    assert keys[first["prefix"]]["revoked_at"] is not None
+    assert keys[issued["prefix"]]["revoked_at"] is None
+    assert "REVOKED" in cli("customers", "show", "1").stdout
+    assert "no live key" in one_line_error(cli("keys", "revoke", first["prefix"], code=1))
+    one_line_error(cli("keys", "issue", "42", code=1))
+
+
+# --- ledger -------------------------------------------------------------------------------------
+
+
+def test_ledger_topup_adjust_history_verify() -> None:
+    create("acme")
+    assert cli_json("ledger", "topup", "acme", "100", "--memo", "paid")["balance"] == "100.00"
+    assert cli_json("ledger", "adjust", "1", "-5.5")["balance"] == "94.50"
+    after_dashes = cli("ledger", "adjust", "1", "--json", "--", "-0.25").stdout
+    assert json.loads(after_dashes)["balance"] == "94.25"
+    assert cli_json("ledger", "adjust", "1", "--amount=-1", "--memo", "fix")["balance"] == "93.25"
+    assert cli_json("ledger", "adjust", "1", "0.000001")["balance"] == "93.250001"
+    text = cli("ledger", "topup", "1", "1.5").stdout
+    assert "balance now 94.750001 USD" in text
+
+    history = cli_json("ledger", "history", "acme")
+    assert [(e["kind"], e["amount"]) for e in history] == [
+        ("topup", "1.50"),
+        ("adjustment", "0.000001"),
+        ("adjustment", "-1.00"),
+        ("adjustment", "-0.25"),
+        ("adjustment", "-5.50"),
+        ("topup", "100.00"),
+    ]
+    assert history[-1]["memo"] == "paid"
+    assert len(cli_json("ledger", "history", "1", "--limit", "2")) == 2
+    assert "-5.50" in cli("ledger", "history", "1").stdout
+
+    assert cli("ledger", "verify").stdout.strip() == "ledger clean"
+    assert cli_json("ledger", "verify") == {"clean": True, "problems": []}
+
+
+def test_ledger_refusals_are_one_line() -> None:
+    create("acme")
+    assert "positive" in one_line_error(cli("ledger", "topup", "1", "-5", code=1))
+    assert "below zero" in one_line_error(cli("ledger", "adjust", "1", "-1", code=1))
+    assert "zero" in one_line_error(cli("ledger", "adjust", "1", "0", code=1))
+    one_line_error(cli("ledger", "adjust", "1", code=2))
+    one_line_error(cli("ledger", "adjust", "1", "-1", "--amount=-1", code=2))
+    assert one_line_error(cli("ledger", "topup", "42", "5", code=1)) == "no customer 42"
+    one_line_error(cli("ledger", "history", "42", code=1))
+
+
+@pytest.mark.parametrize(
+    ("amount", "reason"),
+    [("1.1234567", "more than 6 decimals"), ("abc", "not a number"), ("NaN", "not a finite")],
+)
+def test_bad_amount_is_one_line_exit_1(amount: str, reason: str) -> None:
+    create("acme")
+    err = one_line_error(cli("ledger", "topup", "1", amount, code=1))
+    assert reason in err and amount in err
+
+
+def test_ledger_verify_reports_each_problem(db_file: Path) -> None:
+    create("acme")
+    cli("ledger", "topup", "1", "10")
+    with sqlite3.connect(db_file) as conn:  # damage the cached balance behind the ledger's back
+        conn.execute("UPDATE customers SET balance = balance + 1 WHERE id = 1")
+    result = cli("ledger", "verify", code=1)
+    lines = result.stdout.strip().splitlines()
+    assert lines and any("customer 1" in line for line in lines)
+    assert "ledger clean" not in result.stdout
+    report = json.loads(cli("ledger", "verify", "--json", code=1).stdout)
+    assert report["clean"] is False and report["problems"] == lines
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("customers", "list"),
+        ("ledger", "verify"),
+        ("services", "list"),
+        ("migrate",),
+        ("customers", "create", "--name", "x"),
+    ],
+)
+def test_invalid_setting_exits_2_naming_it(
+    monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv("SMMGW_UPSTREAM_TIMEOUT_SECONDS", "-1")
+    err = one_line_error(cli(*args, code=2))
+    assert "SMMGW_UPSTREAM_TIMEOUT_SECONDS" in err
+
+
+def test_unreachable_database_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMMGW_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    assert "database" in one_line_error(cli("customers", "list", code=1))
+
+
+def test_migrate() -> None:
+    assert cli_json("migrate")["migrated"] is True
+    assert "database at head" in cli("migrate").stdout
+
+
+# --- services -----------------------------------------------------------------------------------
+
+
+def test_services_list_on_an_empty_catalog() -> None:
+    assert "no services" in cli("services", "list").stdout
+    assert cli_json("services", "list", "--all") == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("services", "hide", "999"),
+        ("services", "show", "999"),
+        ("services", "rename", "999", "--name", "x"),
+        ("services", "price", "999", "--rate", "1"),
+        ("services", "price", "999", "--markup", "10"),
+    ],
+)
+def test_services_changes_on_unknown_ids(args: tuple[str, ...]) -> None:
+    assert one_line_error(cli(*args, code=1)) == "no service 999"
+
+
+def test_services_price_needs_exactly_one_choice() -> None:
+    one_line_error(cli("services", "price", "5", code=2))
+    one_line_error(cli("services", "price", "5", "--rate", "1", "--clear", code=2))
+    assert "6 decimals" in one_line_error(
+        cli("services", "price", "5", "--rate", "0.0000001", code=1)
+    )
+
+
+def test_services_sync_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMMGW_UPSTREAM_URL", f"http://127.0.0.1:{free_port()}/api/v1")
+    monkeypatch.setenv("SMMGW_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "1")
+    err = one_line_error(cli("services", "sync", code=1))
+    assert err.startswith("catalog sync failed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def simulator_url() -> Iterator[str]:
+    """The simulator on a real port, in a thread."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_simulator_app(SimConfig(key=SIM_KEY, seed=1)),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "simulator did not start"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}/api/v1"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_services_sync_and_operator_choices(
+    simulator_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMMGW_UPSTREAM_URL", simulator_url)
+    monkeypatch.setenv("SMMGW_UPSTREAM_KEY", SIM_KEY)
+    monkeypatch.setenv("SMMGW_DEFAULT_MARKUP_PERCENT", "10")
+    synced = cli_json("services", "sync")
+    assert synced["ok"] is True and synced["services"] > 0
+    assert f"{synced['services']} services synced" in cli("services", "sync").stdout
+
+    listed = cli_json("services", "list")
+    assert len(listed) == synced["services"]
+    svc = next(s for s in listed if s["type"] == "Default")
+    sid = str(svc["id"])
+    assert svc["price"] is not None and not svc["suspended"] and not svc["hidden"]
+    text = cli("services", "list").stdout
+    assert "COST" in text and svc["cost"] in text
+
+    cli("services", "hide", sid)
+    assert next(s for s in cli_json("services", "list") if s["id"] == svc["id"])["hidden"]
+    assert "hidden" in cli("services", "list").stdout
+    cli("services", "show", sid)
+    cli("services", "rename", sid, "--name", "Followers", "--category", "Best")
+    renamed = next(s for s in cli_json("services", "list") if s["id"] == svc["id"])
+    assert (renamed["name"], renamed["category"], renamed["hidden"]) == (
+        "Followers",
+        "Best",
+        False,
+    )
+    one_line_error(cli("services", "rename", sid, code=1))
+
+    assert "below" in one_line_error(cli("services", "price", sid, "--rate", "0.000001", code=1))
+    assert "below" in one_line_error(cli("services", "price", sid, "--markup", "-10", code=1))
+    cli("services", "price", sid, "--rate", "0.000001", "--allow-below-cost")
+    priced = next(s for s in cli_json("services", "list") if s["id"] == svc["id"])
+    assert priced["price"] == "0.000001"
+    cli("services", "price", sid, "--clear")
+    assert "no such price rule" in one_line_error(cli("services", "price", sid, "--clear", code=1))
+
+    create("acme")
+    cli("services", "price", sid, "--markup", "50", "--customer", "acme")
+    one_line_error(cli("services", "price", sid, "--markup", "50", "--customer", "42", code=1))
+
+
+# --- simulator and demo -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "needle"),
+    [("bogus=0.5", "KIND"), ("html=2", "RATE"), ("html=x", "RATE"), ("html", "KIND")],
+)
+def test_simulator_refuses_bad_faults(fault: str, needle: str) -> None:
+    err = one_line_error(cli("simulator", "--fault", fault, code=1))
+    assert needle in err
+
+
+def test_simulator_refuses_bad_balance() -> None:
+    assert "6 decimals" in one_line_error(cli("simulator", "--balance", "1.0000001", code=1))
+
+
+async def test_demo_serves_the_demo_customer(tmp_path: Path) -> None:
+    port, sim_port = free_port(), free_port()
+    (tmp_path / DEMO_DB).write_text("an old demo")
+    async with demo_running(port, sim_port, tmp_path) as info:
+        assert info.url == f"http://127.0.0.1:{port}/api/v2"
+        assert info.balance == "100.00" and info.services > 0
+        assert f"-d key={info.key} -d action=balance {info.url}" in info.curl["balance"]
+        async with httpx.AsyncClient() as client:
+            balance = await client.post(info.url, data={"key": info.key, "action": "balance"})
+            assert balance.json()["balance"] == "100.00"
+            services = await client.post(info.url, data={"key": info.key, "action": "services"})
+            assert len(services.json()) == info.services
+    async with httpx.AsyncClient() as client:  # both servers stopped
+        for url in (info.url, info.simulator_url):
+            with pytest.raises(httpx.ConnectError):
+                await client.post(url, data={"key": info.key, "action": "balance"})
+
+
+def test_demo_refuses_a_busy_port() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        err = one_line_error(
+            cli("demo", "--port", str(port), "--sim-port", str(free_port()), code=1)
+        )
+    assert f"127.0.0.1:{port}" in err
+
+
+def test_demo_command_stops_on_sigterm(tmp_path: Path) -> None:
+    port, sim_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMMGW_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from app.cli import main; main()",
+            "demo",
+            "--json",
+            "--port",
+            str(port),
+            "--sim-port",
+            str(sim_port),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the JSON object ends with a line "}"
+            lines.append(line)
+            if line.rstrip() == "}":
+                break
+        info = json.loads("".join(lines))
+        reply = httpx.post(info["url"], data={"key": info["key"], "action": "balance"})
+        assert reply.json()["balance"] == "100.00"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / DEMO_DB).exists()
