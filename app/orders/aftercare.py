@@ -1,0 +1,163 @@
+"""Refills and cancels of placed orders, forwarded to the upstream under our own ids.
+
+No money moves here: a cancel's refund comes from settlement, once the upstream reports the
+order `Canceled`. Orders of services that cannot be refilled or canceled are refused without
+asking the upstream.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import insert, select, update
+
+from app.contract import (
+    FINAL_STATUSES,
+    INCORRECT_ORDER,
+    INCORRECT_REFILL,
+    NOT_REFILLABLE,
+    PENDING,
+    TEMPORARILY_UNAVAILABLE,
+)
+from app.db import Database
+from app.models import Order, Refill, Service, as_utc, utcnow
+from app.orders.placing import PLACED
+from app.upstream import Refused, UpstreamClient, contract_error_for
+
+log = logging.getLogger("smm_gateway.orders")
+
+NOT_CANCELABLE = "Order not eligible for cancel"
+
+
+@dataclass(frozen=True)
+class _Placed:
+    id: int
+    upstream_order_id: int
+    status: str
+    refill: bool
+    cancel: bool
+
+
+async def _customer_placed(db: Database, customer_id: int, ids: list[int]) -> dict[int, _Placed]:
+    stmt = (
+        select(Order.id, Order.upstream_order_id, Order.status, Service.refill, Service.cancel)
+        .join(Service, Service.id == Order.service_id)
+        .where(
+            Order.id.in_(ids),
+            Order.customer_id == customer_id,
+            Order.state == PLACED,
+            Order.upstream_order_id.is_not(None),
+        )
+    )
+    async with db.read() as conn:
+        return {row[0]: _Placed(*row) for row in await conn.execute(stmt)}
+
+
+def _refusal_text(refusal: Refused, fallback: str) -> str:
+    return contract_error_for(refusal.message) or fallback
+
+
+async def request_refills(
+    db: Database, upstream: UpstreamClient, customer_id: int, ids: list[int]
+) -> dict[int, int | str]:
+    """Our refill id for each order, or the contract error for it."""
+    orders = await _customer_placed(db, customer_id, ids)
+    results: dict[int, int | str] = {}
+    for order_id in ids:
+        order = orders.get(order_id)
+        if order is None:
+            results[order_id] = INCORRECT_ORDER
+            continue
+        if not order.refill:
+            results[order_id] = NOT_REFILLABLE
+            continue
+        outcome = await upstream.refill(order.upstream_order_id)
+        if isinstance(outcome, int):
+            async with db.write() as conn:
+                results[order_id] = (
+                    await conn.execute(
+                        insert(Refill).values(
+                            customer_id=customer_id,
+                            order_id=order_id,
+                            upstream_refill_id=outcome,
+                            status=PENDING,
+                        )
+                    )
+                ).inserted_primary_key[0]
+        elif isinstance(outcome, Refused):
+            results[order_id] = _refusal_text(outcome, NOT_REFILLABLE)
+        else:
+            results[order_id] = TEMPORARILY_UNAVAILABLE
+    return results
+
+
+async def refill_statuses(
+    db: Database,
+    upstream: UpstreamClient,
+    customer_id: int,
+    ids: list[int],
+    max_age_seconds: float,
+) -> dict[int, str | tuple[str]]:
+    """Each refill's status (a str), or `(error,)` for an unknown or foreign refill id.
+
+    A status younger than `max_age_seconds` is answered from the table without asking.
+    """
+    stmt = select(Refill.id, Refill.upstream_refill_id, Refill.status, Refill.refreshed_at).where(
+        Refill.id.in_(ids), Refill.customer_id == customer_id
+    )
+    async with db.read() as conn:
+        rows = {row[0]: row for row in await conn.execute(stmt)}
+    fresh_after = utcnow() - timedelta(seconds=max_age_seconds)
+    results: dict[int, str | tuple[str]] = {}
+    for refill_id in ids:
+        row = rows.get(refill_id)
+        if row is None:
+            results[refill_id] = (INCORRECT_REFILL,)
+            continue
+        _, upstream_id, status, refreshed_at = row
+        if refreshed_at is not None and as_utc(refreshed_at) > fresh_after:
+            results[refill_id] = status
+            continue
+        heard = await upstream.refill_status(upstream_id)
+        if isinstance(heard, str):
+            status = heard
+            async with db.write() as conn:
+                await conn.execute(
+                    update(Refill)
+                    .where(Refill.id == refill_id)
+                    .values(status=status, refreshed_at=utcnow())
+                )
+        results[refill_id] = status
+    return results
+
+
+async def request_cancels(
+    db: Database, upstream: UpstreamClient, customer_id: int, ids: list[int]
+) -> dict[int, bool | str]:
+    """True where the upstream took the cancel request, or the contract error."""
+    orders = await _customer_placed(db, customer_id, ids)
+    results: dict[int, bool | str] = {}
+    forward: dict[int, int] = {}  # upstream id → our id
+    for order_id in ids:
+        order = orders.get(order_id)
+        if order is None:
+            results[order_id] = INCORRECT_ORDER
+        elif not order.cancel or order.status in FINAL_STATUSES:
+            results[order_id] = NOT_CANCELABLE
+        else:
+            forward[order.upstream_order_id] = order_id
+    if not forward:
+        return results
+    outcome = await upstream.cancel(list(forward))
+    for upstream_id, order_id in forward.items():
+        if not isinstance(outcome, dict):
+            results[order_id] = TEMPORARILY_UNAVAILABLE
+            continue
+        item = outcome.get(upstream_id)
+        if isinstance(item, Refused):
+            results[order_id] = _refusal_text(item, NOT_CANCELABLE)
+        elif item is True:
+            results[order_id] = True
+        else:
+            results[order_id] = NOT_CANCELABLE
+    return results

@@ -1,0 +1,237 @@
+"""Placing an order in three phases, never with a transaction open across the network.
+
+1. commit the intent: the order (state `sending`) and its charge, or `Not enough funds`;
+2. call the upstream `add`, outside any transaction, never retried;
+3. commit the outcome: `placed`, `rejected` (refunded), or `unknown` (funds held, operator).
+A crash between 1 and 3 leaves `sending`; `recover_stale_sending` turns it into `unknown`.
+"""
+
+import asyncio
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app import ledger
+from app.contract import NOT_ENOUGH_FUNDS, PENDING, TEMPORARILY_UNAVAILABLE, ContractError
+from app.db import Database
+from app.models import Order, as_utc, utcnow
+from app.orders.validation import OrderRequest
+from app.upstream import (
+    Ambiguous,
+    Refused,
+    UpstreamClient,
+    contract_error_for,
+    is_upstream_funds_error,
+)
+
+log = logging.getLogger("smm_gateway.orders")
+
+SENDING = "sending"
+PLACED = "placed"
+REJECTED = "rejected"
+UNKNOWN = "unknown"
+STATES = (SENDING, PLACED, REJECTED, UNKNOWN)
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+IDEMPOTENCY_MISMATCH = "Idempotency-Key was already used with different parameters"
+ORDER_NOT_PLACED = "Order could not be placed"
+
+
+class NotEnoughFunds(ContractError):
+    def __init__(self) -> None:
+        super().__init__(NOT_ENOUGH_FUNDS)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What `add` answers: our order id, or the contract error for a refused order."""
+
+    order_id: int | None
+    error: str | None = None
+
+
+def request_hash(request: OrderRequest) -> str:
+    return hashlib.sha256(json.dumps(request.upstream_params, sort_keys=True).encode()).hexdigest()
+
+
+async def place_order(
+    db: Database,
+    upstream: UpstreamClient,
+    customer_id: int,
+    request: OrderRequest,
+    idempotency_key: str | None = None,
+) -> Placement:
+    if idempotency_key:
+        earlier = await _replay(db, customer_id, idempotency_key, request)
+        if earlier is not None:
+            return earlier
+    try:
+        order_id = await _commit_intent(db, customer_id, request, idempotency_key)
+    except IntegrityError:
+        # The same Idempotency-Key raced us and won: answer what it answers.
+        earlier = await _replay(db, customer_id, idempotency_key or "", request)
+        if earlier is None:
+            raise
+        return earlier
+    # Shielded: a client that hangs up must not abandon an order between phases 2 and 3.
+    return await asyncio.shield(_send_and_settle(db, upstream, order_id, request))
+
+
+async def _commit_intent(
+    db: Database, customer_id: int, request: OrderRequest, idempotency_key: str | None
+) -> int:
+    now = utcnow()
+    async with db.write() as conn:
+        order_id = (
+            await conn.execute(
+                insert(Order).values(
+                    customer_id=customer_id,
+                    service_id=request.service_id,
+                    state=SENDING,
+                    status=PENDING,
+                    params=json.dumps(request.upstream_params),
+                    quantity=request.quantity,
+                    rate=request.rate,
+                    charge=request.charge,
+                    cost=request.cost,
+                    refunded=0,
+                    idempotency_key=idempotency_key or None,
+                    request_hash=request_hash(request),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        ).inserted_primary_key[0]
+        if not await ledger.debit_for_order(conn, customer_id, order_id, request.charge):
+            raise NotEnoughFunds  # rolls the order back with the transaction
+    return order_id
+
+
+async def _send_and_settle(
+    db: Database, upstream: UpstreamClient, order_id: int, request: OrderRequest
+) -> Placement:
+    outcome = await upstream.add(request.upstream_params)
+    if isinstance(outcome, int):
+        await _mark(db, order_id, PLACED, upstream_order_id=outcome)
+        return Placement(order_id)
+    if isinstance(outcome, Ambiguous):
+        log.warning(
+            "order %s: upstream outcome unknown (%s); funds held, operator must resolve",
+            order_id,
+            outcome.reason,
+        )
+        await _mark(db, order_id, UNKNOWN, error=f"ambiguous: {outcome.reason}")
+        return Placement(order_id)
+    error = _customer_error(outcome)
+    await reject_and_refund(db, order_id, error=error, note=f"refused: {outcome.reason}")
+    return Placement(None, error)
+
+
+def _customer_error(refusal: Refused) -> str:
+    if refusal.reason == "connect":
+        log.error("upstream unreachable: %s", refusal.message)
+        return TEMPORARILY_UNAVAILABLE
+    if is_upstream_funds_error(refusal.message):
+        # The reseller's own upstream balance ran out: never the customer's problem to see.
+        log.critical("UPSTREAM BALANCE EXHAUSTED: orders are being refused; top up upstream")
+        return TEMPORARILY_UNAVAILABLE
+    mapped = contract_error_for(refusal.message)
+    if mapped is None:
+        log.error("upstream refused an order with an unmapped message: %r", refusal.message)
+        return ORDER_NOT_PLACED
+    return mapped
+
+
+async def _mark(db: Database, order_id: int, state: str, **values: object) -> None:
+    async with db.write() as conn:
+        await conn.execute(
+            update(Order)
+            .where(Order.id == order_id, Order.state == SENDING)
+            .values(state=state, updated_at=utcnow(), **values)
+        )
+
+
+async def reject_and_refund(db: Database, order_id: int, *, error: str, note: str) -> bool:
+    """Mark a not-placed order rejected and refund all of it, once; False if it was not
+    in a state that allows it (already placed or rejected)."""
+    async with db.write() as conn:
+        row = (
+            await conn.execute(
+                select(Order.customer_id, Order.charge, Order.state).where(Order.id == order_id)
+            )
+        ).first()
+        if row is None or row.state not in (SENDING, UNKNOWN):
+            return False
+        await conn.execute(
+            update(Order)
+            .where(Order.id == order_id)
+            .values(
+                state=REJECTED,
+                status="Canceled",
+                refunded=row.charge,
+                error=error,
+                updated_at=utcnow(),
+                settled_at=utcnow(),
+            )
+        )
+        await ledger.refund_order(conn, row.customer_id, order_id, row.charge)
+    log.info("order %s rejected (%s) and refunded", order_id, note)
+    return True
+
+
+async def _replay(
+    db: Database, customer_id: int, key: str, request: OrderRequest
+) -> Placement | None:
+    """The first answer for this Idempotency-Key, if one was given within 24 h."""
+    async with db.read() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    Order.id, Order.state, Order.error, Order.request_hash, Order.created_at
+                ).where(Order.customer_id == customer_id, Order.idempotency_key == key)
+            )
+        ).first()
+    if row is None:
+        return None
+    if as_utc(row.created_at) < utcnow() - IDEMPOTENCY_WINDOW:
+        # Expired: release the key so this request becomes a new order.
+        async with db.write() as conn:
+            await conn.execute(update(Order).where(Order.id == row.id).values(idempotency_key=None))
+        return None
+    if row.request_hash != request_hash(request):
+        raise ContractError(IDEMPOTENCY_MISMATCH)
+    if row.state == REJECTED:
+        return Placement(None, row.error)
+    return Placement(row.id)
+
+
+async def recover_stale_sending(db: Database, older_than_seconds: float) -> list[int]:
+    """Orders stuck in `sending` (a crash between phases) become `unknown`: the upstream may
+    have them, so their funds stay held until an operator resolves them."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    async with db.write() as conn:
+        ids = list(
+            (
+                await conn.execute(
+                    select(Order.id).where(Order.state == SENDING, Order.created_at < cutoff)
+                )
+            ).scalars()
+        )
+        if ids:
+            await conn.execute(
+                update(Order)
+                .where(Order.id.in_(ids), Order.state == SENDING)
+                .values(
+                    state=UNKNOWN,
+                    error="interrupted before the outcome was recorded",
+                    updated_at=utcnow(),
+                )
+            )
+    if ids:
+        log.warning("orders %s were left in sending; now unknown, awaiting the operator", ids)
+    return ids

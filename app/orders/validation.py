@@ -1,0 +1,191 @@
+"""Checking an `add` request against its service's type (CONTRACT.md, "`add` parameters by
+service type") and working out what it costs. Pure functions: no database, no network."""
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.catalog import PricedService
+from app.contract import (
+    BAD_LINK,
+    INCORRECT_REQUEST,
+    PACKAGE_TYPES,
+    ContractError,
+    missing_parameter,
+    quantity_too_high,
+    quantity_too_low,
+)
+from app.money import charge_for
+from app.upstream import has_tag_like_text, tag_like_error
+
+MAX_LINK_LENGTH = 2048
+MAX_TEXT_LENGTH = 100_000
+SUBSCRIPTION_DELAYS = frozenset(
+    {0, 5, 10, 15, 30, 60, 90, 120, 150, 180, 210, 240, 270, 300, 360, 420, 480, 540, 600}
+)
+DRIPFEED_NOT_ALLOWED = "Drip-feed is not available for this service"
+
+# type → (required text parameters besides link, quantity source)
+# quantity source: "quantity" (the parameter), "lines:<param>" (count of lines), None (flat).
+_RULES: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "Default": ((), "quantity"),
+    "Package": ((), None),
+    "Custom Comments": (("comments",), "lines:comments"),
+    "Custom Comments Package": (("comments",), None),
+    "Mentions": (("usernames",), "quantity"),
+    "Mentions with Hashtags": (("usernames", "hashtags"), "quantity"),
+    "Mentions Custom List": (("usernames",), "lines:usernames"),
+    "Mentions Hashtag": (("hashtag",), "quantity"),
+    "Mentions User Followers": (("username",), "quantity"),
+    "Mentions Media Likers": (("media",), "quantity"),
+    "Comment Likes": (("username",), "quantity"),
+    "Comment Replies": (("username", "comments"), "lines:comments"),
+    "Poll": (("answer_number",), "quantity"),
+    "Invites from Groups": (("groups",), "quantity"),
+    "SEO": (("keywords",), "quantity"),
+}
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """A valid order: what to send upstream, and what it costs the customer."""
+
+    service_id: int
+    upstream_params: dict[str, str]
+    rate: int  # the customer's rate per 1000 (the flat price for package types)
+    quantity: int  # units charged for (× runs for drip-feed; max × posts for subscriptions)
+    charge: int
+    cost: int  # the upstream's price for the same order at its catalog rate
+
+
+def parse_service_id(params: dict[str, str]) -> int:
+    raw = params.get("service", "").strip()
+    if not raw:
+        raise ContractError(missing_parameter("service"))
+    if not raw.isdigit():
+        raise ContractError(INCORRECT_REQUEST)
+    return int(raw)
+
+
+def _positive_int(params: dict[str, str], name: str) -> int:
+    raw = params.get(name, "").strip()
+    if not raw:
+        raise ContractError(missing_parameter(name))
+    if not raw.isascii() or not raw.isdigit() or int(raw) <= 0:
+        raise ContractError(f"Parameter {name} must be a positive whole number")
+    return int(raw)
+
+
+def _text(params: dict[str, str], name: str) -> str:
+    value = params.get(name, "")
+    if not value.strip():
+        raise ContractError(missing_parameter(name))
+    if len(value) > MAX_TEXT_LENGTH:
+        raise ContractError(f"Parameter {name} is too long")
+    return value
+
+
+def _lines(value: str) -> list[str]:
+    return [line for line in re.split(r"\r\n|\n|\r", value) if line.strip()]
+
+
+def check_link(link: str) -> str:
+    """A link need not be a URL (panels take usernames), but it must be one clean token."""
+    if not link or len(link) > MAX_LINK_LENGTH:
+        raise ContractError(BAD_LINK)
+    if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in link):
+        raise ContractError(BAD_LINK)
+    return link
+
+
+def _check_bounds(quantity: int, service: PricedService) -> None:
+    if quantity < service.min:
+        raise ContractError(quantity_too_low(service.min))
+    if quantity > service.max:
+        raise ContractError(quantity_too_high(service.max))
+
+
+def validate_add(
+    params: dict[str, str], service: PricedService, *, refuse_tags: bool
+) -> OrderRequest:
+    """Check an `add` for `service` and price it; ContractError on the first problem."""
+    if service.type == "Subscriptions":
+        upstream, units = _subscription(params, service)
+    else:
+        upstream, units = _linked(params, service)
+    flat = service.type in PACKAGE_TYPES
+    charge = service.rate if flat else charge_for(service.rate, units)
+    cost = service.cost if flat else charge_for(service.cost, units)
+    if refuse_tags:
+        for name, value in upstream.items():
+            if has_tag_like_text(value):
+                raise ContractError(tag_like_error(name))
+    return OrderRequest(
+        service.id, {"service": str(service.id), **upstream}, service.rate, units, charge, cost
+    )
+
+
+def _linked(params: dict[str, str], service: PricedService) -> tuple[dict[str, str], int]:
+    required, quantity_from = _RULES[service.type]
+    upstream = {"link": check_link(params.get("link", "").strip())}
+    for name in required:
+        upstream[name] = _text(params, name)
+
+    if quantity_from is None:
+        return upstream, 1
+    if quantity_from.startswith("lines:"):
+        quantity = len(_lines(upstream[quantity_from.removeprefix("lines:")]))
+        _check_bounds(quantity, service)
+        return upstream, quantity
+
+    quantity = _positive_int(params, "quantity")
+    upstream["quantity"] = str(quantity)
+    _check_bounds(quantity, service)
+    wants_dripfeed = bool(params.get("runs", "").strip() or params.get("interval", "").strip())
+    if not wants_dripfeed:
+        return upstream, quantity
+    if service.type != "Default" or not service.dripfeed:
+        raise ContractError(DRIPFEED_NOT_ALLOWED)
+    runs = _positive_int(params, "runs")
+    upstream["runs"] = str(runs)
+    upstream["interval"] = str(_positive_int(params, "interval"))
+    return upstream, quantity * runs
+
+
+def _subscription(params: dict[str, str], service: PricedService) -> tuple[dict[str, str], int]:
+    upstream = {"username": _text(params, "username").strip()}
+    low, high = _positive_int(params, "min"), _positive_int(params, "max")
+    if low > high:
+        raise ContractError("Parameter min must not be more than max")
+    _check_bounds(low, service)
+    _check_bounds(high, service)
+    upstream["min"], upstream["max"] = str(low), str(high)
+
+    delay = params.get("delay", "").strip()
+    if not delay:
+        raise ContractError(missing_parameter("delay"))
+    if not delay.isdigit() or int(delay) not in SUBSCRIPTION_DELAYS:
+        raise ContractError(
+            "Parameter delay must be one of " + ", ".join(map(str, sorted(SUBSCRIPTION_DELAYS)))
+        )
+    upstream["delay"] = str(int(delay))
+
+    # The whole cost is held up front, so the number of posts must be known.
+    posts = _positive_int(params, "posts")
+    upstream["posts"] = str(posts)
+    old_posts = 0
+    if params.get("old_posts", "").strip():
+        raw = params["old_posts"].strip()
+        if not raw.isascii() or not raw.isdigit():
+            raise ContractError("Parameter old_posts must be a whole number")
+        old_posts = int(raw)
+        upstream["old_posts"] = str(old_posts)
+    expiry = params.get("expiry", "").strip()
+    if expiry:
+        try:
+            datetime.strptime(expiry, "%d/%m/%Y")
+        except ValueError:
+            raise ContractError("Parameter expiry must be a date as d/m/Y") from None
+        upstream["expiry"] = expiry
+    return upstream, high * (posts + old_posts)

@@ -1,0 +1,78 @@
+"""Revenue, upstream cost and margin, per customer and per service, over a period."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, case, func, select
+
+from app.db import Database
+from app.models import Customer, Order, Service
+from app.orders.placing import PLACED, UNKNOWN
+
+
+@dataclass(frozen=True)
+class ReportLine:
+    key: int
+    name: str
+    orders: int
+    revenue: int  # what customers pay: charges less refunds
+    upstream_cost: int  # what the upstream charges us (its reported charge, else catalog cost)
+    margin: int
+
+
+@dataclass(frozen=True)
+class Report:
+    since: datetime | None
+    until: datetime | None
+    by_customer: list[ReportLine]
+    by_service: list[ReportLine]
+    total: ReportLine
+
+
+def _period(since: datetime | None, until: datetime | None) -> list[ColumnElement[bool]]:
+    where = [Order.state.in_((PLACED, UNKNOWN))]
+    if since is not None:
+        where.append(Order.created_at >= since)
+    if until is not None:
+        where.append(Order.created_at < until)
+    return where
+
+
+async def _lines(
+    db: Database, where: list[ColumnElement[bool]], by: type[Customer] | type[Service]
+) -> list[ReportLine]:
+    revenue = func.sum(Order.charge - Order.refunded)
+    # The upstream's own reported charge once heard; until then its catalog price.
+    cost = func.sum(
+        case((Order.upstream_charge.is_not(None), Order.upstream_charge), else_=Order.cost)
+    )
+    join_on = by.id == (Order.customer_id if by is Customer else Order.service_id)
+    stmt = (
+        select(by.id, by.name, func.count(Order.id), revenue, cost)
+        .join(by, join_on)
+        .where(*where)
+        .group_by(by.id, by.name)
+        .order_by(by.id)
+    )
+    async with db.read() as conn:
+        return [
+            ReportLine(k, n, c, int(r or 0), int(u or 0), int(r or 0) - int(u or 0))
+            for k, n, c, r, u in await conn.execute(stmt)
+        ]
+
+
+async def build_report(
+    db: Database, since: datetime | None = None, until: datetime | None = None
+) -> Report:
+    where = _period(since, until)
+    by_customer = await _lines(db, where, Customer)
+    by_service = await _lines(db, where, Service)
+    total = ReportLine(
+        0,
+        "total",
+        sum(line.orders for line in by_customer),
+        sum(line.revenue for line in by_customer),
+        sum(line.upstream_cost for line in by_customer),
+        sum(line.margin for line in by_customer),
+    )
+    return Report(since, until, by_customer, by_service, total)

@@ -1,0 +1,283 @@
+"""Status sync and settlement.
+
+A pass asks the upstream about every active order, in batches of up to 100 ids per `status`
+call, oldest-refreshed first, and stores what it hears; an order that reaches a final status
+is settled exactly once. Batches are claimed with a lease (and `FOR UPDATE SKIP LOCKED` on
+PostgreSQL), so several processes never poll or settle the same order in one pass; the unique
+ledger ref `refund:<order>` stops a second settlement even if a lease were ever lost.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app import ledger
+from app.contract import (
+    CANCELED,
+    COMPLETED,
+    EXPIRED,
+    FINAL_STATUSES,
+    IN_PROGRESS,
+    PACKAGE_TYPES,
+    PARTIAL,
+)
+from app.db import Database
+from app.models import Order, Service, utcnow
+from app.orders.placing import PLACED, recover_stale_sending
+from app.upstream import Refused, UpstreamClient, UpstreamOrderStatus
+
+log = logging.getLogger("smm_gateway.sync")
+
+BATCH_SIZE = 100
+LEASE = timedelta(minutes=2)
+FINAL = tuple(FINAL_STATUSES)
+
+
+@dataclass
+class PassResult:
+    polled: int = 0
+    upstream_calls: int = 0
+    settled: int = 0
+    failed_batches: int = 0
+    anomalies: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: int
+    customer_id: int
+    upstream_order_id: int
+    service_type: str
+    quantity: int
+    charge: int
+    cost: int
+
+
+async def _claim_batch(db: Database, pass_started: datetime, limit: int) -> list[_Claimed]:
+    """Lease up to `limit` active orders not yet refreshed in this pass, oldest first."""
+    now = utcnow()
+    due = (
+        select(Order.id)
+        .where(
+            Order.state == PLACED,
+            Order.status.not_in(FINAL),
+            Order.settled_at.is_(None),
+            Order.upstream_order_id.is_not(None),
+            or_(Order.refreshed_at.is_(None), Order.refreshed_at < pass_started),
+            or_(Order.lease_until.is_(None), Order.lease_until < now),
+        )
+        .order_by(Order.refreshed_at.asc().nulls_first(), Order.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    async with db.write() as conn:
+        ids = list((await conn.execute(due)).scalars())
+        if not ids:
+            return []
+        await conn.execute(update(Order).where(Order.id.in_(ids)).values(lease_until=now + LEASE))
+        rows = await conn.execute(
+            select(
+                Order.id,
+                Order.customer_id,
+                Order.upstream_order_id,
+                Service.type,
+                Order.quantity,
+                Order.charge,
+                Order.cost,
+            )
+            .join(Service, Service.id == Order.service_id)
+            .where(Order.id.in_(ids))
+        )
+        return [_Claimed(*row) for row in rows]
+
+
+def settlement_refund(order: _Claimed, status: str, heard: UpstreamOrderStatus) -> int:
+    """How much of the charge goes back to the customer for a final status (DESIGN.md)."""
+    if status == COMPLETED:
+        return 0
+    if status == CANCELED:
+        return order.charge
+    flat = order.service_type in PACKAGE_TYPES or order.service_type == "Subscriptions"
+    if status == PARTIAL and heard.remains is not None and not flat and not heard.child_orders:
+        remains = min(max(heard.remains, 0), order.quantity)
+        return order.charge * remains // order.quantity
+    # No usable remains: the customer keeps paying the fraction the upstream keeps of its own.
+    if heard.charge_micros is None or order.cost <= 0:
+        return 0
+    kept = min(heard.charge_micros, order.cost)
+    return order.charge - -(-order.charge * kept // order.cost)
+
+
+async def _apply(
+    db: Database, order: _Claimed, heard: UpstreamOrderStatus, result: PassResult
+) -> None:
+    status = heard.status
+    if status is None:
+        log.warning(
+            "order %s: unknown upstream status %r shown as In progress", order.id, heard.raw_status
+        )
+        status = IN_PROGRESS
+    now = utcnow()
+    values: dict[str, object] = {
+        "status": status,
+        "upstream_status": (heard.raw_status or "")[:32] or None,
+        "refreshed_at": now,
+        "lease_until": None,
+        "updated_at": now,
+    }
+    if heard.start_count is not None:
+        values["start_count"] = heard.start_count
+    if heard.remains is not None:
+        values["remains"] = min(heard.remains, order.quantity)
+    if heard.charge_micros is not None:
+        values["upstream_charge"] = heard.charge_micros
+    final = status in FINAL_STATUSES or status == EXPIRED
+    try:
+        async with db.write() as conn:
+            if not final:
+                await conn.execute(update(Order).where(Order.id == order.id).values(**values))
+                return
+            refund = settlement_refund(order, status, heard)
+            # Only the first settler gets past this guard; the unique ref backs it up.
+            settled = await conn.execute(
+                update(Order)
+                .where(Order.id == order.id, Order.settled_at.is_(None))
+                .values(settled_at=now, refunded=refund, **values)
+            )
+            if settled.rowcount != 1:
+                return
+            if refund > 0:
+                await ledger.refund_order(conn, order.customer_id, order.id, refund)
+    except IntegrityError:
+        log.warning("order %s: settled already elsewhere", order.id)
+        return
+    result.settled += 1
+
+
+async def _missing(db: Database, order: _Claimed, refusal: Refused, result: PassResult) -> None:
+    """The upstream denies an order we placed: the operator's to look at, never a refund."""
+    message = (
+        f"order {order.id}: upstream says {refusal.message!r} for its order "
+        f"{order.upstream_order_id}"
+    )
+    log.error("ANOMALY %s", message)
+    result.anomalies.append(message)
+    now = utcnow()
+    async with db.write() as conn:
+        await conn.execute(
+            update(Order)
+            .where(Order.id == order.id)
+            .values(
+                error=f"upstream: {refusal.message}"[:500],
+                refreshed_at=now,
+                lease_until=None,
+                updated_at=now,
+            )
+        )
+
+
+async def _release(db: Database, ids: list[int]) -> None:
+    async with db.write() as conn:
+        await conn.execute(update(Order).where(Order.id.in_(ids)).values(lease_until=None))
+
+
+async def sync_pass(
+    db: Database,
+    upstream: UpstreamClient,
+    *,
+    sending_grace_seconds: float,
+    batch_size: int = BATCH_SIZE,
+) -> PassResult:
+    """One pass over every active order: ⌈K/batch⌉ upstream calls for K orders."""
+    result = PassResult()
+    await recover_stale_sending(db, sending_grace_seconds)
+    pass_started = utcnow()
+    while batch := await _claim_batch(db, pass_started, batch_size):
+        result.upstream_calls += 1
+        heard = await upstream.status_many([o.upstream_order_id for o in batch])
+        if not isinstance(heard, dict):
+            log.warning("sync: status batch failed (%s); will retry next pass", heard.reason)
+            result.failed_batches += 1
+            await _release(db, [o.id for o in batch])
+            break
+        heard = await _with_child_charges(upstream, heard, result)
+        unanswered = []
+        for order in batch:
+            item = heard.get(order.upstream_order_id)
+            if isinstance(item, UpstreamOrderStatus):
+                await _apply(db, order, item, result)
+            elif isinstance(item, Refused):
+                await _missing(db, order, item, result)
+            else:
+                unanswered.append(order.id)
+        if unanswered:
+            await _mark_refreshed(db, unanswered)
+        result.polled += len(batch)
+    return result
+
+
+async def _with_child_charges(
+    upstream: UpstreamClient,
+    heard: dict[int, UpstreamOrderStatus | Refused],
+    result: PassResult,
+) -> dict[int, UpstreamOrderStatus | Refused | None]:
+    """A partial drip-feed parent reports neither charge nor remains, only its runs' ids: its
+    charge is the sum of theirs, asked in the same batches of 100 (only for such parents).
+    A parent whose runs cannot be read now is left for the next pass (None)."""
+    parents = {
+        uid: (item, item.child_orders)
+        for uid, item in heard.items()
+        if isinstance(item, UpstreamOrderStatus)
+        and item.status == PARTIAL
+        and item.charge_micros is None
+        and item.child_orders
+    }
+    if not parents:
+        return dict(heard)
+    children = sorted({child for _, kids in parents.values() for child in kids})
+    charges: dict[int, int] = {}
+    for start in range(0, len(children), BATCH_SIZE):
+        result.upstream_calls += 1
+        part = await upstream.status_many(children[start : start + BATCH_SIZE])
+        if isinstance(part, dict):
+            for cid, item in part.items():
+                if isinstance(item, UpstreamOrderStatus) and item.charge_micros is not None:
+                    charges[cid] = item.charge_micros
+    completed: dict[int, UpstreamOrderStatus | Refused | None] = dict(heard)
+    for uid, (item, kids) in parents.items():
+        if all(kid in charges for kid in kids):
+            completed[uid] = replace(item, charge_micros=sum(charges[kid] for kid in kids))
+        else:
+            completed[uid] = None
+    return completed
+
+
+async def _mark_refreshed(db: Database, ids: list[int]) -> None:
+    """No news for these: try them again next pass, after the others."""
+    now = utcnow()
+    async with db.write() as conn:
+        await conn.execute(
+            update(Order).where(Order.id.in_(ids)).values(refreshed_at=now, lease_until=None)
+        )
+
+
+async def sync_forever(
+    db: Database, upstream: UpstreamClient, interval: float, sending_grace_seconds: float
+) -> None:
+    while True:
+        try:
+            result = await sync_pass(db, upstream, sending_grace_seconds=sending_grace_seconds)
+            if result.polled:
+                log.info(
+                    "sync: polled %d orders in %d calls, settled %d",
+                    result.polled,
+                    result.upstream_calls,
+                    result.settled,
+                )
+        except Exception:  # the loop must outlive any one bad pass
+            log.exception("sync pass failed")
+        await asyncio.sleep(interval)
