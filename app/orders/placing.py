@@ -71,7 +71,7 @@ async def place_order(
         if earlier is not None:
             return earlier
     try:
-        order_id = await _commit_intent(db, customer_id, request, idempotency_key)
+        order_id = await commit_intent(db, customer_id, request, idempotency_key)
     except IntegrityError:
         # The same Idempotency-Key raced us and won: answer what it answers.
         earlier = await _replay(db, customer_id, idempotency_key or "", request)
@@ -79,10 +79,16 @@ async def place_order(
             raise
         return earlier
     # Shielded: a client that hangs up must not abandon an order between phases 2 and 3.
-    return await asyncio.shield(_send_and_settle(db, upstream, order_id, request))
+    return await asyncio.shield(_send_and_commit(db, upstream, order_id, request))
 
 
-async def _commit_intent(
+async def _send_and_commit(
+    db: Database, upstream: UpstreamClient, order_id: int, request: OrderRequest
+) -> Placement:
+    return await commit_outcome(db, order_id, await upstream.add(request.upstream_params))
+
+
+async def commit_intent(
     db: Database, customer_id: int, request: OrderRequest, idempotency_key: str | None
 ) -> int:
     now = utcnow()
@@ -112,12 +118,13 @@ async def _commit_intent(
     return order_id
 
 
-async def _send_and_settle(
-    db: Database, upstream: UpstreamClient, order_id: int, request: OrderRequest
+async def commit_outcome(
+    db: Database, order_id: int, outcome: int | Refused | Ambiguous
 ) -> Placement:
-    outcome = await upstream.add(request.upstream_params)
+    """Phase 3: record what the upstream's `add` said (phase 1 committed the intent)."""
     if isinstance(outcome, int):
-        await _mark(db, order_id, PLACED, upstream_order_id=outcome)
+        # Also from `unknown`: a slow reply the recovery gave up on is still the truth.
+        await _mark(db, order_id, PLACED, (SENDING, UNKNOWN), upstream_order_id=outcome, error=None)
         return Placement(order_id)
     if isinstance(outcome, Ambiguous):
         log.warning(
@@ -125,7 +132,7 @@ async def _send_and_settle(
             order_id,
             outcome.reason,
         )
-        await _mark(db, order_id, UNKNOWN, error=f"ambiguous: {outcome.reason}")
+        await _mark(db, order_id, UNKNOWN, (SENDING,), error=f"ambiguous: {outcome.reason}")
         return Placement(order_id)
     error = _customer_error(outcome)
     await reject_and_refund(db, order_id, error=error, note=f"refused: {outcome.reason}")
@@ -147,11 +154,13 @@ def _customer_error(refusal: Refused) -> str:
     return mapped
 
 
-async def _mark(db: Database, order_id: int, state: str, **values: object) -> None:
+async def _mark(
+    db: Database, order_id: int, state: str, from_states: tuple[str, ...], **values: object
+) -> None:
     async with db.write() as conn:
         await conn.execute(
             update(Order)
-            .where(Order.id == order_id, Order.state == SENDING)
+            .where(Order.id == order_id, Order.state.in_(from_states))
             .values(state=state, updated_at=utcnow(), **values)
         )
 
