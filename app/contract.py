@@ -19,6 +19,7 @@ INTERNAL_ERROR = "Internal error"
 RATE_LIMITED = "Too many requests"
 BODY_TOO_LARGE = "Request body too large"
 TEMPORARILY_UNAVAILABLE = "Service temporarily unavailable, try again later"
+DRIPFEED_NOT_SUPPORTED = "Drip-feed is not supported by this service"
 
 
 def quantity_too_low(minimum: int) -> str:

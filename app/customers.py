@@ -4,6 +4,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import get_args
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -11,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from app.db import Database
 from app.errors import NotFound, OperatorError
 from app.models import ApiKey, Customer, utcnow
+from app.settings import Dialect
 
 KEY_BYTES = 32
 PREFIX_LENGTH = 8
@@ -86,6 +88,11 @@ async def _insert_key(db: Database, customer_id: int) -> str:
     raise RuntimeError("could not draw a unique key prefix")
 
 
+def _check_dialect(dialect: str) -> None:
+    if dialect not in get_args(Dialect):
+        raise OperatorError(f"dialect must be one of {', '.join(get_args(Dialect))}")
+
+
 async def create_customer(
     db: Database, name: str, dialect: str, markup_bp: int | None = None
 ) -> tuple[int, str]:
@@ -93,6 +100,7 @@ async def create_customer(
     name = name.strip()
     if not name:
         raise OperatorError("name must not be empty")
+    _check_dialect(dialect)
     try:
         async with db.write() as conn:
             result = await conn.execute(
@@ -176,6 +184,7 @@ async def update_customer(
             raise OperatorError("name must not be empty")
         values["name"] = name.strip()
     if dialect is not None:
+        _check_dialect(dialect)
         values["dialect"] = dialect
     if markup_bp is not _UNSET:
         values["markup_bp"] = markup_bp

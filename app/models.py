@@ -147,6 +147,9 @@ class Order(Base):
     start_count: Mapped[int | None] = mapped_column(BigInteger)
     remains: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str | None] = mapped_column(Text)
+    # The customer was given this order's id (placed or unknown): it stays visible to them,
+    # even when an operator later finds it was never placed.
+    announced: Mapped[bool] = mapped_column(Boolean, default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

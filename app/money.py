@@ -1,8 +1,10 @@
 """Money as integer micro-units (1e-6 of the currency). Decimal only at the edges."""
 
+import re
 from decimal import Decimal, InvalidOperation
 
 MICROS = 1_000_000
+_PLAIN_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?|[+-]?\.[0-9]+")
 MAX_DIGITS = 15  # amounts below 10**15: far beyond any balance, far within a BIGINT of micros
 _MICRO = Decimal(1) / MICROS
 
@@ -18,8 +20,12 @@ def parse_micros(value: str | int | Decimal) -> int:
     """
     if isinstance(value, bool) or isinstance(value, float):
         raise MoneyError(f"not an exact amount: {value!r}")
+    text = str(value).strip()
+    # Plain decimal notation only: Decimal would also take "1e3", "1_000" and non-ASCII digits.
+    if not isinstance(value, Decimal) and not _PLAIN_DECIMAL.fullmatch(text):
+        raise MoneyError(f"not a number: {value!r}")
     try:
-        amount = Decimal(str(value).strip())
+        amount = Decimal(text)
     except InvalidOperation as exc:
         raise MoneyError(f"not a number: {value!r}") from exc
     if not amount.is_finite():

@@ -57,8 +57,9 @@ class _Claimed:
     cost: int
 
 
-async def _claim_batch(db: Database, pass_started: datetime, limit: int) -> list[_Claimed]:
-    """Lease up to `limit` active orders not yet refreshed in this pass, oldest first."""
+async def _claim_batch(db: Database, refreshed_before: datetime, limit: int) -> list[_Claimed]:
+    """Lease up to `limit` active orders last refreshed before `refreshed_before` (so not in
+    this pass, nor just now by another instance), oldest first."""
     now = utcnow()
     due = (
         select(Order.id)
@@ -67,7 +68,7 @@ async def _claim_batch(db: Database, pass_started: datetime, limit: int) -> list
             Order.status.not_in(FINAL),
             Order.settled_at.is_(None),
             Order.upstream_order_id.is_not(None),
-            or_(Order.refreshed_at.is_(None), Order.refreshed_at < pass_started),
+            or_(Order.refreshed_at.is_(None), Order.refreshed_at < refreshed_before),
             or_(Order.lease_until.is_(None), Order.lease_until < now),
         )
         .order_by(Order.refreshed_at.asc().nulls_first(), Order.id)
@@ -191,12 +192,17 @@ async def sync_pass(
     *,
     sending_grace_seconds: float,
     batch_size: int = BATCH_SIZE,
+    min_age_seconds: float = 0.0,
 ) -> PassResult:
-    """One pass over every active order: ⌈K/batch⌉ upstream calls for K orders."""
+    """One pass over every active order: ⌈K/batch⌉ upstream calls for K orders.
+
+    Orders refreshed less than `min_age_seconds` before the pass are skipped: another
+    instance's pass that ran moments ago has just asked about them.
+    """
     result = PassResult()
     await recover_stale_sending(db, sending_grace_seconds)
-    pass_started = utcnow()
-    while batch := await _claim_batch(db, pass_started, batch_size):
+    refreshed_before = utcnow() - timedelta(seconds=min_age_seconds)
+    while batch := await _claim_batch(db, refreshed_before, batch_size):
         result.upstream_calls += 1
         heard = await upstream.status_many([o.upstream_order_id for o in batch])
         if not isinstance(heard, dict):
@@ -239,18 +245,22 @@ async def _with_child_charges(
     if not parents:
         return dict(heard)
     children = sorted({child for _, kids in parents.values() for child in kids})
-    charges: dict[int, int] = {}
+    runs: dict[int, UpstreamOrderStatus] = {}
     for start in range(0, len(children), BATCH_SIZE):
         result.upstream_calls += 1
         part = await upstream.status_many(children[start : start + BATCH_SIZE])
         if isinstance(part, dict):
             for cid, item in part.items():
                 if isinstance(item, UpstreamOrderStatus) and item.charge_micros is not None:
-                    charges[cid] = item.charge_micros
+                    runs[cid] = item
     completed: dict[int, UpstreamOrderStatus | Refused | None] = dict(heard)
     for uid, (item, kids) in parents.items():
-        if all(kid in charges for kid in kids):
-            completed[uid] = replace(item, charge_micros=sum(charges[kid] for kid in kids))
+        if all(kid in runs for kid in kids):
+            charge = sum(runs[kid].charge_micros or 0 for kid in kids)
+            remains = [runs[kid].remains for kid in kids]
+            # The parent's remains are what its runs left undelivered, when they all say.
+            total = sum(r for r in remains if r is not None) if None not in remains else None
+            completed[uid] = replace(item, charge_micros=charge, remains=total)
         else:
             completed[uid] = None
     return completed
@@ -270,7 +280,12 @@ async def sync_forever(
 ) -> None:
     while True:
         try:
-            result = await sync_pass(db, upstream, sending_grace_seconds=sending_grace_seconds)
+            result = await sync_pass(
+                db,
+                upstream,
+                sending_grace_seconds=sending_grace_seconds,
+                min_age_seconds=interval / 2,
+            )
             if result.polled:
                 log.info(
                     "sync: polled %d orders in %d calls, settled %d",

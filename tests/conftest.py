@@ -71,9 +71,16 @@ def postgres_url() -> Iterator[str]:
 
 
 async def _truncate_postgres(db: Database) -> None:
-    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    """Empty every table and restart its ids. DELETE, dependents first, rather than TRUNCATE:
+    on the few rows a test leaves it is ~10x faster (TRUNCATE rewrites every table file)."""
     async with db.write() as conn:
-        await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        for table in reversed(Base.metadata.sorted_tables):
+            await conn.execute(table.delete())
+        sequences = await conn.execute(
+            text("SELECT schemaname, sequencename FROM pg_sequences WHERE schemaname = 'public'")
+        )
+        for schema, sequence in sequences.all():
+            await conn.execute(text(f'ALTER SEQUENCE "{schema}"."{sequence}" RESTART'))
 
 
 @pytest.fixture(scope="session")
@@ -153,6 +160,7 @@ def gateway_settings(database_url: str, **overrides: object) -> Settings:
         "upstream_key": SIM_KEY,
         "upstream_timeout_seconds": 2.0,
         "upstream_connect_timeout_seconds": 1.0,
+        "rate_limit_per_second": 0,  # tests drive one key hard; tests/test_limits.py turns it on
     }
     values.update(overrides)
     return load_settings(**values)
@@ -220,6 +228,6 @@ async def harness(
     (tests/sync_helpers.py)."""
     from sync_helpers import Harness
 
-    harness = Harness(gateway_app, client, sim_client, simulator, clock)
+    harness = Harness(gateway_app.state.gateway, sim_client, client, simulator, clock)
     await harness.sync_catalog()
     return harness

@@ -71,7 +71,11 @@ def test_parse_refuses_floats_and_booleans(value: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["NaN", "nan", "sNaN", "Infinity", "-Infinity", "inf", "", "   ", "abc", "1,5", "1.2.3"]
+    "text",
+    [
+        "NaN", "nan", "sNaN", "Infinity", "-Infinity", "inf", "", "   ", "abc", "1,5", "1.2.3",
+        "1e3", "1_000", "١٠",
+    ],
 )
 def test_parse_refuses_non_numbers(text: str) -> None:
     with pytest.raises(MoneyError):
@@ -91,6 +95,41 @@ def test_parse_refuses_inexact_long_amounts() -> None:
         result = parse_micros(text)
         # If it did not raise, at least it must not have changed the amount.
         assert Decimal(result) / MICROS == Decimal(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "micros"),
+    [
+        ("1.2300000000000000000000000000000000", 1_230_000),  # long, but exact
+        ("0000000000000000000000000000000012.5", 12_500_000),
+        ("999999999999999.999999", 999_999_999_999_999_999_999),
+    ],
+)
+def test_parse_long_but_exact_amounts(text: str, micros: int) -> None:
+    assert parse_micros(text) == micros
+
+
+@pytest.mark.parametrize(
+    "text", ["1000000000000000", "1e15", "0.0000000000000000000000000000001", "1e-7"]
+)
+def test_parse_refuses_huge_or_too_fine_amounts(text: str) -> None:
+    with pytest.raises(MoneyError):
+        parse_micros(text)
+
+
+@given(
+    whole=st.integers(min_value=0, max_value=10**14 - 1),
+    frac=st.text(alphabet="0123456789", max_size=12),
+    negative=st.booleans(),
+)
+def test_parse_is_exact_or_refuses(whole: int, frac: str, negative: bool) -> None:
+    text = ("-" if negative else "") + (f"{whole}.{frac}" if frac else str(whole))
+    scaled = Decimal(text) * MICROS  # at most 27 digits: exact in the default context
+    if scaled == scaled.to_integral_value():
+        assert parse_micros(text) == int(scaled)
+    else:
+        with pytest.raises(MoneyError):
+            parse_micros(text)
 
 
 @pytest.mark.parametrize(

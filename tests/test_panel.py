@@ -176,37 +176,47 @@ async def ledger_state(db: Database, customer_id: int) -> tuple:
 # --- the "done means" ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_services_and_balance_for_a_standard_customer(
-    api: httpx.AsyncClient, gateway, sim_services: list[dict], transport: str
+    api: httpx.AsyncClient, gateway, sim_services: list[dict]
 ) -> None:
     alice = await new_customer(gateway.db, "Alice")
     expected = expected_standard(sim_services, "25")
     for path in PATHS:
-        response = await call(api, path, transport, {"key": alice.key, "action": "services"})
-        assert response.status_code == 200
-        assert by_id(response.json()) == expected
+        for transport in TRANSPORTS:
+            where = (path, transport)
+            response = await call(api, path, transport, {"key": alice.key, "action": "services"})
+            assert response.status_code == 200, where
+            assert by_id(response.json()) == expected, where
 
-        response = await call(api, path, transport, {"key": alice.key, "action": "balance"})
-        assert response.status_code == 200
-        assert response.json() == {"status": "success", "balance": "10.00", "currency": "USD"}
+            response = await call(api, path, transport, {"key": alice.key, "action": "balance"})
+            assert response.status_code == 200, where
+            assert response.json() == {
+                "status": "success",
+                "balance": "10.00",
+                "currency": "USD",
+            }, where
     assert await ledger.verify(gateway.db) == []
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_services_and_balance_for_a_smartpanel_customer(
-    api: httpx.AsyncClient, gateway, sim_services: list[dict], transport: str
+    api: httpx.AsyncClient, gateway, sim_services: list[dict]
 ) -> None:
     bob = await new_customer(gateway.db, "Bob", dialect="smartpanel")
     expected = expected_smartpanel(sim_services, "25")
     for path in PATHS:
-        response = await call(api, path, transport, {"key": bob.key, "action": "services"})
-        assert response.status_code == 200
-        assert by_id(response.json()) == expected
+        for transport in TRANSPORTS:
+            where = (path, transport)
+            response = await call(api, path, transport, {"key": bob.key, "action": "services"})
+            assert response.status_code == 200, where
+            assert by_id(response.json()) == expected, where
 
-        response = await call(api, path, transport, {"key": bob.key, "action": "balance"})
-        assert response.status_code == 200
-        assert response.json() == {"status": "success", "balance": "10.0000", "currency": "USD"}
+            response = await call(api, path, transport, {"key": bob.key, "action": "balance"})
+            assert response.status_code == 200, where
+            assert response.json() == {
+                "status": "success",
+                "balance": "10.0000",
+                "currency": "USD",
+            }, where
 
 
 async def test_dialect_shapes_side_by_side(api: httpx.AsyncClient, gateway) -> None:
@@ -412,17 +422,18 @@ class TestBodyLimit:
         assert response.status_code == 200
         assert response.json()["balance"] == "10.00"
 
-    @pytest.mark.parametrize("transport", ["form", "json", "multipart"])
     async def test_an_oversized_body_is_413_with_a_json_error(
-        self, api: httpx.AsyncClient, gateway, transport: str
+        self, api: httpx.AsyncClient, gateway
     ) -> None:
         alice = await new_customer(gateway.db, "Alice")
         before = await ledger_state(gateway.db, alice.id)
         for path in PATHS:
-            response = await call(api, path, transport, self.padded(alice.key, 4 * LIMIT))
-            assert response.status_code == 413
-            assert response.headers["content-type"].startswith("application/json")
-            assert response.json() == {"error": contract.BODY_TOO_LARGE}
+            for transport in ("form", "json", "multipart"):
+                where = (path, transport)
+                response = await call(api, path, transport, self.padded(alice.key, 4 * LIMIT))
+                assert response.status_code == 413, where
+                assert response.headers["content-type"].startswith("application/json"), where
+                assert response.json() == {"error": contract.BODY_TOO_LARGE}, where
         assert await ledger_state(gateway.db, alice.id) == before
 
     async def test_an_oversized_chunked_form_is_413(self, api: httpx.AsyncClient, gateway):

@@ -21,7 +21,7 @@ from app.contract import (
 )
 from app.db import Database
 from app.models import Order, Refill, Service, as_utc, utcnow
-from app.orders.placing import PLACED
+from app.orders.placing import PLACED, SENDING, UNKNOWN
 from app.upstream import Refused, UpstreamClient, contract_error_for
 
 log = logging.getLogger("smm_gateway.orders")
@@ -32,21 +32,21 @@ NOT_CANCELABLE = "Order not eligible for cancel"
 @dataclass(frozen=True)
 class _Placed:
     id: int
-    upstream_order_id: int
+    upstream_order_id: int | None  # None: not placed (yet), so neither refillable nor cancelable
     status: str
     refill: bool
     cancel: bool
 
 
 async def _customer_placed(db: Database, customer_id: int, ids: list[int]) -> dict[int, _Placed]:
+    """The customer's orders among `ids` that they can see (placed, or still unresolved)."""
     stmt = (
         select(Order.id, Order.upstream_order_id, Order.status, Service.refill, Service.cancel)
         .join(Service, Service.id == Order.service_id)
         .where(
             Order.id.in_(ids),
             Order.customer_id == customer_id,
-            Order.state == PLACED,
-            Order.upstream_order_id.is_not(None),
+            Order.state.in_((PLACED, SENDING, UNKNOWN)),
         )
     )
     async with db.read() as conn:
@@ -68,7 +68,7 @@ async def request_refills(
         if order is None:
             results[order_id] = INCORRECT_ORDER
             continue
-        if not order.refill:
+        if not order.refill or order.upstream_order_id is None:
             results[order_id] = NOT_REFILLABLE
             continue
         outcome = await upstream.refill(order.upstream_order_id)
@@ -142,7 +142,7 @@ async def request_cancels(
         order = orders.get(order_id)
         if order is None:
             results[order_id] = INCORRECT_ORDER
-        elif not order.cancel or order.status in FINAL_STATUSES:
+        elif not order.cancel or order.status in FINAL_STATUSES or order.upstream_order_id is None:
             results[order_id] = NOT_CANCELABLE
         else:
             forward[order.upstream_order_id] = order_id

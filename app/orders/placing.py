@@ -106,6 +106,7 @@ async def commit_intent(
                     charge=request.charge,
                     cost=request.cost,
                     refunded=0,
+                    announced=False,
                     idempotency_key=idempotency_key or None,
                     request_hash=request_hash(request),
                     created_at=now,
@@ -124,7 +125,15 @@ async def commit_outcome(
     """Phase 3: record what the upstream's `add` said (phase 1 committed the intent)."""
     if isinstance(outcome, int):
         # Also from `unknown`: a slow reply the recovery gave up on is still the truth.
-        await _mark(db, order_id, PLACED, (SENDING, UNKNOWN), upstream_order_id=outcome, error=None)
+        await _mark(
+            db,
+            order_id,
+            PLACED,
+            (SENDING, UNKNOWN),
+            upstream_order_id=outcome,
+            error=None,
+            announced=True,
+        )
         return Placement(order_id)
     if isinstance(outcome, Ambiguous):
         log.warning(
@@ -132,7 +141,9 @@ async def commit_outcome(
             order_id,
             outcome.reason,
         )
-        await _mark(db, order_id, UNKNOWN, (SENDING,), error=f"ambiguous: {outcome.reason}")
+        await _mark(
+            db, order_id, UNKNOWN, (SENDING,), error=f"ambiguous: {outcome.reason}", announced=True
+        )
         return Placement(order_id)
     error = _customer_error(outcome)
     await reject_and_refund(db, order_id, error=error, note=f"refused: {outcome.reason}")
@@ -170,15 +181,15 @@ async def reject_and_refund(db: Database, order_id: int, *, error: str, note: st
     in a state that allows it (already placed or rejected)."""
     async with db.write() as conn:
         row = (
-            await conn.execute(
-                select(Order.customer_id, Order.charge, Order.state).where(Order.id == order_id)
-            )
+            await conn.execute(select(Order.customer_id, Order.charge).where(Order.id == order_id))
         ).first()
-        if row is None or row.state not in (SENDING, UNKNOWN):
+        if row is None:
             return False
-        await conn.execute(
+        # The state is checked again by the UPDATE itself: a concurrent resolve or outcome
+        # that got there first leaves zero rows here, and nothing is refunded.
+        changed = await conn.execute(
             update(Order)
-            .where(Order.id == order_id)
+            .where(Order.id == order_id, Order.state.in_((SENDING, UNKNOWN)))
             .values(
                 state=REJECTED,
                 status="Canceled",
@@ -188,6 +199,8 @@ async def reject_and_refund(db: Database, order_id: int, *, error: str, note: st
                 settled_at=utcnow(),
             )
         )
+        if changed.rowcount != 1:
+            return False
         await ledger.refund_order(conn, row.customer_id, order_id, row.charge)
     log.info("order %s rejected (%s) and refunded", order_id, note)
     return True

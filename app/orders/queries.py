@@ -84,12 +84,13 @@ class OrderStatusView:
         return self.charge - self.refunded
 
 
-# A customer sees their orders that may exist upstream; a refused one was never an order.
+# A customer sees their orders that may exist upstream, and any whose id they were given; one
+# refused while they waited was never an order to them.
 CUSTOMER_VISIBLE_STATES = (SENDING, PLACED, UNKNOWN)
 _VISIBLE = ", ".join(f"'{state}'" for state in CUSTOMER_VISIBLE_STATES)
 _STATUS_SQL = (
     "SELECT id, status, quantity, charge, refunded, start_count, remains FROM orders "
-    f"WHERE customer_id = {{}} AND state IN ({_VISIBLE}) AND id {{}}"
+    f"WHERE customer_id = {{}} AND (state IN ({_VISIBLE}) OR announced) AND id {{}}"
 )
 
 

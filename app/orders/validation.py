@@ -9,7 +9,9 @@ from datetime import datetime
 from app.catalog import PricedService
 from app.contract import (
     BAD_LINK,
+    DRIPFEED_NOT_SUPPORTED,
     INCORRECT_REQUEST,
+    NOT_ENOUGH_FUNDS,
     PACKAGE_TYPES,
     ContractError,
     missing_parameter,
@@ -24,7 +26,10 @@ MAX_TEXT_LENGTH = 100_000
 SUBSCRIPTION_DELAYS = frozenset(
     {0, 5, 10, 15, 30, 60, 90, 120, 150, 180, 210, 240, 270, 300, 360, 420, 480, 540, 600}
 )
-DRIPFEED_NOT_ALLOWED = "Drip-feed is not available for this service"
+# Beyond these a value is a typo or an attack, and would overflow the database's integers.
+MAX_RUNS = 10_000
+MAX_POSTS = 100_000
+MAX_CHARGE = 10**15  # micro-units: a billion of the currency, more than any balance
 
 # type → (required text parameters besides link, quantity source)
 # quantity source: "quantity" (the parameter), "lines:<param>" (count of lines), None (flat).
@@ -68,12 +73,16 @@ def parse_service_id(params: dict[str, str]) -> int:
     return int(raw)
 
 
-def _positive_int(params: dict[str, str], name: str) -> int:
+def _whole_number(
+    params: dict[str, str], name: str, *, maximum: int = 10**12, positive: bool = True
+) -> int:
     raw = params.get(name, "").strip()
     if not raw:
         raise ContractError(missing_parameter(name))
-    if not raw.isascii() or not raw.isdigit() or int(raw) <= 0:
+    if not raw.isascii() or not raw.isdigit() or (positive and int(raw) == 0):
         raise ContractError(f"Parameter {name} must be a positive whole number")
+    if len(raw) > 15 or int(raw) > maximum:
+        raise ContractError(f"Parameter {name} must be at most {maximum}")
     return int(raw)
 
 
@@ -117,6 +126,8 @@ def validate_add(
     flat = service.type in PACKAGE_TYPES
     charge = service.rate if flat else charge_for(service.rate, units)
     cost = service.cost if flat else charge_for(service.cost, units)
+    if charge > MAX_CHARGE:
+        raise ContractError(NOT_ENOUGH_FUNDS)
     if refuse_tags:
         for name, value in upstream.items():
             if has_tag_like_text(value):
@@ -135,27 +146,31 @@ def _linked(params: dict[str, str], service: PricedService) -> tuple[dict[str, s
     if quantity_from is None:
         return upstream, 1
     if quantity_from.startswith("lines:"):
-        quantity = len(_lines(upstream[quantity_from.removeprefix("lines:")]))
-        _check_bounds(quantity, service)
-        return upstream, quantity
+        name = quantity_from.removeprefix("lines:")
+        lines = _lines(upstream[name])
+        # Send exactly the lines charged for: some panels count blank ones too.
+        upstream[name] = "\n".join(lines)
+        _check_bounds(len(lines), service)
+        return upstream, len(lines)
 
-    quantity = _positive_int(params, "quantity")
+    # Zero is a quantity below the minimum, as every panel says, not a malformed one.
+    quantity = _whole_number(params, "quantity", positive=False)
     upstream["quantity"] = str(quantity)
     _check_bounds(quantity, service)
     wants_dripfeed = bool(params.get("runs", "").strip() or params.get("interval", "").strip())
     if not wants_dripfeed:
         return upstream, quantity
     if service.type != "Default" or not service.dripfeed:
-        raise ContractError(DRIPFEED_NOT_ALLOWED)
-    runs = _positive_int(params, "runs")
+        raise ContractError(DRIPFEED_NOT_SUPPORTED)
+    runs = _whole_number(params, "runs", maximum=MAX_RUNS)
     upstream["runs"] = str(runs)
-    upstream["interval"] = str(_positive_int(params, "interval"))
+    upstream["interval"] = str(_whole_number(params, "interval", maximum=10_000))
     return upstream, quantity * runs
 
 
 def _subscription(params: dict[str, str], service: PricedService) -> tuple[dict[str, str], int]:
     upstream = {"username": _text(params, "username").strip()}
-    low, high = _positive_int(params, "min"), _positive_int(params, "max")
+    low, high = _whole_number(params, "min"), _whole_number(params, "max")
     if low > high:
         raise ContractError("Parameter min must not be more than max")
     _check_bounds(low, service)
@@ -172,14 +187,11 @@ def _subscription(params: dict[str, str], service: PricedService) -> tuple[dict[
     upstream["delay"] = str(int(delay))
 
     # The whole cost is held up front, so the number of posts must be known.
-    posts = _positive_int(params, "posts")
+    posts = _whole_number(params, "posts", maximum=MAX_POSTS)
     upstream["posts"] = str(posts)
     old_posts = 0
     if params.get("old_posts", "").strip():
-        raw = params["old_posts"].strip()
-        if not raw.isascii() or not raw.isdigit():
-            raise ContractError("Parameter old_posts must be a whole number")
-        old_posts = int(raw)
+        old_posts = _whole_number(params, "old_posts", maximum=MAX_POSTS, positive=False)
         upstream["old_posts"] = str(old_posts)
     expiry = params.get("expiry", "").strip()
     if expiry:

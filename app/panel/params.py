@@ -65,7 +65,13 @@ def _json(body: bytes) -> dict[str, str]:
         raise ContractError(INCORRECT_REQUEST) from None
     if not isinstance(data, dict):
         raise ContractError(INCORRECT_REQUEST)
-    return {str(k): _scalar(v) for k, v in data.items() if v is not None}
+    params = {}
+    for name, value in data.items():
+        try:
+            params[str(name)] = _scalar(value)
+        except ContractError:
+            continue  # an object or a mixed list: no parameter of ours, so ignored
+    return params
 
 
 async def _multipart(request: Request, body: bytes) -> dict[str, str]:

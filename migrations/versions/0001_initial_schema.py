@@ -94,6 +94,7 @@ def upgrade() -> None:
         sa.Column("start_count", sa.BigInteger(), nullable=True),
         sa.Column("remains", sa.BigInteger(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("announced", sa.Boolean(), nullable=False),
         sa.Column("idempotency_key", sa.String(length=128), nullable=True),
         sa.Column("request_hash", sa.String(length=64), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
