@@ -11,9 +11,8 @@ from datetime import datetime
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import Database
+from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
 from app.models import Customer, PriceRule, Service, Setting, utcnow
 from app.money import apply_markup
@@ -99,7 +98,7 @@ _SERVICE_COLUMNS = (
 
 
 async def _rules(
-    conn: AsyncConnection, customer_id: int | None, service_id: int | None = None
+    conn: Conn, customer_id: int | None, service_id: int | None = None
 ) -> tuple[dict[int, Rule], dict[int, Rule]]:
     """(rules for everyone, rules for this customer), keyed by service id."""
     stmt = select(
@@ -144,9 +143,9 @@ def _priced(
         cost,
         min_,
         max_,
-        drip,
-        refill,
-        cancel,
+        bool(drip),  # SQLite's raw rows carry 0/1
+        bool(refill),
+        bool(cancel),
         desc,
     )
 
@@ -165,20 +164,48 @@ async def customer_catalog(
     return [p for p in priced if p is not None]
 
 
+_PRICED_SERVICE = """
+SELECT s.id, s.name, s.category, s.type, s.rate, s.min, s.max, s.dripfeed, s.refill, s.cancel,
+       s.description, s.display_name, s.display_category,
+       g.fixed_rate, g.markup_bp, g.below_cost_ok, p.fixed_rate, p.markup_bp, p.below_cost_ok
+FROM services s
+LEFT JOIN price_rules g ON g.service_id = s.id AND g.customer_id IS NULL
+LEFT JOIN price_rules p ON p.service_id = s.id AND p.customer_id = {customer}
+WHERE s.id = {service} AND s.upstream_listed AND NOT s.hidden
+"""
+
+
 async def priced_service(
     db: Database, service_id: int, customer_id: int, markup_bp: int | None, default_bp: int
 ) -> PricedService | None:
-    """One orderable service at this customer's price; None if unknown, hidden or suspended."""
-    async with db.read() as conn:
-        row = (
-            await conn.execute(
-                select(*_SERVICE_COLUMNS).where(Service.id == service_id, *_ORDERABLE)
-            )
-        ).first()
-        if row is None:
-            return None
-        general, personal = await _rules(conn, customer_id, service_id)
-    return _priced(tuple(row), general, personal, markup_bp, default_bp)
+    """One orderable service at this customer's price; None if unknown, hidden or suspended.
+    On every `add`: one read, with both price rules that may apply joined in."""
+    if service_id >= 2**31:  # beyond the column's range: no such service
+        return None
+    rows = await db.fetch(
+        _PRICED_SERVICE.format(customer="?", service="?"),
+        _PRICED_SERVICE.format(customer="$1", service="$2"),
+        customer_id,
+        service_id,
+    )
+    if not rows:
+        return None
+    row = tuple(rows[0])
+    service, general, personal = row[:13], _rule(row[13:16]), _rule(row[16:19])
+    return _priced(
+        service,
+        {service_id: general} if general else {},
+        {service_id: personal} if personal else {},
+        markup_bp,
+        default_bp,
+    )
+
+
+def _rule(columns: tuple) -> Rule | None:
+    fixed, markup, below_cost_ok = columns
+    if fixed is None and markup is None:
+        return None
+    return Rule(fixed, markup, bool(below_cost_ok))
 
 
 # --- refreshing from the upstream -------------------------------------------------------------
@@ -192,11 +219,11 @@ class SyncResult:
     error: str | None = None
 
 
-def _upsert(conn: AsyncConnection):  # type: ignore[no-untyped-def]
+def _upsert(conn: Conn):  # type: ignore[no-untyped-def]
     return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
 
 
-async def _set_kv(conn: AsyncConnection, key: str, value: str) -> None:
+async def _set_kv(conn: Conn, key: str, value: str) -> None:
     stmt = _upsert(conn)(Setting).values(key=key, value=value)
     await conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
 

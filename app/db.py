@@ -9,27 +9,36 @@ SQLAlchemy's pool in between, which bench/README.md measured at a fraction of th
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy import Executable, create_engine, event
+from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 import migrations
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+T = TypeVar("T")
 
 
-def _sqlite_engine(url: str, begin: str | None) -> AsyncEngine:
-    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+def _sqlite_engine(url: str, begin: str | None) -> Engine:
+    """A synchronous engine, used from the event loop (see InLoopConnection)."""
+    sync_url = url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://", 1)
+    # No reset on return: every write ends in COMMIT or ROLLBACK already, and reads run
+    # without a transaction.
+    engine = create_engine(
+        sync_url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        pool_reset_on_return=None,
+    )
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control away from the sqlite3 module, so BEGIN is ours.
         dbapi_conn.isolation_level = None
@@ -42,11 +51,47 @@ def _sqlite_engine(url: str, begin: str | None) -> AsyncEngine:
 
     if begin is not None:
 
-        @event.listens_for(engine.sync_engine, "begin")
+        @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql(begin)
 
     return engine
+
+
+class InLoopConnection:
+    """A synchronous SQLAlchemy connection behind AsyncConnection's methods, for SQLite.
+
+    A SQLite statement takes microseconds; aiosqlite's thread hop per statement costs more,
+    and many times more on a busy machine (bench/README.md). Statements run in the event loop,
+    so a transaction's body, which never awaits anything else, runs without interleaving.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.sync_connection = connection
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.sync_connection.dialect
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]:
+        return self.sync_connection.execute(statement, parameters)
+
+    async def scalar(self, statement: Executable, parameters: Any = None) -> Any:
+        return self.sync_connection.scalar(statement, parameters)
+
+    async def exec_driver_sql(self, sql: str, parameters: Any = None) -> CursorResult[Any]:
+        return self.sync_connection.exec_driver_sql(sql, parameters)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return fn(self.sync_connection, *args, **kwargs)
+
+
+# What `Database.read()`/`write()` hand out: same methods on both databases.
+Conn = AsyncConnection | InLoopConnection
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """The hot reads change no session state, so the pool's reset round trip is skipped."""
 
 
 def _open_sqlite_reader(url: str) -> sqlite3.Connection:
@@ -62,16 +107,24 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._sqlite_write: Engine | None = None
+        self._sqlite_read: Engine | None = None
+        self._pg: AsyncEngine | None = None
         if self.is_sqlite:
-            self.engine = _sqlite_engine(url, "BEGIN IMMEDIATE")
+            self._sqlite_write = _sqlite_engine(url, "BEGIN IMMEDIATE")
             # Autocommit reads: each statement sees the latest commit, holds no lock.
-            self.read_engine = _sqlite_engine(url, None)
+            self._sqlite_read = _sqlite_engine(url, None)
         else:
-            self.engine = create_async_engine(url, pool_size=10, max_overflow=20)
-            self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._pg = create_async_engine(
+                url, pool_size=10, max_overflow=20, pool_reset_on_return=None
+            )
+            self._pg_autocommit = self._pg.execution_options(isolation_level="AUTOCOMMIT")
         self._sqlite_reader: sqlite3.Connection | None = None
         self._pg_pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        # SQLite has one writer at a time; a transaction that awaits something else must not
+        # let another of this process's writers start on the same file.
+        self._write_lock = asyncio.Lock()
 
     async def fetch(self, sqlite_sql: str, postgres_sql: str, *args: Any) -> list[Sequence[Any]]:
         """One hot read, straight through the driver; the SQL is given in each dialect.
@@ -90,28 +143,40 @@ class Database:
                         self.url.replace("postgresql+asyncpg://", "postgresql://", 1),
                         min_size=1,
                         max_size=10,
+                        reset=_keep_session,
                     )
         return await self._pg_pool.fetch(postgres_sql, *args)
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self) -> AsyncIterator[Conn]:
         """One write transaction: commits on success, rolls back on any exception."""
-        async with self.engine.begin() as conn:
-            yield conn
+        if self._pg is not None:
+            async with self._pg.begin() as conn:
+                yield conn
+            return
+        assert self._sqlite_write is not None
+        async with self._write_lock:
+            with self._sqlite_write.begin() as sync_conn:
+                yield InLoopConnection(sync_conn)
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.read_engine.connect() as conn:
-            yield conn
+    async def read(self) -> AsyncIterator[Conn]:
+        if self._pg is not None:
+            async with self._pg_autocommit.connect() as conn:
+                yield conn
+            return
+        assert self._sqlite_read is not None
+        with self._sqlite_read.connect() as sync_conn:
+            yield InLoopConnection(sync_conn)
 
     @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
+    async def snapshot(self) -> AsyncIterator[Conn]:
         """A transaction whose reads all see one consistent state (for checks and reports)."""
-        if self.is_sqlite:
+        if self._pg is None:
             async with self.write() as conn:
                 yield conn
             return
-        engine = self.engine.execution_options(isolation_level="REPEATABLE READ")
+        engine = self._pg.execution_options(isolation_level="REPEATABLE READ")
         async with engine.begin() as conn:
             yield conn
 
@@ -122,13 +187,15 @@ class Database:
         if self._pg_pool is not None:
             await self._pg_pool.close()
             self._pg_pool = None
-        await self.engine.dispose()
-        if self.read_engine is not self.engine:
-            await self.read_engine.dispose()
+        for engine in (self._sqlite_write, self._sqlite_read):
+            if engine is not None:
+                engine.dispose()
+        if self._pg is not None:
+            await self._pg.dispose()
 
     async def migrate(self) -> None:
         """Bring the schema to head (alembic upgrade head) on this database."""
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.run_sync(_upgrade_head)
 
 

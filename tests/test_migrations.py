@@ -32,7 +32,7 @@ async def _differences(db: Database, metadata: MetaData) -> list:
         )
         return compare_metadata(context, metadata)
 
-    async with db.engine.connect() as conn:
+    async with db.read() as conn:
         return await conn.run_sync(diff)
 
 
@@ -57,12 +57,12 @@ async def test_database_is_at_the_head_revision(db: Database) -> None:
     def current(connection) -> str | None:  # type: ignore[no-untyped-def]
         return MigrationContext.configure(connection).get_current_revision()
 
-    async with db.engine.connect() as conn:
+    async with db.read() as conn:
         assert await conn.run_sync(current) == _head()
 
 
 async def test_every_model_table_exists(db: Database) -> None:
-    async with db.engine.connect() as conn:
+    async with db.read() as conn:
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
     assert set(Base.metadata.tables) <= tables
 
@@ -73,5 +73,5 @@ async def test_migrating_again_is_harmless(db: Database) -> None:
     def current(connection) -> str | None:  # type: ignore[no-untyped-def]
         return MigrationContext.configure(connection).get_current_revision()
 
-    async with db.engine.connect() as conn:
+    async with db.read() as conn:
         assert await conn.run_sync(current) == _head()

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app import ledger
@@ -39,7 +39,18 @@ STATES = (SENDING, PLACED, REJECTED, UNKNOWN)
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 IDEMPOTENCY_MISMATCH = "Idempotency-Key was already used with different parameters"
+IDEMPOTENCY_KEY_MAX = 128
+IDEMPOTENCY_KEY_TOO_LONG = f"Idempotency-Key is too long (at most {IDEMPOTENCY_KEY_MAX} characters)"
 ORDER_NOT_PLACED = "Order could not be placed"
+
+
+# Built once (phases 1 and 3 of every order); the SET of _MARK comes from the parameters.
+_orders = Order.__table__
+_INSERT_ORDER = insert(_orders)
+_MARK = update(_orders).where(
+    _orders.c.id == bindparam("order_id"),
+    _orders.c.state.in_(bindparam("from_states", expanding=True)),
+)
 
 
 class NotEnoughFunds(ContractError):
@@ -95,23 +106,24 @@ async def commit_intent(
     async with db.write() as conn:
         order_id = (
             await conn.execute(
-                insert(Order).values(
-                    customer_id=customer_id,
-                    service_id=request.service_id,
-                    state=SENDING,
-                    status=PENDING,
-                    params=json.dumps(request.upstream_params),
-                    quantity=request.quantity,
-                    rate=request.rate,
-                    charge=request.charge,
-                    cost=request.cost,
-                    refunded=0,
-                    announced=False,
-                    idempotency_key=idempotency_key or None,
-                    request_hash=request_hash(request),
-                    created_at=now,
-                    updated_at=now,
-                )
+                _INSERT_ORDER,
+                {
+                    "customer_id": customer_id,
+                    "service_id": request.service_id,
+                    "state": SENDING,
+                    "status": PENDING,
+                    "params": json.dumps(request.upstream_params),
+                    "quantity": request.quantity,
+                    "rate": request.rate,
+                    "charge": request.charge,
+                    "cost": request.cost,
+                    "refunded": 0,
+                    "announced": False,
+                    "idempotency_key": idempotency_key or None,
+                    "request_hash": request_hash(request),
+                    "created_at": now,
+                    "updated_at": now,
+                },
             )
         ).inserted_primary_key[0]
         if not await ledger.debit_for_order(conn, customer_id, order_id, request.charge):
@@ -170,9 +182,14 @@ async def _mark(
 ) -> None:
     async with db.write() as conn:
         await conn.execute(
-            update(Order)
-            .where(Order.id == order_id, Order.state.in_(from_states))
-            .values(state=state, updated_at=utcnow(), **values)
+            _MARK,
+            {
+                "order_id": order_id,
+                "from_states": from_states,
+                "state": state,
+                "updated_at": utcnow(),
+                **values,
+            },
         )
 
 

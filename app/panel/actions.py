@@ -14,7 +14,7 @@ from app.contract import (
 )
 from app.customers import Caller
 from app.orders.aftercare import refill_statuses, request_cancels, request_refills
-from app.orders.placing import place_order
+from app.orders.placing import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_TOO_LONG, place_order
 from app.orders.queries import customer_orders
 from app.orders.validation import parse_service_id, validate_add
 from app.panel import render
@@ -60,8 +60,8 @@ async def add(ctx: ActionContext) -> Any:
         raise ContractError(INCORRECT_SERVICE)
     request = validate_add(ctx.params, service, refuse_tags=gw.settings.upstream_double_decode)
     key = (ctx.headers.get("idempotency-key") or ctx.params.get("idempotency_key", "")).strip()
-    if len(key) > 128:
-        raise ContractError("Idempotency-Key is too long (at most 128 characters)")
+    if len(key) > IDEMPOTENCY_KEY_MAX:
+        raise ContractError(IDEMPOTENCY_KEY_TOO_LONG)
     placement = await place_order(gw.db, gw.upstream, caller.customer_id, request, key or None)
     if placement.order_id is None:
         raise ContractError(placement.error or INCORRECT_REQUEST)
