@@ -33,7 +33,7 @@ from app.upstream import Refused, UpstreamClient, UpstreamOrderStatus
 log = logging.getLogger("smm_gateway.sync")
 
 BATCH_SIZE = 100
-LEASE = timedelta(minutes=2)
+DEFAULT_LEASE_SECONDS = 120.0
 FINAL = tuple(FINAL_STATUSES)
 
 
@@ -57,7 +57,9 @@ class _Claimed:
     cost: int
 
 
-async def _claim_batch(db: Database, refreshed_before: datetime, limit: int) -> list[_Claimed]:
+async def _claim_batch(
+    db: Database, refreshed_before: datetime, limit: int, lease: timedelta
+) -> list[_Claimed]:
     """Lease up to `limit` active orders last refreshed before `refreshed_before` (so not in
     this pass, nor just now by another instance), oldest first."""
     now = utcnow()
@@ -79,7 +81,7 @@ async def _claim_batch(db: Database, refreshed_before: datetime, limit: int) -> 
         ids = list((await conn.execute(due)).scalars())
         if not ids:
             return []
-        await conn.execute(update(Order).where(Order.id.in_(ids)).values(lease_until=now + LEASE))
+        await conn.execute(update(Order).where(Order.id.in_(ids)).values(lease_until=now + lease))
         rows = await conn.execute(
             select(
                 Order.id,
@@ -193,6 +195,7 @@ async def sync_pass(
     sending_grace_seconds: float,
     batch_size: int = BATCH_SIZE,
     min_age_seconds: float = 0.0,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> PassResult:
     """One pass over every active order: ⌈K/batch⌉ upstream calls for K orders.
 
@@ -202,7 +205,8 @@ async def sync_pass(
     result = PassResult()
     await recover_stale_sending(db, sending_grace_seconds)
     refreshed_before = utcnow() - timedelta(seconds=min_age_seconds)
-    while batch := await _claim_batch(db, refreshed_before, batch_size):
+    lease = timedelta(seconds=lease_seconds)
+    while batch := await _claim_batch(db, refreshed_before, batch_size, lease):
         result.upstream_calls += 1
         heard = await upstream.status_many([o.upstream_order_id for o in batch])
         if not isinstance(heard, dict):
@@ -238,9 +242,9 @@ async def _with_child_charges(
         uid: (item, item.child_orders)
         for uid, item in heard.items()
         if isinstance(item, UpstreamOrderStatus)
-        and item.status == PARTIAL
+        and item.status in (PARTIAL, EXPIRED)
         and item.charge_micros is None
-        and item.child_orders
+        and item.child_orders is not None  # an empty list: nothing delivered, nothing kept
     }
     if not parents:
         return dict(heard)
@@ -285,6 +289,9 @@ async def sync_forever(
                 upstream,
                 sending_grace_seconds=sending_grace_seconds,
                 min_age_seconds=interval / 2,
+                # A batch takes one upstream call, bounded by the grace: a process killed
+                # mid-batch delays those orders by that long, not by minutes.
+                lease_seconds=sending_grace_seconds,
             )
             if result.polled:
                 log.info(
