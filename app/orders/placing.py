@@ -10,8 +10,10 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -38,6 +40,7 @@ UNKNOWN = "unknown"
 STATES = (SENDING, PLACED, REJECTED, UNKNOWN)
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
+REPLAY_POLL_SECONDS = 0.05
 IDEMPOTENCY_MISMATCH = "Idempotency-Key was already used with different parameters"
 IDEMPOTENCY_KEY_MAX = 128
 IDEMPOTENCY_KEY_TOO_LONG = f"Idempotency-Key is too long (at most {IDEMPOTENCY_KEY_MAX} characters)"
@@ -78,14 +81,18 @@ async def place_order(
     idempotency_key: str | None = None,
 ) -> Placement:
     if idempotency_key:
-        earlier = await _replay(db, customer_id, idempotency_key, request)
+        earlier = await _replay(
+            db, customer_id, idempotency_key, request, upstream.max_call_seconds
+        )
         if earlier is not None:
             return earlier
     try:
         order_id = await commit_intent(db, customer_id, request, idempotency_key)
     except IntegrityError:
         # The same Idempotency-Key raced us and won: answer what it answers.
-        earlier = await _replay(db, customer_id, idempotency_key or "", request)
+        earlier = await _replay(
+            db, customer_id, idempotency_key or "", request, upstream.max_call_seconds
+        )
         if earlier is None:
             raise
         return earlier
@@ -223,18 +230,30 @@ async def reject_and_refund(db: Database, order_id: int, *, error: str, note: st
     return True
 
 
-async def _replay(
-    db: Database, customer_id: int, key: str, request: OrderRequest
-) -> Placement | None:
-    """The first answer for this Idempotency-Key, if one was given within 24 h."""
+async def _keyed_order(db: Database, customer_id: int, key: str) -> Any:
     async with db.read() as conn:
-        row = (
+        return (
             await conn.execute(
                 select(
-                    Order.id, Order.state, Order.error, Order.request_hash, Order.created_at
+                    Order.id,
+                    Order.state,
+                    Order.error,
+                    Order.announced,
+                    Order.request_hash,
+                    Order.created_at,
                 ).where(Order.customer_id == customer_id, Order.idempotency_key == key)
             )
         ).first()
+
+
+async def _replay(
+    db: Database, customer_id: int, key: str, request: OrderRequest, wait_seconds: float
+) -> Placement | None:
+    """The first answer for this Idempotency-Key, if one was given within 24 h.
+
+    While the first request is still in flight, wait for its outcome, so that both get the
+    same answer (an id for an order the upstream then refuses would be a lie)."""
+    row = await _keyed_order(db, customer_id, key)
     if row is None:
         return None
     if as_utc(row.created_at) < utcnow() - IDEMPOTENCY_WINDOW:
@@ -244,8 +263,16 @@ async def _replay(
         return None
     if row.request_hash != request_hash(request):
         raise ContractError(IDEMPOTENCY_MISMATCH)
-    if row.state == REJECTED:
+    deadline = time.monotonic() + wait_seconds
+    while row.state == SENDING and time.monotonic() < deadline:
+        await asyncio.sleep(REPLAY_POLL_SECONDS)
+        row = await _keyed_order(db, customer_id, key)
+    if row.state == REJECTED and not row.announced:
         return Placement(None, row.error)
+    if row.state == SENDING:
+        # The first request died mid-call: its order id is the answer from now on.
+        async with db.write() as conn:
+            await conn.execute(update(Order).where(Order.id == row.id).values(announced=True))
     return Placement(row.id)
 
 
