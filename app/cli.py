@@ -5,28 +5,36 @@ strings). Exit codes: 0 done; 1 a bad value, or a request that cannot be carried
 2 invalid settings, or a wrong combination of options. A failure prints one line on stderr.
 Each database command migrates first, so a fresh SQLite file just works.
 
-Adding a command group (e.g. `orders`) is one block: `orders_app = _group("orders", "…")`,
-then `@orders_app.command()` functions built on `_run()`.
+The JSON of each command is the model `app/admin/ops.py` returns for it, dumped with
+`model_dump(mode="json")`: the same bytes the admin API (`/admin/…`) answers for the same
+operation. Every database command also says, loudly on stderr, when orders wait in `unknown`
+for an operator's verdict.
+
+Adding a command group is one block: `things_app = _group("things", "…")`, then
+`@things_app.command()` functions built on `_run()`.
 """
 
 import asyncio
 import json
+import signal
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from app import customers, ledger
-from app.customers import CustomerView, KeyView
+from app import customers
+from app.admin import ops
+from app.admin.schemas import CustomerOut, EntryOut, OrderOut, ReportLineOut
 from app.db import Database
-from app.errors import NotFound, OperatorError
-from app.ledger import EntryView
-from app.money import MoneyError, bp_to_percent, parse_micros, percent_to_bp, render
+from app.errors import OperatorError
+from app.money import MoneyError, bp_to_percent, parse_micros, percent_to_bp
+from app.orders.placing import STATES, UNKNOWN
 from app.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
@@ -51,12 +59,15 @@ customers_app = _group("customers", "Customers: create, list, show, disable, ena
 keys_app = _group("keys", "Customers' API keys: issue, list, revoke.")
 ledger_app = _group("ledger", "Customers' money: top-ups, adjustments, history, verification.")
 services_app = _group("services", "The catalog: sync from the upstream, list, hide, rename, price.")
-# Later: orders_app = _group("orders", "…"); `sync --once` and `worker` as top-level commands.
+orders_app = _group("orders", "Orders: list, show, and resolve the ones in `unknown`.")
 
 
 class DialectName(StrEnum):
     standard = "standard"
     smartpanel = "smartpanel"
+
+
+OrderState = StrEnum("OrderState", {state: state for state in STATES})  # type: ignore[misc]
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -100,15 +111,28 @@ async def _migrate(db: Database) -> None:
         ) from None
 
 
+UNRESOLVED_HINT = "smm-gateway orders list --state unknown"
+
+
+def unresolved_warning(count: int) -> str:
+    verb = "awaits" if count == 1 else "await"
+    return f"WARNING: {count} order{'' if count == 1 else 's'} {verb} resolution: {UNRESOLVED_HINT}"
+
+
 def _run(work: Callable[[Database, Settings], Awaitable[T]], settings: Settings | None = None) -> T:
-    """Open and migrate the database, run `work`, close; known failures are one line."""
+    """Open and migrate the database, run `work`, close; known failures are one line.
+    Afterwards, a loud line on stderr while orders wait in `unknown` (DESIGN.md: an operator
+    must resolve them, and must not be able to miss them)."""
     settings = settings or _settings()
 
     async def go() -> T:
         db = Database(settings.database_url)
         try:
             await _migrate(db)
-            return await work(db, settings)
+            result = await work(db, settings)
+            if unresolved := await ops.unresolved(db):
+                typer.echo(unresolved_warning(unresolved), err=True)
+            return result
         finally:
             await db.dispose()
 
@@ -116,9 +140,18 @@ def _run(work: Callable[[Database, Settings], Awaitable[T]], settings: Settings 
         return asyncio.run(go())
 
 
+def _jsonable(data: Any) -> Any:
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
+    if isinstance(data, list):
+        return [_jsonable(item) for item in data]
+    return data
+
+
 def _emit(as_json: bool, data: Any, lines: Sequence[str] | str) -> None:
+    """`data`: a model (dumped as the admin API dumps it), a list of them, or plain JSON."""
     if as_json:
-        typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        typer.echo(json.dumps(_jsonable(data), indent=2, ensure_ascii=False))
     else:
         typer.echo(lines if isinstance(lines, str) else "\n".join(lines))
 
@@ -150,10 +183,6 @@ def _markup(text: str, *, allow_negative: bool = False) -> int:
     return bp
 
 
-def _when(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat(timespec="seconds")
-
-
 def _short_when(moment: datetime | None) -> str:
     return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -162,56 +191,10 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-async def _customer_id(db: Database, ref: str) -> int:
-    """A customer named by id or by exact name."""
-    ref = ref.strip()
-    if ref.isdigit():
-        return (await customers.get_customer(db, int(ref))).id
-    for view in await customers.list_customers(db):
-        if view.name == ref:
-            return view.id
-    raise NotFound(f"no customer {ref!r}")
-
-
-def _markup_text(bp: int | None, settings: Settings) -> str:
-    if bp is None:
+def _markup_text(percent: str | None, settings: Settings) -> str:
+    if percent is None:
         return f"default ({bp_to_percent(settings.default_markup_bp)}%)"
-    return f"{bp_to_percent(bp)}%"
-
-
-def _customer_json(view: CustomerView, settings: Settings) -> dict[str, Any]:
-    return {
-        "id": view.id,
-        "name": view.name,
-        "dialect": view.dialect,
-        "markup_percent": None if view.markup_bp is None else bp_to_percent(view.markup_bp),
-        "balance": render(view.balance),
-        "currency": settings.currency,
-        "disabled": view.disabled,
-        "created_at": _when(view.created_at),
-    }
-
-
-def _key_json(key: KeyView) -> dict[str, Any]:
-    return {
-        "prefix": key.prefix,
-        "customer_id": key.customer_id,
-        "created_at": _when(key.created_at),
-        "revoked_at": _when(key.revoked_at),
-    }
-
-
-def _entry_json(entry: EntryView) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "customer_id": entry.customer_id,
-        "amount": render(entry.amount),
-        "kind": entry.kind,
-        "order_id": entry.order_id,
-        "ref": entry.ref,
-        "memo": entry.memo,
-        "created_at": _when(entry.created_at),
-    }
+    return f"{percent}%"
 
 
 async def _nothing(db: Database, settings: Settings) -> None:
@@ -227,11 +210,28 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
-    """Run the gateway (applies migrations first)."""
+    """Run the gateway (applies migrations first). It refreshes the catalog and runs the status
+    sync in-process; with SMMGW_SYNC_IN_PROCESS=false it leaves the sync to `smm-gateway worker`.
+    Logs: our own line per request replaces uvicorn's access log (which would show `key=`).
+    With --workers > 1, /metrics adds up all workers (a fresh PROMETHEUS_MULTIPROC_DIR)."""
     import uvicorn
 
-    _run(_nothing)  # settings valid, schema at head: before any worker starts
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers)
+    from app.logs import configure_logging
+    from app.metrics import multiprocess_dir
+
+    settings = _settings()
+    _run(_nothing, settings)  # settings valid, schema at head: before any worker starts
+    configure_logging(settings)
+    with multiprocess_dir(workers):
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,  # logging is app.logs' (each worker configures it in create_app)
+            access_log=False,
+        )
 
 
 @app.command()
@@ -336,29 +336,19 @@ def customers_create(
 ) -> None:
     """Create a customer with one API key; the key is printed once and never again."""
     markup_bp = None if markup is None else _markup(markup)
-
-    async def work(db: Database, settings: Settings) -> tuple[CustomerView, str]:
-        chosen = dialect.value if dialect else settings.default_dialect
-        customer_id, key = await customers.create_customer(db, name, chosen, markup_bp)
-        return await customers.get_customer(db, customer_id), key
-
-    view, key = _run(work)
-    data = {
-        "id": view.id,
-        "name": view.name,
-        "dialect": view.dialect,
-        "markup_percent": None if view.markup_bp is None else bp_to_percent(view.markup_bp),
-        "key": key,
-        "prefix": key[: customers.PREFIX_LENGTH],
-    }
-    markup_shown = "default" if view.markup_bp is None else f"{bp_to_percent(view.markup_bp)}%"
+    created = _run(
+        lambda db, settings: ops.create_customer(
+            db, settings, name, markup_bp, dialect.value if dialect else None
+        )
+    )
+    markup_shown = "default" if created.markup_percent is None else f"{created.markup_percent}%"
     _emit(
         as_json,
-        data,
+        created,
         [
-            f"customer {view.id} {view.name!r} created (dialect {view.dialect},"
+            f"customer {created.id} {created.name!r} created (dialect {created.dialect},"
             f" markup {markup_shown})",
-            f"key: {key}",
+            f"key: {created.key}",
             "Store the key now: it is shown only this once.",
         ],
     )
@@ -368,63 +358,51 @@ def customers_create(
 def customers_list(as_json: JsonFlag = False) -> None:
     """List customers (never their keys)."""
     settings = _settings()
-    views = _run(lambda db, s: customers.list_customers(db), settings)
+    listed = _run(ops.list_customers, settings)
     rows = [
         (
-            v.id,
-            v.name,
-            v.dialect,
-            _markup_text(v.markup_bp, settings),
-            f"{render(v.balance)} {settings.currency}",
-            "disabled" if v.disabled else "active",
+            c.id,
+            c.name,
+            c.dialect,
+            _markup_text(c.markup_percent, settings),
+            f"{c.balance} {c.currency}",
+            "disabled" if c.disabled else "active",
         )
-        for v in views
+        for c in listed
     ]
     text = (
         _table(("ID", "NAME", "DIALECT", "MARKUP", "BALANCE", "STATUS"), rows)
         if rows
         else "no customers yet (smm-gateway customers create --name NAME)"
     )
-    _emit(as_json, [_customer_json(v, settings) for v in views], text)
+    _emit(as_json, listed, text)
 
 
 @customers_app.command("show")
 def customers_show(customer: CustomerArg, as_json: JsonFlag = False) -> None:
     """One customer with its keys' prefixes (never the keys)."""
-
-    async def work(db: Database, settings: Settings) -> tuple[CustomerView, list[KeyView]]:
-        customer_id = await _customer_id(db, customer)
-        return await customers.get_customer(db, customer_id), await customers.list_keys(
-            db, customer_id
-        )
-
     settings = _settings()
-    view, keys = _run(work, settings)
-    data = _customer_json(view, settings) | {"keys": [_key_json(k) for k in keys]}
+    shown = _run(lambda db, s: ops.show_customer(db, s, customer), settings)
     lines = [
-        f"customer {view.id}: {view.name}",
-        f"  status:   {'disabled' if view.disabled else 'active'}",
-        f"  dialect:  {view.dialect}",
-        f"  markup:   {_markup_text(view.markup_bp, settings)}",
-        f"  balance:  {render(view.balance)} {settings.currency}",
-        f"  created:  {_short_when(view.created_at)}",
+        f"customer {shown.id}: {shown.name}",
+        f"  status:   {'disabled' if shown.disabled else 'active'}",
+        f"  dialect:  {shown.dialect}",
+        f"  markup:   {_markup_text(shown.markup_percent, settings)}",
+        f"  balance:  {shown.balance} {shown.currency}",
+        f"  created:  {_short_when(shown.created_at)}",
         "  keys:",
     ]
     lines += [
         f"    {k.prefix}…  created {_short_when(k.created_at)}"
         + (f"  REVOKED {_short_when(k.revoked_at)}" if k.revoked_at else "  live")
-        for k in keys
+        for k in shown.keys
     ] or ["    (none)"]
-    _emit(as_json, data, lines)
+    _emit(as_json, shown, lines)
 
 
 def _update(customer: str, as_json: JsonFlag, message: str, **changes: Any) -> None:
-    async def work(db: Database, settings: Settings) -> CustomerView:
-        return await customers.update_customer(db, await _customer_id(db, customer), **changes)
-
-    settings = _settings()
-    view = _run(work, settings)
-    _emit(as_json, _customer_json(view, settings), f"customer {view.id} {view.name!r}: {message}")
+    changed: CustomerOut = _run(lambda db, s: ops.update_customer(db, s, customer, **changes))
+    _emit(as_json, changed, f"customer {changed.id} {changed.name!r}: {message}")
 
 
 @customers_app.command("disable")
@@ -473,19 +451,13 @@ def customers_set(
 @keys_app.command("issue")
 def keys_issue(customer: CustomerArg, as_json: JsonFlag = False) -> None:
     """Issue another key for a customer; it is printed once and never again."""
-
-    async def work(db: Database, settings: Settings) -> tuple[int, str]:
-        customer_id = await _customer_id(db, customer)
-        return customer_id, await customers.issue_key(db, customer_id)
-
-    customer_id, key = _run(work)
-    prefix = key[: customers.PREFIX_LENGTH]
+    issued = _run(lambda db, settings: ops.issue_key(db, customer))
     _emit(
         as_json,
-        {"customer_id": customer_id, "key": key, "prefix": prefix},
+        issued,
         [
-            f"new key for customer {customer_id} (prefix {prefix}):",
-            key,
+            f"new key for customer {issued.customer_id} (prefix {issued.prefix}):",
+            issued.key,
             "Store the key now: it is shown only this once.",
         ],
     )
@@ -494,16 +466,12 @@ def keys_issue(customer: CustomerArg, as_json: JsonFlag = False) -> None:
 @keys_app.command("list")
 def keys_list(customer: CustomerArg, as_json: JsonFlag = False) -> None:
     """A customer's keys by prefix (never the keys)."""
-
-    async def work(db: Database, settings: Settings) -> list[KeyView]:
-        return await customers.list_keys(db, await _customer_id(db, customer))
-
-    keys = _run(work)
+    keys = _run(lambda db, settings: ops.list_keys(db, customer))
     rows = [
         (k.prefix, _short_when(k.created_at), _short_when(k.revoked_at) or "live") for k in keys
     ]
     text = _table(("PREFIX", "CREATED", "REVOKED"), rows) if rows else "no keys"
-    _emit(as_json, [_key_json(k) for k in keys], text)
+    _emit(as_json, keys, text)
 
 
 @keys_app.command("revoke")
@@ -514,8 +482,8 @@ def keys_revoke(
     as_json: JsonFlag = False,
 ) -> None:
     """Revoke a key at once."""
-    _run(lambda db, settings: customers.revoke_key(db, prefix.strip()))
-    _emit(as_json, {"prefix": prefix.strip(), "revoked": True}, f"key {prefix.strip()} revoked")
+    revoked = _run(lambda db, settings: ops.revoke_key(db, prefix))
+    _emit(as_json, revoked, f"key {revoked.prefix} revoked")
 
 
 # --- ledger -------------------------------------------------------------------------------------
@@ -524,7 +492,7 @@ _SIGNED = {"ignore_unknown_options": True}  # lets a negative AMOUNT through as 
 
 
 def _post(
-    operation: Callable[[Database, int, int, str | None], Awaitable[int]],
+    operation: Callable[..., Awaitable[Any]],
     customer: str,
     amount_text: str,
     memo: str | None,
@@ -532,24 +500,12 @@ def _post(
     verb: str,
 ) -> None:
     amount = _amount(amount_text)
-
-    async def work(db: Database, settings: Settings) -> tuple[int, int]:
-        customer_id = await _customer_id(db, customer)
-        return customer_id, await operation(db, customer_id, amount, memo)
-
-    settings = _settings()
-    customer_id, balance = _run(work, settings)
-    data = {
-        "customer_id": customer_id,
-        "amount": render(amount),
-        "balance": render(balance),
-        "currency": settings.currency,
-    }
+    posted = _run(lambda db, settings: operation(db, settings, customer, amount, memo))
     _emit(
         as_json,
-        data,
-        f"customer {customer_id}: {verb} {render(amount)}, balance now"
-        f" {render(balance)} {settings.currency}",
+        posted,
+        f"customer {posted.customer_id}: {verb} {posted.amount}, balance now"
+        f" {posted.balance} {posted.currency}",
     )
 
 
@@ -563,7 +519,7 @@ def ledger_topup(
     as_json: JsonFlag = False,
 ) -> None:
     """Add money a customer paid."""
-    _post(ledger.topup, customer, amount, memo, as_json, "topped up")
+    _post(ops.topup, customer, amount, memo, as_json, "topped up")
 
 
 @ledger_app.command("adjust", context_settings=_SIGNED)
@@ -585,7 +541,7 @@ def ledger_adjust(
     if (amount is None) == (amount_opt is None):
         fail("give the amount once: `ledger adjust CUSTOMER -5` or `--amount=-5`", 2)
     _post(
-        ledger.adjust,
+        ops.adjust,
         customer,
         amount if amount is not None else amount_opt,
         memo,
@@ -602,9 +558,10 @@ def ledger_history(
 ) -> None:
     """A customer's ledger entries, newest first."""
 
-    async def work(db: Database, settings: Settings) -> tuple[CustomerView, list[EntryView]]:
-        view = await customers.get_customer(db, await _customer_id(db, customer))
-        return view, await ledger.history(db, view.id, limit)
+    async def work(db: Database, settings: Settings) -> tuple[CustomerOut, list[EntryOut]]:
+        customer_id = await ops.customer_id_for(db, customer)
+        view = CustomerOut.of(await customers.get_customer(db, customer_id), settings.currency)
+        return view, await ops.history(db, customer_id, limit)
 
     view, entries = _run(work)
     rows = [
@@ -612,25 +569,25 @@ def ledger_history(
             e.id,
             _short_when(e.created_at),
             e.kind,
-            ("+" if e.amount > 0 else "") + render(e.amount),
+            ("" if e.amount.startswith("-") else "+") + e.amount,
             e.order_id,
             e.memo,
         )
         for e in entries
     ]
-    lines = [f"customer {view.id} {view.name!r}: balance {render(view.balance)}"]
+    lines = [f"customer {view.id} {view.name!r}: balance {view.balance}"]
     lines.append(
         _table(("ID", "WHEN", "KIND", "AMOUNT", "ORDER", "MEMO"), rows) if rows else "no entries"
     )
-    _emit(as_json, [_entry_json(e) for e in entries], lines)
+    _emit(as_json, entries, lines)
 
 
 @ledger_app.command("verify")
 def ledger_verify(as_json: JsonFlag = False) -> None:
     """Check every ledger invariant: exit 0 when clean, 1 (one line per problem) otherwise."""
-    problems = _run(lambda db, settings: ledger.verify(db))
-    _emit(as_json, {"clean": not problems, "problems": problems}, problems or ["ledger clean"])
-    if problems:
+    result = _run(lambda db, settings: ops.verify(db))
+    _emit(as_json, result, result.problems or ["ledger clean"])
+    if not result.clean:
         raise typer.Exit(1)
 
 
@@ -640,21 +597,20 @@ def ledger_verify(as_json: JsonFlag = False) -> None:
 @services_app.command("sync")
 def services_sync(as_json: JsonFlag = False) -> None:
     """Fetch the upstream catalog now (a failure keeps the last good one)."""
-    from app.catalog import SyncResult, sync_catalog
     from app.upstream import UpstreamClient
 
-    async def work(db: Database, settings: Settings) -> SyncResult:
+    async def work(db: Database, settings: Settings) -> Any:
         async with UpstreamClient.from_settings(settings) as upstream:
-            return await sync_catalog(db, upstream)
+            return await ops.sync_catalog(db, upstream)
 
     result = _run(work)
     if not result.ok:
         if as_json:
-            _emit(True, {"ok": False, "error": result.error}, "")
+            _emit(True, result, "")
         fail(f"catalog sync failed: {result.error}")
     _emit(
         as_json,
-        {"ok": True, "services": result.services, "dropped": result.dropped},
+        result,
         f"{result.services} services synced"
         + (f", {result.dropped} no longer listed upstream (now hidden)" if result.dropped else ""),
     )
@@ -668,37 +624,14 @@ def services_list(
     as_json: JsonFlag = False,
 ) -> None:
     """The catalog with costs and default prices (hidden services included, marked)."""
-    from app.catalog import list_services
-
-    views = _run(lambda db, settings: list_services(db, settings.default_markup_bp))
-    views = [v for v in views if show_all or v.upstream_listed]
-    data = [
-        {
-            "id": v.id,
-            "type": v.type,
-            "name": v.name,
-            "category": v.category,
-            "upstream_name": v.upstream_name,
-            "cost": render(v.cost),
-            "price": None if v.price is None else render(v.price),
-            "suspended": v.price is None,
-            "min": v.min,
-            "max": v.max,
-            "dripfeed": v.dripfeed,
-            "refill": v.refill,
-            "cancel": v.cancel,
-            "hidden": v.hidden,
-            "upstream_listed": v.upstream_listed,
-        }
-        for v in views
-    ]
+    listed = _run(lambda db, s: ops.list_services(db, s, include_unlisted=show_all))
     rows = [
         (
             v.id,
             v.type,
             v.name if len(v.name) <= 48 else v.name[:47] + "…",
-            render(v.cost),
-            "suspended" if v.price is None else render(v.price),
+            v.cost,
+            "suspended" if v.price is None else v.price,
             f"{v.min}-{v.max}",
             ",".join(
                 f
@@ -709,35 +642,31 @@ def services_list(
                 s for s, on in (("hidden", v.hidden), ("not listed", not v.upstream_listed)) if on
             ),
         )
-        for v in views
+        for v in listed
     ]
     text = (
         _table(("ID", "TYPE", "NAME", "COST", "PRICE", "MIN-MAX", "FLAGS", "STATE"), rows)
         if rows
         else "no services (run `smm-gateway services sync`)"
     )
-    _emit(as_json, data, text)
+    _emit(as_json, listed, text)
 
 
-def _service_change(as_json: bool, service_id: int, message: str, work: Callable[..., Any]) -> None:
-    _run(work)
-    _emit(as_json, {"service": service_id, "changed": message}, f"service {service_id}: {message}")
+def _service_change(as_json: bool, work: Callable[[Database, Settings], Awaitable[Any]]) -> None:
+    changed = _run(work)
+    _emit(as_json, changed, f"service {changed.service}: {changed.changed}")
 
 
 @services_app.command("hide")
 def services_hide(service: ServiceArg, as_json: JsonFlag = False) -> None:
     """Hide a service from every customer."""
-    from app.catalog import set_hidden
-
-    _service_change(as_json, service, "hidden", lambda db, s: set_hidden(db, service, True))
+    _service_change(as_json, lambda db, s: ops.set_hidden(db, service, True))
 
 
 @services_app.command("show")
 def services_show(service: ServiceArg, as_json: JsonFlag = False) -> None:
     """Un-hide a service."""
-    from app.catalog import set_hidden
-
-    _service_change(as_json, service, "shown", lambda db, s: set_hidden(db, service, False))
+    _service_change(as_json, lambda db, s: ops.set_hidden(db, service, False))
 
 
 @services_app.command("rename")
@@ -750,11 +679,7 @@ def services_rename(
     as_json: JsonFlag = False,
 ) -> None:
     """Rename a service or its category, as customers see it."""
-    from app.catalog import rename
-
-    _service_change(
-        as_json, service, "renamed", lambda db, s: rename(db, service, name=name, category=category)
-    )
+    _service_change(as_json, lambda db, s: ops.rename_service(db, service, name, category))
 
 
 @services_app.command("price")
@@ -772,35 +697,302 @@ def services_price(
     as_json: JsonFlag = False,
 ) -> None:
     """Set a service's price: a fixed --rate, a --markup, or --clear the rule."""
-    from app.catalog import clear_price, set_price
-
     if sum((rate is not None, markup is not None, clear)) != 1:
         fail("give exactly one of --rate AMOUNT, --markup PCT, --clear", 2)
+    if clear:
+        _service_change(as_json, lambda db, s: ops.clear_price(db, service, customer))
+        return
     fixed = None if rate is None else _amount(rate)
     markup_bp = None if markup is None else _markup(markup, allow_negative=True)
-    who = "everyone" if customer is None else f"customer {customer}"
+    _service_change(
+        as_json,
+        lambda db, s: ops.set_price(
+            db,
+            service,
+            fixed_rate=fixed,
+            markup_bp=markup_bp,
+            customer=customer,
+            below_cost_ok=allow_below_cost,
+        ),
+    )
 
-    async def work(db: Database, settings: Settings) -> None:
-        customer_id = None if customer is None else await _customer_id(db, customer)
-        if clear:
-            await clear_price(db, service, customer_id)
-        else:
-            await set_price(
-                db,
-                service,
-                customer_id=customer_id,
-                fixed_rate=fixed,
-                markup_bp=markup_bp,
-                below_cost_ok=allow_below_cost,
-            )
 
-    if clear:
-        message = f"price rule for {who} cleared"
-    elif fixed is not None:
-        message = f"fixed rate {render(fixed)} for {who}"
+# --- orders -------------------------------------------------------------------------------------
+
+OrderArg = Annotated[
+    int, typer.Argument(metavar="ID", help="Order id (ours, as customers see it).")
+]
+
+
+def _order_lines(order: OrderOut, currency: str) -> list[str]:
+    charge = f"{order.charge} {currency}"
+    if order.refunded != "0.00":
+        charge += f", refunded {order.refunded}: pays {order.current_charge}"
+    upstream = (
+        "none"
+        if order.upstream_order_id is None
+        else f"order {order.upstream_order_id}, status {order.upstream_status or '-'}"
+        + (f", charged {order.upstream_charge}" if order.upstream_charge is not None else "")
+    )
+    lines = [
+        f"order {order.id}: {order.state.upper() if order.state == UNKNOWN else order.state}",
+        f"  customer:    {order.customer_id}",
+        f"  service:     {order.service_id}",
+        f"  status:      {order.status}",
+        f"  quantity:    {order.quantity}"
+        + (f"  (start count {order.start_count})" if order.start_count is not None else "")
+        + (f"  (remains {order.remains})" if order.remains is not None else ""),
+        f"  rate:        {order.rate} per 1000",
+        f"  charge:      {charge}",
+        f"  upstream:    {upstream}",
+        f"  created:     {_short_when(order.created_at)}",
+        f"  refreshed:   {_short_when(order.refreshed_at) or 'never'}",
+    ]
+    if order.error:
+        lines.append(f"  error:       {order.error}")
+    lines += [f"  sent:        {name}={value}" for name, value in order.params.items()]
+    if order.state == UNKNOWN:
+        lines += [
+            "  The upstream may or may not have this order; funds stay held until you say which:",
+            f"    smm-gateway orders resolve {order.id} --upstream-order N   (it exists upstream)",
+            f"    smm-gateway orders resolve {order.id} --not-placed         (refund in full)",
+        ]
+    return lines
+
+
+@orders_app.command("list")
+def orders_list(
+    state: Annotated[
+        OrderState | None, typer.Option(help="Only orders in this state (unknown: to resolve).")
+    ] = None,
+    customer: Annotated[
+        str | None, typer.Option(metavar="C", help="Only this customer's (id or name).")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """Orders, newest first: state, status, upstream status, charge, last refresh."""
+    listed = _run(
+        lambda db, s: ops.list_orders(
+            db, state=None if state is None else state.value, customer=customer, limit=limit
+        )
+    )
+    rows = [
+        (
+            o.id,
+            _short_when(o.created_at),
+            o.customer_id,
+            o.service_id,
+            o.quantity,
+            o.state.upper() if o.state == UNKNOWN else o.state,
+            o.status,
+            o.upstream_status or "",
+            o.current_charge,
+            _short_when(o.refreshed_at) or "never",
+        )
+        for o in listed
+    ]
+    headers = (
+        "ID",
+        "CREATED",
+        "CUSTOMER",
+        "SERVICE",
+        "QTY",
+        "STATE",
+        "STATUS",
+        "UPSTREAM",
+        "CHARGE",
+        "REFRESHED",
+    )
+    _emit(as_json, listed, _table(headers, rows) if rows else "no orders")
+
+
+@orders_app.command("show")
+def orders_show(order: OrderArg, as_json: JsonFlag = False) -> None:
+    """One order in full: charges, the upstream's side, the parameters sent."""
+    settings = _settings()
+    shown = _run(lambda db, s: ops.get_order(db, order), settings)
+    _emit(as_json, shown, _order_lines(shown, settings.currency))
+
+
+@orders_app.command("resolve")
+def orders_resolve(
+    order: OrderArg,
+    upstream_order: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="N", help="It exists upstream as order N: now placed."),
+    ] = None,
+    not_placed: Annotated[
+        bool, typer.Option("--not-placed", help="It never reached the upstream: refund in full.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Resolve an `unknown` order: --upstream-order N (it exists upstream) or --not-placed."""
+    if (upstream_order is None) == (not not_placed):
+        fail("give exactly one of --upstream-order N or --not-placed", 2)
+    resolved = _run(
+        lambda db, s: ops.resolve(
+            db, order, upstream_order_id=upstream_order, not_placed=not_placed
+        )
+    )
+    if not_placed:
+        text = f"order {resolved.id}: not placed, {resolved.refunded} refunded"
     else:
-        message = f"markup {bp_to_percent(markup_bp or 0)}% for {who}"
-    _service_change(as_json, service, message, work)
+        text = f"order {resolved.id}: placed as upstream order {resolved.upstream_order_id}"
+    _emit(as_json, resolved, text)
+
+
+# --- sync, worker, report, summary --------------------------------------------------------------
+
+
+@app.command()
+def sync(
+    once: Annotated[bool, typer.Option("--once", help="One status-sync pass, then exit.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """One status-sync pass (--once): poll active orders in batches of 100, settle final ones,
+    turn orders stranded in `sending` into `unknown`. The loop is `smm-gateway worker`."""
+    from app.upstream import UpstreamClient
+
+    if not once:
+        fail("`sync` runs one pass: say --once (the loop is `smm-gateway worker`)", 2)
+
+    async def work(db: Database, settings: Settings) -> Any:
+        async with UpstreamClient.from_settings(settings) as upstream:
+            return await ops.run_sync_pass(db, upstream, settings)
+
+    result = _run(work)
+    lines = [
+        f"sync pass: polled {result.polled} orders in {result.upstream_calls} upstream calls,"
+        f" settled {result.settled}"
+    ]
+    lines += [f"anomaly: {line}" for line in result.anomalies]
+    _emit(as_json, result, lines)
+    if result.failed_batches:
+        fail(
+            f"{result.failed_batches} status batch(es) failed (upstream unreachable?);"
+            " those orders are retried on the next pass"
+        )
+
+
+@app.command()
+def worker() -> None:
+    """Run the background work as a process of its own until Ctrl-C or SIGTERM: the status sync
+    (every SMMGW_SYNC_INTERVAL_SECONDS) and the catalog refresh (every
+    SMMGW_SERVICES_TTL_SECONDS).
+
+    Then start the gateway with SMMGW_SYNC_IN_PROCESS=false, so `serve` leaves the status sync to
+    this process. (Both at once stay correct, batches are leased, but poll the upstream twice.)
+    """
+    from app.logs import configure_logging
+
+    settings = _settings()
+    _run(_nothing, settings)  # settings valid, schema at head, unresolved orders said out loud
+    configure_logging(settings)  # SMMGW_LOG_FORMAT / SMMGW_LOG_LEVEL, secrets masked
+    if settings.sync_in_process:
+        typer.echo(
+            "note: SMMGW_SYNC_IN_PROCESS is true here; start `serve` with"
+            " SMMGW_SYNC_IN_PROCESS=false so only this worker runs the status sync",
+            err=True,
+        )
+    typer.echo("worker running (status sync and catalog refresh); Ctrl-C stops it", err=True)
+    with _operator_errors():
+        asyncio.run(_work_until_stopped(settings))
+    typer.echo("worker stopped", err=True)
+
+
+async def _work_until_stopped(settings: Settings) -> None:
+    from app.main import Gateway, refresh_catalog_forever, sync_orders_forever
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled = (signal.SIGINT, signal.SIGTERM)
+    for sig in handled:
+        loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway(settings)
+    loops = [
+        asyncio.create_task(refresh_catalog_forever(gateway), name="catalog refresh"),
+        asyncio.create_task(sync_orders_forever(gateway), name="status sync"),
+    ]
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        # The loops never return; if one does (a bug), stop rather than run half a worker.
+        done, _ = await asyncio.wait([stopping, *loops], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopping:
+                raise OperatorError(f"the {task.get_name()} loop ended unexpectedly")
+    finally:
+        for task in [stopping, *loops]:
+            task.cancel()
+        for task in [stopping, *loops]:
+            with suppress(asyncio.CancelledError):
+                await task
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        await gateway.close()
+
+
+def _report_table(lines: list[ReportLineOut]) -> str:
+    rows = [(r.id, r.name, r.orders, r.revenue, r.upstream_cost, r.margin) for r in lines]
+    headers = ("ID", "NAME", "ORDERS", "REVENUE", "UPSTREAM COST", "MARGIN")
+    return _table(headers, rows) if rows else "  (no orders)"
+
+
+@app.command()
+def report(
+    since: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="First day included (UTC)."),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="Last day included (UTC)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Revenue, upstream cost and margin per customer and per service, and the totals.
+    Counts orders that may exist upstream (placed, unknown); refunds are already netted."""
+    first = None if since is None else since.date()
+    last = None if until is None else until.date()
+    result = _run(lambda db, settings: ops.report(db, settings, first, last))
+    period = f"{first or 'the beginning'} to {last or 'now'}"
+    total = result.total
+    lines = [
+        f"report from {period} (UTC), in {result.currency}",
+        "",
+        "by customer:",
+        _report_table(result.by_customer),
+        "",
+        "by service:",
+        _report_table(result.by_service),
+        "",
+        f"total: {total.orders} orders, revenue {total.revenue}, upstream cost"
+        f" {total.upstream_cost}, margin {total.margin}",
+    ]
+    _emit(as_json, result, lines)
+
+
+@app.command()
+def summary(as_json: JsonFlag = False) -> None:
+    """Orders by state, the unresolved count, and the catalog's sync state."""
+    result = _run(lambda db, settings: ops.summary(db))
+    counts = ", ".join(f"{state} {n}" for state, n in result.orders_by_state.items())
+    catalog = (
+        f"last synced {_short_when(result.catalog.synced_at)}"
+        if result.catalog.synced_at
+        else "never synced"
+    )
+    if result.catalog.last_error:
+        catalog += f"; the last sync failed: {result.catalog.last_error}"
+    _emit(
+        as_json,
+        result,
+        [
+            f"orders: {counts}",
+            f"unresolved (unknown): {result.unresolved}",
+            f"catalog: {catalog}",
+        ],
+    )
 
 
 def main() -> None:

@@ -9,8 +9,14 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from app import metrics
+from app.admin.router import router as admin_router
 from app.catalog import sync_catalog
 from app.db import Database, ping
+from app.docs import install_docs
+from app.limits import build_limiter
+from app.logs import RequestLogMiddleware, configure_logging
+from app.panel.openapi import install_openapi
 from app.panel.router import router as panel_router
 from app.settings import Settings, get_settings
 from app.sync import sync_forever
@@ -28,8 +34,11 @@ class Gateway:
         self.settings = settings
         self.db = Database(settings.database_url)
         self.upstream = UpstreamClient.from_settings(settings, transport=upstream_transport)
+        self.limiter = build_limiter(settings)  # None: no per-key rate limit
 
     async def close(self) -> None:
+        if self.limiter is not None:
+            await self.limiter.aclose()
         await self.upstream.aclose()
         await self.db.dispose()
 
@@ -67,6 +76,7 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway. `background=False` leaves catalog refresh to the caller (tests)."""
     settings = settings or get_settings()
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,8 +100,14 @@ def create_app(
         summary="The SMM panel API (v2 contract) for this reseller's customers.",
         lifespan=lifespan,
         redirect_slashes=False,
+        docs_url=None,  # FastAPI's pages load from a CDN; app.docs serves them locally
+        redoc_url=None,
     )
     app.include_router(panel_router)
+    app.include_router(admin_router)
+    app.include_router(metrics.router)
+    # Request id, one log line and the request metrics per request (pure ASGI: cheap).
+    app.add_middleware(RequestLogMiddleware, on_done=metrics.observe_request)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(request: Request) -> JSONResponse:
@@ -100,4 +116,6 @@ def create_app(
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "database unavailable"}, status_code=503)
 
+    install_openapi(app, settings)
+    install_docs(app)
     return app

@@ -8,6 +8,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Dialect = Literal["standard", "smartpanel"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 SMMMIX_API_URL = "https://smmmix.com/api/v1"
 
@@ -32,6 +33,13 @@ class Settings(BaseSettings):
     sync_in_process: bool = True
     services_ttl_seconds: float = Field(600.0, gt=0)
     rate_limit_per_second: float = Field(20.0, ge=0)
+    # Per-key token bucket: `burst` requests at once, refilled at `per_second`; 0 in either = off.
+    rate_limit_burst: int = Field(40, ge=0)
+    # With a Redis URL the buckets live there, shared by every process and instance.
+    redis_url: str = ""
+    redis_prefix: str = Field("smmgw:", max_length=64)
+    log_level: LogLevel = "INFO"
+    log_format: Literal["json", "text"] = "json"
     max_body_bytes: int = Field(1_000_000, gt=0)
     max_ids_per_call: int = Field(100, ge=1, le=100)
 
@@ -44,6 +52,18 @@ class Settings(BaseSettings):
             return "sqlite+aiosqlite://" + url.split("://", 1)[1]
         if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("use a sqlite:/// or postgresql:// URL")
+        return url
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use a redis://, rediss:// or unix:// URL (or leave it empty)")
         return url
 
     @field_validator("upstream_url")

@@ -32,7 +32,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from app import contract
+from app import contract, metrics
 from app.money import parse_upstream_micros
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ KEEPALIVE_SECONDS = 4.0
 _MESSAGE_LIMIT = 300
 
 # Customer-facing messages for refusals CONTRACT.md's table does not standardise.
-DRIPFEED_NOT_SUPPORTED = "Drip-feed is not supported by this service"
+DRIPFEED_NOT_SUPPORTED = contract.DRIPFEED_NOT_SUPPORTED
 INCORRECT_INTERVAL = "Incorrect interval"
 ACTIVE_ORDER_FOR_LINK = (
     "You have active order with this link. Please wait until order being completed."
@@ -169,7 +169,7 @@ class UpstreamClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._http = httpx.AsyncClient(
-            transport=transport or default_transport(max_connections),
+            transport=default_transport(max_connections) if transport is None else transport,
             # Waiting for a pool slot is pre-send too, so it shares the connect budget.
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout),
             follow_redirects=False,  # a redirected POST becomes a GET somewhere else
@@ -228,6 +228,7 @@ class UpstreamClient:
                             action, reason, elapsed_ms, message)
             case Ambiguous(reason=reason):
                 log.warning("upstream %s: ambiguous (%s) in %.0f ms", action, reason, elapsed_ms)
+        metrics.observe_upstream(action, outcome, elapsed_ms / 1000)
         return outcome
 
     async def _post(self, form: dict[str, str]) -> Outcome:

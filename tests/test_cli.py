@@ -187,7 +187,12 @@ def test_ledger_refusals_are_one_line() -> None:
 
 @pytest.mark.parametrize(
     ("amount", "reason"),
-    [("1.1234567", "more than 6 decimals"), ("abc", "not a number"), ("NaN", "not a number"), ("1e3", "not a number")],
+    [
+        ("1.1234567", "more than 6 decimals"),
+        ("abc", "not a number"),
+        ("NaN", "not a number"),
+        ("1e3", "not a number"),
+    ],
 )
 def test_bad_amount_is_one_line_exit_1(amount: str, reason: str) -> None:
     create("acme")

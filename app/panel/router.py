@@ -2,6 +2,7 @@
 
 import logging
 
+import pydantic_core
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -13,6 +14,9 @@ from app.contract import (
     ContractError,
 )
 from app.customers import authenticate
+from app.limits import too_many_requests
+from app.logs import SCOPE_KEY, RequestInfo
+from app.metrics import error_class
 from app.panel import render
 from app.panel.actions import ACTIONS, ActionContext
 from app.panel.params import BodyTooLarge, read_params
@@ -22,25 +26,50 @@ log = logging.getLogger("smm_gateway.panel")
 router = APIRouter()
 
 
+class Reply(JSONResponse):
+    """JSON through pydantic-core's serializer: byte-identical to Starlette's compact
+    `json.dumps`, several times faster on a 100-order status reply (bench/README.md)."""
+
+    def render(self, content: object) -> bytes:
+        return pydantic_core.to_json(content)
+
+
 async def handle(request: Request) -> JSONResponse:
     gateway = request.app.state.gateway
+    # For the request's log line and metrics (app.logs.RequestLogMiddleware reports it).
+    info: RequestInfo = request.scope.get(SCOPE_KEY) or RequestInfo("")
+    info.action = "unknown"
     try:
         params = await read_params(request, gateway.settings.max_body_bytes)
-        caller = await authenticate(gateway.db, params.get("key", "").strip())
+        key = params.get("key", "").strip()
+        name = params.get("action", "").strip().lower()
+        action = ACTIONS.get(name)
+        if action is not None:
+            info.action = name
+        if key:
+            info.secret = key
+            if gateway.limiter is not None and (wait := await gateway.limiter.take(key)):
+                info.outcome = "429"
+                return too_many_requests(wait)
+        caller = await authenticate(gateway.db, key)
         if caller is None:
             raise ContractError(INVALID_KEY)
-        action = ACTIONS.get(params.get("action", "").strip().lower())
+        info.customer_id = caller.customer_id
         if action is None:
             raise ContractError(INCORRECT_REQUEST)
         reply = await action(ActionContext(gateway, caller, params, request.headers))
     except ContractError as exc:
-        return JSONResponse(render.error(exc.message))
+        info.outcome, info.error = error_class(exc.message), exc.message
+        return Reply(render.error(exc.message))
     except BodyTooLarge:
-        return JSONResponse(render.error(BODY_TOO_LARGE), status_code=413)
+        info.outcome = "413"
+        return Reply(render.error(BODY_TOO_LARGE), status_code=413)
     except Exception:
+        info.outcome = "500"
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(render.error(INTERNAL_ERROR), status_code=500)
-    return JSONResponse(reply)
+        return Reply(render.error(INTERNAL_ERROR), status_code=500)
+    info.outcome = "ok"
+    return Reply(reply)
 
 
 # Also with a trailing slash (hidden from the docs): a redirect would turn a POST into a GET.

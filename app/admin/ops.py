@@ -1,0 +1,291 @@
+"""The operator's operations, once, for both faces: the CLI (`app/cli.py`) and the admin API
+(`app/admin/router.py`) each parse their own input, call one of these, and show the model it
+returns (as text, or as `model_dump(mode="json")`, the API's reply body).
+
+Each is a thin composition of the domain modules (customers, ledger, catalog, orders, sync,
+report); a request that cannot be carried out raises `OperatorError` / `NotFound`.
+"""
+
+from datetime import UTC, date, datetime, time, timedelta
+
+from app import catalog, customers, ledger
+from app.admin.schemas import (
+    CatalogState,
+    CatalogSyncOut,
+    CustomerCreated,
+    CustomerDetail,
+    CustomerOut,
+    EntryOut,
+    KeyIssued,
+    KeyOut,
+    KeyRevoked,
+    OrderOut,
+    PostingResult,
+    ReportOut,
+    ServiceChanged,
+    ServiceOut,
+    Summary,
+    SyncPassOut,
+    VerifyResult,
+)
+from app.db import Database
+from app.errors import NotFound, OperatorError
+from app.money import bp_to_percent, render
+from app.orders import queries
+from app.orders.placing import STATES, UNKNOWN
+from app.report import build_report
+from app.settings import Settings
+from app.sync import sync_pass
+from app.upstream import UpstreamClient
+
+# --- naming things ------------------------------------------------------------------------------
+
+
+async def customer_id_for(db: Database, ref: str | int) -> int:
+    """A customer named by id or by exact name (ids win: a name of digits is reached by id)."""
+    ref = str(ref).strip()
+    if ref.isdigit():
+        return (await customers.get_customer(db, int(ref))).id
+    for view in await customers.list_customers(db):
+        if view.name == ref:
+            return view.id
+    raise NotFound(f"no customer {ref!r}")
+
+
+# --- customers and keys -------------------------------------------------------------------------
+
+
+async def create_customer(
+    db: Database, settings: Settings, name: str, markup_bp: int | None, dialect: str | None
+) -> CustomerCreated:
+    if markup_bp is not None and markup_bp < 0:
+        raise OperatorError("a customer's markup must not be negative")
+    customer_id, key = await customers.create_customer(
+        db, name, dialect or settings.default_dialect, markup_bp
+    )
+    view = await customers.get_customer(db, customer_id)
+    return CustomerCreated.of_key(
+        view, settings.currency, key=key, prefix=key[: customers.PREFIX_LENGTH]
+    )
+
+
+async def list_customers(db: Database, settings: Settings) -> list[CustomerOut]:
+    return [CustomerOut.of(v, settings.currency) for v in await customers.list_customers(db)]
+
+
+async def show_customer(db: Database, settings: Settings, ref: str | int) -> CustomerDetail:
+    customer_id = await customer_id_for(db, ref)
+    view = await customers.get_customer(db, customer_id)
+    keys = await customers.list_keys(db, customer_id)
+    return CustomerDetail.of_keys(view, settings.currency, keys)
+
+
+async def update_customer(
+    db: Database, settings: Settings, ref: str | int, **changes: object
+) -> CustomerOut:
+    """`changes` as `customers.update_customer` takes them (name, dialect, markup_bp, disabled)."""
+    if not changes:
+        raise OperatorError("nothing to change")
+    markup_bp = changes.get("markup_bp")
+    if isinstance(markup_bp, int) and markup_bp < 0:
+        raise OperatorError("a customer's markup must not be negative")
+    customer_id = await customer_id_for(db, ref)
+    view = await customers.update_customer(db, customer_id, **changes)  # type: ignore[arg-type]
+    return CustomerOut.of(view, settings.currency)
+
+
+async def issue_key(db: Database, ref: str | int) -> KeyIssued:
+    customer_id = await customer_id_for(db, ref)
+    key = await customers.issue_key(db, customer_id)
+    return KeyIssued(customer_id=customer_id, key=key, prefix=key[: customers.PREFIX_LENGTH])
+
+
+async def list_keys(db: Database, ref: str | int) -> list[KeyOut]:
+    return [KeyOut.of(k) for k in await customers.list_keys(db, await customer_id_for(db, ref))]
+
+
+async def revoke_key(db: Database, prefix: str) -> KeyRevoked:
+    prefix = prefix.strip()
+    await customers.revoke_key(db, prefix)
+    return KeyRevoked(prefix=prefix)
+
+
+# --- ledger -------------------------------------------------------------------------------------
+
+
+async def topup(
+    db: Database, settings: Settings, ref: str | int, amount: int, memo: str | None
+) -> PostingResult:
+    customer_id = await customer_id_for(db, ref)
+    balance = await ledger.topup(db, customer_id, amount, memo)
+    return PostingResult(
+        customer_id=customer_id,
+        amount=render(amount),
+        balance=render(balance),
+        currency=settings.currency,
+    )
+
+
+async def adjust(
+    db: Database, settings: Settings, ref: str | int, amount: int, memo: str | None
+) -> PostingResult:
+    customer_id = await customer_id_for(db, ref)
+    balance = await ledger.adjust(db, customer_id, amount, memo)
+    return PostingResult(
+        customer_id=customer_id,
+        amount=render(amount),
+        balance=render(balance),
+        currency=settings.currency,
+    )
+
+
+async def history(db: Database, ref: str | int, limit: int) -> list[EntryOut]:
+    customer_id = await customer_id_for(db, ref)
+    return [EntryOut.of(e) for e in await ledger.history(db, customer_id, limit)]
+
+
+async def verify(db: Database) -> VerifyResult:
+    return VerifyResult.of(await ledger.verify(db))
+
+
+# --- services -----------------------------------------------------------------------------------
+
+
+async def sync_catalog(db: Database, upstream: UpstreamClient) -> CatalogSyncOut:
+    """Fetch the upstream catalog now; a failure (ok false) keeps the last good one."""
+    return CatalogSyncOut.of(await catalog.sync_catalog(db, upstream))
+
+
+async def list_services(
+    db: Database, settings: Settings, *, include_unlisted: bool = False
+) -> list[ServiceOut]:
+    views = await catalog.list_services(db, settings.default_markup_bp)
+    return [ServiceOut.of(v) for v in views if include_unlisted or v.upstream_listed]
+
+
+async def set_hidden(db: Database, service_id: int, hidden: bool) -> ServiceChanged:
+    await catalog.set_hidden(db, service_id, hidden)
+    return ServiceChanged(service=service_id, changed="hidden" if hidden else "shown")
+
+
+async def rename_service(
+    db: Database, service_id: int, name: str | None, category: str | None
+) -> ServiceChanged:
+    await catalog.rename(db, service_id, name=name, category=category)
+    return ServiceChanged(service=service_id, changed="renamed")
+
+
+def _whom(customer: str | int | None) -> str:
+    return "everyone" if customer is None else f"customer {customer}"
+
+
+async def set_price(
+    db: Database,
+    service_id: int,
+    *,
+    fixed_rate: int | None,
+    markup_bp: int | None,
+    customer: str | int | None = None,
+    below_cost_ok: bool = False,
+) -> ServiceChanged:
+    """A fixed rate or a markup (exactly one), for everyone or one customer (id or name)."""
+    customer_id = None if customer is None else await customer_id_for(db, customer)
+    await catalog.set_price(
+        db,
+        service_id,
+        customer_id=customer_id,
+        fixed_rate=fixed_rate,
+        markup_bp=markup_bp,
+        below_cost_ok=below_cost_ok,
+    )
+    if fixed_rate is not None:
+        message = f"fixed rate {render(fixed_rate)} for {_whom(customer)}"
+    else:
+        message = f"markup {bp_to_percent(markup_bp or 0)}% for {_whom(customer)}"
+    return ServiceChanged(service=service_id, changed=message)
+
+
+async def clear_price(
+    db: Database, service_id: int, customer: str | int | None = None
+) -> ServiceChanged:
+    customer_id = None if customer is None else await customer_id_for(db, customer)
+    await catalog.clear_price(db, service_id, customer_id)
+    return ServiceChanged(service=service_id, changed=f"price rule for {_whom(customer)} cleared")
+
+
+# --- orders -------------------------------------------------------------------------------------
+
+
+async def list_orders(
+    db: Database,
+    *,
+    state: str | None = None,
+    customer: str | int | None = None,
+    limit: int = 50,
+) -> list[OrderOut]:
+    """Newest first."""
+    if state is not None and state not in STATES:
+        raise OperatorError(f"no state {state!r}: one of {', '.join(STATES)}")
+    customer_id = None if customer is None else await customer_id_for(db, customer)
+    views = await queries.list_orders(db, state=state, customer_id=customer_id, limit=limit)
+    return [OrderOut.of(v) for v in views]
+
+
+async def get_order(db: Database, order_id: int) -> OrderOut:
+    return OrderOut.of(await queries.get_order(db, order_id))
+
+
+async def resolve(
+    db: Database, order_id: int, *, upstream_order_id: int | None, not_placed: bool
+) -> OrderOut:
+    view = await queries.resolve(
+        db, order_id, upstream_order_id=upstream_order_id, not_placed=not_placed
+    )
+    return OrderOut.of(view)
+
+
+async def unresolved(db: Database) -> int:
+    """How many orders wait in `unknown` for an operator's verdict."""
+    return (await queries.count_by_state(db)).get(UNKNOWN, 0)
+
+
+# --- sync, report, summary ----------------------------------------------------------------------
+
+
+async def run_sync_pass(db: Database, upstream: UpstreamClient, settings: Settings) -> SyncPassOut:
+    """One status-sync pass (also turns orders stranded in `sending` into `unknown`)."""
+    from app.main import sending_grace_seconds  # here: app.main imports the admin router
+
+    result = await sync_pass(db, upstream, sending_grace_seconds=sending_grace_seconds(settings))
+    return SyncPassOut.of(result)
+
+
+def day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+async def report(
+    db: Database, settings: Settings, since: date | None = None, until: date | None = None
+) -> ReportOut:
+    """Orders created from the start of `since` to the end of `until` (both days included,
+    UTC)."""
+    if since is not None and until is not None and until < since:
+        raise OperatorError("until is before since")
+    start = None if since is None else day_start(since)
+    end = None if until is None else day_start(until + timedelta(days=1))
+    return ReportOut.of(await build_report(db, start, end), settings.currency)
+
+
+async def summary(db: Database) -> Summary:
+    by_state = await queries.count_by_state(db)
+    state = await catalog.catalog_state(db)
+    synced_at = state.get(catalog.SYNCED_AT) or None
+    return Summary(
+        orders_by_state={s: by_state.get(s, 0) for s in STATES}
+        | {s: n for s, n in by_state.items() if s not in STATES},
+        unresolved=by_state.get(UNKNOWN, 0),
+        catalog=CatalogState(
+            synced_at=None if synced_at is None else datetime.fromisoformat(synced_at),
+            last_error=state.get(catalog.LAST_ERROR) or None,
+        ),
+    )

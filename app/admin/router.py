@@ -1,0 +1,322 @@
+"""The admin API: the CLI's operations over HTTP, under `/admin`.
+
+Bearer `SMMGW_ADMIN_TOKEN`. Unset, every route answers 404 as if it did not exist; a wrong or
+missing token is 401 with `WWW-Authenticate: Bearer`. Only that token opens it (customers' API
+keys are a different thing and never do). Operator errors are 400, unknown things 404, both
+`{"detail": "…"}`; the JSON of each reply is the CLI's `--json` output of the same operation.
+"""
+
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.admin import ops
+from app.admin.schemas import (
+    CatalogSyncOut,
+    CustomerCreate,
+    CustomerCreated,
+    CustomerDetail,
+    CustomerOut,
+    CustomerPatch,
+    EntryOut,
+    ErrorOut,
+    KeyIssued,
+    KeyOut,
+    KeyRevoked,
+    OrderOut,
+    Posting,
+    PostingResult,
+    PriceRuleIn,
+    ReportOut,
+    ResolveIn,
+    ServiceChanged,
+    ServiceOut,
+    ServiceRename,
+    Summary,
+    SyncPassOut,
+    VerifyResult,
+)
+from app.db import Database
+from app.errors import NotFound, OperatorError
+from app.settings import Settings
+from app.upstream import UpstreamClient
+
+_bearer = HTTPBearer(
+    scheme_name="AdminToken",
+    description="The operator's token, SMMGW_ADMIN_TOKEN. A customer's API key never works here.",
+    auto_error=False,
+)
+
+
+def _check_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> None:
+    token: str = request.app.state.gateway.settings.admin_token
+    if not token.strip():
+        raise HTTPException(status_code=404, detail="Not Found")  # off: as if absent
+    given = credentials.credentials if credentials is not None else ""
+    if not secrets.compare_digest(given.encode(), token.encode()):
+        raise HTTPException(
+            status_code=401,
+            detail="a valid admin token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+async def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """The router's dependency: puts the bearer scheme on every operation in the OpenAPI
+    document (and checks again; `AdminRoute` has checked already)."""
+    _check_token(request, credentials)
+
+
+class AdminRoute(APIRoute):
+    """The token is checked first, before the body is even parsed (FastAPI parses it before
+    any dependency runs: a malformed body must not answer 422 to a stranger, nor reveal an API
+    that is off). Operator errors become 400 (404 for unknown things), `{"detail": "…"}`."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            _check_token(request, await _bearer(request))
+            try:
+                return await handler(request)
+            except NotFound as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=404)
+            except OperatorError as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=400)
+
+        return route
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "A request that cannot be carried out."},
+    401: {"model": ErrorOut, "description": "A missing or wrong admin token."},
+    404: {"model": ErrorOut, "description": "Not found, or the admin API is off."},
+}
+
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    route_class=AdminRoute,
+    responses=_ERRORS,
+)
+
+
+def _db(request: Request) -> Database:
+    return request.app.state.gateway.db
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.gateway.settings
+
+
+def _upstream(request: Request) -> UpstreamClient:
+    return request.app.state.gateway.upstream
+
+
+Db = Annotated[Database, Depends(_db)]
+Config = Annotated[Settings, Depends(_settings)]
+Upstream = Annotated[UpstreamClient, Depends(_upstream)]
+CustomerRef = Annotated[str, Path(description="Customer id or exact name.")]
+Limit = Annotated[int, Query(ge=1, le=10_000, description="How many, newest first.")]
+
+
+# --- overview -----------------------------------------------------------------------------------
+
+
+@router.get("/summary")
+async def summary(db: Db) -> Summary:
+    """Orders by state, how many `unknown` orders await resolution, the catalog's sync state."""
+    return await ops.summary(db)
+
+
+# --- customers and keys -------------------------------------------------------------------------
+
+
+@router.post("/customers", status_code=201)
+async def create_customer(body: CustomerCreate, db: Db, settings: Config) -> CustomerCreated:
+    """Create a customer with one API key. The key is in this reply and never again."""
+    return await ops.create_customer(db, settings, body.name, body.markup_bp, body.dialect)
+
+
+@router.get("/customers")
+async def list_customers(db: Db, settings: Config) -> list[CustomerOut]:
+    return await ops.list_customers(db, settings)
+
+
+@router.get("/customers/{customer}")
+async def show_customer(customer: CustomerRef, db: Db, settings: Config) -> CustomerDetail:
+    """One customer (by id or exact name) with its keys' prefixes (never the keys)."""
+    return await ops.show_customer(db, settings, customer)
+
+
+@router.patch("/customers/{customer}")
+async def update_customer(
+    customer: CustomerRef, body: CustomerPatch, db: Db, settings: Config
+) -> CustomerOut:
+    """Change name, markup (`null`: the default), dialect, or disable/enable (`disabled`)."""
+    return await ops.update_customer(db, settings, customer, **body.changes())
+
+
+@router.post("/customers/{customer}/keys", status_code=201)
+async def issue_key(customer: CustomerRef, db: Db) -> KeyIssued:
+    """Another key for the customer. The key is in this reply and never again."""
+    return await ops.issue_key(db, customer)
+
+
+@router.get("/customers/{customer}/keys")
+async def list_keys(customer: CustomerRef, db: Db) -> list[KeyOut]:
+    return await ops.list_keys(db, customer)
+
+
+@router.post("/keys/{prefix}/revoke")
+async def revoke_key(prefix: str, db: Db) -> KeyRevoked:
+    """Revoke a key at once, by its prefix."""
+    return await ops.revoke_key(db, prefix)
+
+
+# --- ledger -------------------------------------------------------------------------------------
+
+
+@router.post("/customers/{customer}/topup")
+async def topup(customer: CustomerRef, body: Posting, db: Db, settings: Config) -> PostingResult:
+    """Add money the customer paid (positive)."""
+    return await ops.topup(db, settings, customer, body.micros, body.memo)
+
+
+@router.post("/customers/{customer}/adjust")
+async def adjust(customer: CustomerRef, body: Posting, db: Db, settings: Config) -> PostingResult:
+    """A signed correction (never below a zero balance)."""
+    return await ops.adjust(db, settings, customer, body.micros, body.memo)
+
+
+@router.get("/customers/{customer}/ledger")
+async def ledger_history(customer: CustomerRef, db: Db, limit: Limit = 50) -> list[EntryOut]:
+    """The customer's ledger entries, newest first."""
+    return await ops.history(db, customer, limit)
+
+
+@router.get("/ledger/verify")
+async def ledger_verify(db: Db) -> VerifyResult:
+    """Check every ledger invariant; `clean` false lists one line per problem."""
+    return await ops.verify(db)
+
+
+# --- services -----------------------------------------------------------------------------------
+
+
+@router.post("/services/sync", responses={502: {"model": ErrorOut}})
+async def sync_services(db: Db, upstream: Upstream) -> CatalogSyncOut:
+    """Fetch the upstream catalog now; on failure (502) the last good catalog stays."""
+    result = await ops.sync_catalog(db, upstream)
+    if not result.ok:
+        raise HTTPException(status_code=502, detail=f"catalog sync failed: {result.error}")
+    return result
+
+
+@router.get("/services")
+async def list_services(
+    db: Db,
+    settings: Config,
+    include_unlisted: Annotated[
+        bool, Query(alias="all", description="Also services the upstream no longer lists.")
+    ] = False,
+) -> list[ServiceOut]:
+    """The catalog with costs and default prices, hidden services included (marked)."""
+    return await ops.list_services(db, settings, include_unlisted=include_unlisted)
+
+
+@router.post("/services/{service_id}/hide")
+async def hide_service(service_id: int, db: Db) -> ServiceChanged:
+    return await ops.set_hidden(db, service_id, True)
+
+
+@router.post("/services/{service_id}/show")
+async def show_service(service_id: int, db: Db) -> ServiceChanged:
+    return await ops.set_hidden(db, service_id, False)
+
+
+@router.patch("/services/{service_id}")
+async def rename_service(service_id: int, body: ServiceRename, db: Db) -> ServiceChanged:
+    """Rename the service or its category as customers see them ('' = the upstream's)."""
+    return await ops.rename_service(db, service_id, body.name, body.category)
+
+
+@router.put("/services/{service_id}/price")
+async def set_price(service_id: int, body: PriceRuleIn, db: Db) -> ServiceChanged:
+    """A fixed `rate` or a `markup_percent`, for everyone or one `customer`."""
+    return await ops.set_price(
+        db,
+        service_id,
+        fixed_rate=body.fixed_rate,
+        markup_bp=body.markup_bp,
+        customer=body.customer,
+        below_cost_ok=body.allow_below_cost,
+    )
+
+
+@router.delete("/services/{service_id}/price")
+async def clear_price(
+    service_id: int,
+    db: Db,
+    customer: Annotated[str | None, Query(description="Customer id or name.")] = None,
+) -> ServiceChanged:
+    """Remove the price rule for everyone, or for one customer."""
+    return await ops.clear_price(db, service_id, customer)
+
+
+# --- orders -------------------------------------------------------------------------------------
+
+
+@router.get("/orders")
+async def list_orders(
+    db: Db,
+    state: Literal["sending", "placed", "rejected", "unknown"] | None = None,
+    customer: Annotated[str | None, Query(description="Customer id or name.")] = None,
+    limit: Limit = 50,
+) -> list[OrderOut]:
+    """Orders, newest first; `state=unknown` lists those awaiting resolution."""
+    return await ops.list_orders(db, state=state, customer=customer, limit=limit)
+
+
+@router.get("/orders/{order_id}")
+async def show_order(order_id: int, db: Db) -> OrderOut:
+    return await ops.get_order(db, order_id)
+
+
+@router.post("/orders/{order_id}/resolve")
+async def resolve_order(order_id: int, body: Annotated[ResolveIn, Body()], db: Db) -> OrderOut:
+    """The verdict on an `unknown` order: it exists upstream as `upstream_order_id` (placed),
+    or it was `not_placed` (refunded in full)."""
+    return await ops.resolve(
+        db, order_id, upstream_order_id=body.upstream_order_id, not_placed=body.not_placed
+    )
+
+
+@router.post("/sync")
+async def sync_pass(db: Db, upstream: Upstream, settings: Config) -> SyncPassOut:
+    """One status-sync pass now (what `smm-gateway sync --once` does)."""
+    return await ops.run_sync_pass(db, upstream, settings)
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+@router.get("/report")
+async def report(
+    db: Db,
+    settings: Config,
+    since: Annotated[date | None, Query(description="First day included (UTC).")] = None,
+    until: Annotated[date | None, Query(description="Last day included (UTC).")] = None,
+) -> ReportOut:
+    """Revenue, upstream cost and margin per customer and per service, with totals."""
+    return await ops.report(db, settings, since, until)

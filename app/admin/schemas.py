@@ -1,0 +1,513 @@
+"""What operators see and send, for the admin API and the CLI's `--json` alike.
+
+The models hold integers (micro-units, basis points) inside and show decimal strings outside:
+money renders with `app.money.render` ("12.50"), markups as percent strings ("12.5"); times are
+UTC, ISO 8601. `model_dump(mode="json")` is exactly the API's reply body, so a script gets the
+same JSON from `smm-gateway … --json` and from `/admin/…`.
+"""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
+
+from app.catalog import ServiceView, SyncResult
+from app.customers import CustomerView, KeyView
+from app.ledger import EntryView
+from app.models import as_utc
+from app.money import bp_to_percent, parse_micros, percent_to_bp, render
+from app.orders.queries import OrderView
+from app.report import Report, ReportLine
+from app.sync import PassResult
+
+# --- the edge types -----------------------------------------------------------------------------
+
+Money = Annotated[
+    str, Field(pattern=r"^-?\d+\.\d{2,6}$", examples=["12.50"], description="A decimal string.")
+]
+"""Rendered by `app.money.render`: at least 2 decimals, every significant digit up to 6."""
+
+Percent = Annotated[str, Field(examples=["25", "12.5"], description="A percent string.")]
+
+Timestamp = Annotated[datetime, AfterValidator(as_utc)]
+"""Always UTC-aware (SQLite hands datetimes back without a zone)."""
+
+
+def _amount_text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError('give the amount as a decimal string, e.g. "12.50"')
+    text = str(value).strip()
+    parse_micros(text)  # MoneyError is a ValueError: a 422 naming the field
+    return text
+
+
+def _percent_text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError('give the markup as a percent string, e.g. "25" or "12.5"')
+    text = str(value).strip().removesuffix("%")
+    percent_to_bp(text)
+    return text
+
+
+def _not_negative(text: str) -> str:
+    if percent_to_bp(text) < 0:
+        raise ValueError("a customer's markup must not be negative")
+    return text
+
+
+AmountIn = Annotated[
+    str,
+    BeforeValidator(_amount_text),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^-?\d+(\.\d{1,6})?$", "examples": ["12.50"]},
+        mode="validation",
+    ),
+]
+"""A decimal string ("12.50"; at most 6 decimals; an integer is accepted, a float never)."""
+
+MarkupIn = Annotated[
+    str,
+    BeforeValidator(_percent_text),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^-?\d+(\.\d{1,2})?%?$", "examples": ["25", "12.5"]},
+        mode="validation",
+    ),
+]
+"""A percent string ("25", "12.5"; at most 2 decimals)."""
+
+CustomerMarkupIn = Annotated[MarkupIn, AfterValidator(_not_negative)]
+
+Dialect = Literal["standard", "smartpanel"]
+
+
+def _money(micros: int | None) -> str | None:
+    return None if micros is None else render(micros)
+
+
+def _percent(bp: int | None) -> str | None:
+    return None if bp is None else bp_to_percent(bp)
+
+
+def _bp(percent: str | None) -> int | None:
+    return None if percent is None else percent_to_bp(percent)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- customers and keys -------------------------------------------------------------------------
+
+
+class KeyOut(_Out):
+    """A key by its public prefix; the key itself is never shown again after its creation."""
+
+    prefix: str
+    customer_id: int
+    created_at: Timestamp
+    revoked_at: Timestamp | None
+
+    @classmethod
+    def of(cls, key: KeyView) -> Self:
+        return cls(
+            prefix=key.prefix,
+            customer_id=key.customer_id,
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+class CustomerOut(_Out):
+    id: int
+    name: str
+    dialect: str
+    markup_percent: Percent | None = Field(description="None: the default markup applies.")
+    balance: Money
+    currency: str
+    disabled: bool
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, view: CustomerView, currency: str) -> Self:
+        return cls(
+            id=view.id,
+            name=view.name,
+            dialect=view.dialect,
+            markup_percent=_percent(view.markup_bp),
+            balance=render(view.balance),
+            currency=currency,
+            disabled=view.disabled,
+            created_at=view.created_at,
+        )
+
+
+class CustomerDetail(CustomerOut):
+    keys: list[KeyOut]
+
+    @classmethod
+    def of_keys(cls, view: CustomerView, currency: str, keys: list[KeyView]) -> Self:
+        return cls(**CustomerOut.of(view, currency).model_dump(), keys=[KeyOut.of(k) for k in keys])
+
+
+class CustomerCreated(CustomerOut):
+    """The new customer with its first key: the only time the key is shown."""
+
+    key: str
+    prefix: str
+
+    @classmethod
+    def of_key(cls, view: CustomerView, currency: str, key: str, prefix: str) -> Self:
+        return cls(**CustomerOut.of(view, currency).model_dump(), key=key, prefix=prefix)
+
+
+class KeyIssued(_Out):
+    """A new key: the only time it is shown."""
+
+    customer_id: int
+    key: str
+    prefix: str
+
+
+class KeyRevoked(_Out):
+    prefix: str
+    revoked: bool = True
+
+
+class CustomerCreate(_In):
+    name: str = Field(min_length=1, max_length=200)
+    markup_percent: CustomerMarkupIn | None = Field(
+        None, description="Markup in percent; absent or null: the default markup."
+    )
+    dialect: Dialect | None = Field(None, description="Absent: SMMGW_DEFAULT_DIALECT.")
+
+    @property
+    def markup_bp(self) -> int | None:
+        return _bp(self.markup_percent)
+
+
+class CustomerPatch(_In):
+    """Only the fields given change; `"markup_percent": null` returns to the default markup."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    markup_percent: CustomerMarkupIn | None = None
+    dialect: Dialect | None = None
+    disabled: bool | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """Keyword arguments for `customers.update_customer`."""
+        changes: dict[str, Any] = {}
+        for field in ("name", "dialect", "disabled"):
+            if getattr(self, field) is not None:
+                changes[field] = getattr(self, field)
+        if "markup_percent" in self.model_fields_set:
+            changes["markup_bp"] = _bp(self.markup_percent)
+        return changes
+
+
+# --- ledger -------------------------------------------------------------------------------------
+
+
+class EntryOut(_Out):
+    id: int
+    customer_id: int
+    amount: Money = Field(description="Signed: money in is positive.")
+    kind: str
+    order_id: int | None
+    ref: str | None
+    memo: str | None
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, entry: EntryView) -> Self:
+        return cls(
+            id=entry.id,
+            customer_id=entry.customer_id,
+            amount=render(entry.amount),
+            kind=entry.kind,
+            order_id=entry.order_id,
+            ref=entry.ref,
+            memo=entry.memo,
+            created_at=entry.created_at,
+        )
+
+
+class Posting(_In):
+    amount: AmountIn = Field(description="A top-up: positive. An adjustment: signed, not zero.")
+    memo: str | None = Field(None, max_length=2000)
+
+    @property
+    def micros(self) -> int:
+        return parse_micros(self.amount)
+
+
+class PostingResult(_Out):
+    """A top-up or an adjustment done: the amount and the balance after it."""
+
+    customer_id: int
+    amount: Money
+    balance: Money
+    currency: str
+
+
+class VerifyResult(_Out):
+    clean: bool
+    problems: list[str]
+
+    @classmethod
+    def of(cls, problems: list[str]) -> Self:
+        return cls(clean=not problems, problems=problems)
+
+
+# --- services -----------------------------------------------------------------------------------
+
+
+class ServiceOut(_Out):
+    """A service as the operator sees it: the upstream's cost and the default customer price."""
+
+    id: int
+    type: str
+    name: str
+    category: str
+    upstream_name: str
+    cost: Money = Field(description="The upstream's rate per 1000.")
+    price: Money | None = Field(description="The default customer rate per 1000; None: suspended.")
+    suspended: bool = Field(description="The price would be below cost without consent.")
+    min: int
+    max: int
+    dripfeed: bool
+    refill: bool
+    cancel: bool
+    hidden: bool
+    upstream_listed: bool
+    updated_at: Timestamp
+
+    @classmethod
+    def of(cls, view: ServiceView) -> Self:
+        return cls(
+            id=view.id,
+            type=view.type,
+            name=view.name,
+            category=view.category,
+            upstream_name=view.upstream_name,
+            cost=render(view.cost),
+            price=_money(view.price),
+            suspended=view.price is None,
+            min=view.min,
+            max=view.max,
+            dripfeed=view.dripfeed,
+            refill=view.refill,
+            cancel=view.cancel,
+            hidden=view.hidden,
+            upstream_listed=view.upstream_listed,
+            updated_at=view.updated_at,
+        )
+
+
+class ServiceChanged(_Out):
+    service: int
+    changed: str
+
+
+class ServiceRename(_In):
+    """The names customers see; an empty string returns to the upstream's."""
+
+    name: str | None = None
+    category: str | None = None
+
+
+class PriceRuleIn(_In):
+    """A price for one service: exactly one of a fixed `rate` per 1000 or a `markup_percent`,
+    for everyone or for one `customer` (id or exact name)."""
+
+    rate: AmountIn | None = None
+    markup_percent: MarkupIn | None = None
+    customer: str | None = Field(None, description="Customer id or exact name; absent: everyone.")
+    allow_below_cost: bool = False
+
+    @model_validator(mode="after")
+    def _one_price(self) -> Self:
+        if (self.rate is None) == (self.markup_percent is None):
+            raise ValueError("give exactly one of rate or markup_percent")
+        return self
+
+    @property
+    def fixed_rate(self) -> int | None:
+        return None if self.rate is None else parse_micros(self.rate)
+
+    @property
+    def markup_bp(self) -> int | None:
+        return _bp(self.markup_percent)
+
+
+class CatalogSyncOut(_Out):
+    ok: bool
+    services: int
+    dropped: int = Field(description="No longer listed upstream: now hidden from customers.")
+    error: str | None
+
+    @classmethod
+    def of(cls, result: SyncResult) -> Self:
+        return cls(
+            ok=result.ok, services=result.services, dropped=result.dropped, error=result.error
+        )
+
+
+# --- orders -------------------------------------------------------------------------------------
+
+
+class OrderOut(_Out):
+    id: int
+    customer_id: int
+    service_id: int
+    state: str = Field(description="sending | placed | rejected | unknown (awaits an operator)")
+    status: str = Field(description="What the customer sees.")
+    quantity: int
+    rate: Money = Field(description="The customer's rate per 1000 when ordered.")
+    charge: Money = Field(description="Debited when ordered.")
+    refunded: Money
+    current_charge: Money = Field(description="What the customer now pays: charge − refunded.")
+    upstream_order_id: int | None
+    upstream_status: str | None
+    upstream_charge: Money | None
+    start_count: int | None
+    remains: int | None
+    error: str | None
+    params: dict[str, str] = Field(description="The parameters sent upstream.")
+    created_at: Timestamp
+    refreshed_at: Timestamp | None
+
+    @classmethod
+    def of(cls, order: OrderView) -> Self:
+        return cls(
+            id=order.id,
+            customer_id=order.customer_id,
+            service_id=order.service_id,
+            state=order.state,
+            status=order.status,
+            quantity=order.quantity,
+            rate=render(order.rate),
+            charge=render(order.charge),
+            refunded=render(order.refunded),
+            current_charge=render(order.current_charge),
+            upstream_order_id=order.upstream_order_id,
+            upstream_status=order.upstream_status,
+            upstream_charge=_money(order.upstream_charge),
+            start_count=order.start_count,
+            remains=order.remains,
+            error=order.error,
+            params={str(k): str(v) for k, v in order.params.items()},
+            created_at=order.created_at,
+            refreshed_at=order.refreshed_at,
+        )
+
+
+class ResolveIn(_In):
+    """The operator's verdict on an `unknown` order: exactly one of the two."""
+
+    upstream_order_id: int | None = Field(
+        None, ge=1, description="It exists upstream under this id: the order is placed."
+    )
+    not_placed: bool = Field(False, description="It never reached the upstream: refund in full.")
+
+    @model_validator(mode="after")
+    def _one_verdict(self) -> Self:
+        if (self.upstream_order_id is None) == (not self.not_placed):
+            raise ValueError("give exactly one of upstream_order_id or not_placed: true")
+        return self
+
+
+# --- sync, report, summary ----------------------------------------------------------------------
+
+
+class SyncPassOut(_Out):
+    """One status-sync pass."""
+
+    polled: int
+    upstream_calls: int
+    settled: int
+    failed_batches: int
+    anomalies: list[str]
+
+    @classmethod
+    def of(cls, result: PassResult) -> Self:
+        return cls(
+            polled=result.polled,
+            upstream_calls=result.upstream_calls,
+            settled=result.settled,
+            failed_batches=result.failed_batches,
+            anomalies=list(result.anomalies),
+        )
+
+
+class ReportTotal(_Out):
+    orders: int
+    revenue: Money = Field(description="What customers pay: charges less refunds.")
+    upstream_cost: Money = Field(description="The upstream's charge (else its catalog cost).")
+    margin: Money
+
+    @classmethod
+    def of(cls, line: ReportLine) -> Self:
+        return cls(
+            orders=line.orders,
+            revenue=render(line.revenue),
+            upstream_cost=render(line.upstream_cost),
+            margin=render(line.margin),
+        )
+
+
+class ReportLineOut(ReportTotal):
+    id: int = Field(description="The customer's or the service's id.")
+    name: str
+
+    @classmethod
+    def of_line(cls, line: ReportLine) -> Self:
+        return cls(id=line.key, name=line.name, **ReportTotal.of(line).model_dump())
+
+
+class ReportOut(_Out):
+    """Orders that may exist upstream (placed, unknown) created in [since, until)."""
+
+    since: Timestamp | None
+    until: Timestamp | None = Field(description="Exclusive.")
+    currency: str
+    by_customer: list[ReportLineOut]
+    by_service: list[ReportLineOut]
+    total: ReportTotal
+
+    @classmethod
+    def of(cls, report: Report, currency: str) -> Self:
+        return cls(
+            since=report.since,
+            until=report.until,
+            currency=currency,
+            by_customer=[ReportLineOut.of_line(line) for line in report.by_customer],
+            by_service=[ReportLineOut.of_line(line) for line in report.by_service],
+            total=ReportTotal.of(report.total),
+        )
+
+
+class CatalogState(_Out):
+    synced_at: Timestamp | None = Field(description="The last good sync; None: never.")
+    last_error: str | None = Field(description="Why the last sync failed; None: it did not.")
+
+
+class Summary(_Out):
+    orders_by_state: dict[str, int] = Field(description="Every state, zero included.")
+    unresolved: int = Field(description="Orders in `unknown`: an operator must resolve them.")
+    catalog: CatalogState
+
+
+class ErrorOut(_Out):
+    detail: str
