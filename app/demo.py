@@ -7,6 +7,7 @@ Ctrl-C (SIGINT) or SIGTERM stops both servers cleanly.
 
 import asyncio
 import json
+import os
 import secrets
 import signal
 import socket
@@ -124,10 +125,13 @@ async def demo_running(
         db_path = (workdir or Path.cwd()).resolve() / DEMO_DB
         _fresh_database(db_path)
         sim_key = secrets.token_hex(16)
+        # Readable request lines in a terminal, unless the operator chose a format.
+        readable = {} if "SMMGW_LOG_FORMAT" in os.environ else {"log_format": "text"}
         settings = load_settings(
             database_url=f"sqlite+aiosqlite:///{db_path}",
             upstream_url=f"http://{HOST}:{sim_port}/api/v1",
             upstream_key=sim_key,
+            **readable,
         )
         db = Database(settings.database_url)
         await db.migrate()
