@@ -102,6 +102,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Not found, or the admin API is off."},
 }
 
+
+# Ids in paths: within the columns' range, so a huge one is a 422, not a database overflow.
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
 router = APIRouter(
     prefix="/admin",
     tags=["admin"],
@@ -236,23 +240,23 @@ async def list_services(
 
 
 @router.post("/services/{service_id}/hide")
-async def hide_service(service_id: int, db: Db) -> ServiceChanged:
+async def hide_service(service_id: RowId, db: Db) -> ServiceChanged:
     return await ops.set_hidden(db, service_id, True)
 
 
 @router.post("/services/{service_id}/show")
-async def show_service(service_id: int, db: Db) -> ServiceChanged:
+async def show_service(service_id: RowId, db: Db) -> ServiceChanged:
     return await ops.set_hidden(db, service_id, False)
 
 
 @router.patch("/services/{service_id}")
-async def rename_service(service_id: int, body: ServiceRename, db: Db) -> ServiceChanged:
+async def rename_service(service_id: RowId, body: ServiceRename, db: Db) -> ServiceChanged:
     """Rename the service or its category as customers see them ('' = the upstream's)."""
     return await ops.rename_service(db, service_id, body.name, body.category)
 
 
 @router.put("/services/{service_id}/price")
-async def set_price(service_id: int, body: PriceRuleIn, db: Db) -> ServiceChanged:
+async def set_price(service_id: RowId, body: PriceRuleIn, db: Db) -> ServiceChanged:
     """A fixed `rate` or a `markup_percent`, for everyone or one `customer`."""
     return await ops.set_price(
         db,
@@ -266,7 +270,7 @@ async def set_price(service_id: int, body: PriceRuleIn, db: Db) -> ServiceChange
 
 @router.delete("/services/{service_id}/price")
 async def clear_price(
-    service_id: int,
+    service_id: RowId,
     db: Db,
     customer: Annotated[str | None, Query(description="Customer id or name.")] = None,
 ) -> ServiceChanged:
@@ -289,12 +293,12 @@ async def list_orders(
 
 
 @router.get("/orders/{order_id}")
-async def show_order(order_id: int, db: Db) -> OrderOut:
+async def show_order(order_id: RowId, db: Db) -> OrderOut:
     return await ops.get_order(db, order_id)
 
 
 @router.post("/orders/{order_id}/resolve")
-async def resolve_order(order_id: int, body: Annotated[ResolveIn, Body()], db: Db) -> OrderOut:
+async def resolve_order(order_id: RowId, body: Annotated[ResolveIn, Body()], db: Db) -> OrderOut:
     """The verdict on an `unknown` order: it exists upstream as `upstream_order_id` (placed),
     or it was `not_placed` (refunded in full)."""
     return await ops.resolve(
