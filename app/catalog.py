@@ -75,8 +75,8 @@ def resolve_rate(
     if chosen is None:
         chosen = (apply_markup(cost, default_markup_bp), False)
     rate, below_cost_ok = chosen
-    if rate < cost and not below_cost_ok:
-        return None
+    if rate <= 0 or (rate < cost and not below_cost_ok):
+        return None  # nothing is sold for free, whatever a rule says
     return rate
 
 
@@ -392,6 +392,8 @@ async def set_price(
         raise OperatorError("give either a fixed rate or a markup")
     if fixed_rate is not None and fixed_rate <= 0:
         raise OperatorError("a fixed rate must be positive")
+    if markup_bp is not None and markup_bp <= -10_000:
+        raise OperatorError("a markup of -100 % or less would give the service away")
     if markup_bp is not None and markup_bp < 0 and not below_cost_ok:
         raise OperatorError("a negative markup sells below cost: say --allow-below-cost")
     await _replace_rule(db, service_id, customer_id, fixed_rate, markup_bp, below_cost_ok)

@@ -16,6 +16,7 @@ from app.db import Database, ping
 from app.docs import install_docs
 from app.limits import build_limiter
 from app.logs import RequestLogMiddleware, configure_logging
+from app.orders.placing import SEND_MARGIN_SECONDS
 from app.panel.openapi import install_openapi
 from app.panel.router import router as panel_router
 from app.settings import Settings, get_settings
@@ -55,7 +56,11 @@ async def refresh_catalog_forever(gateway: Gateway) -> None:
 
 def sending_grace_seconds(settings: Settings) -> float:
     """How long an `add` can legitimately be in flight; `sending` beyond it was interrupted."""
-    return settings.upstream_connect_timeout_seconds + settings.upstream_timeout_seconds + 5
+    return (
+        settings.upstream_connect_timeout_seconds
+        + settings.upstream_timeout_seconds
+        + SEND_MARGIN_SECONDS
+    )
 
 
 async def sync_orders_forever(gateway: Gateway) -> None:

@@ -40,6 +40,9 @@ UNKNOWN = "unknown"
 STATES = (SENDING, PLACED, REJECTED, UNKNOWN)
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
+# Recovery waits (connect + read timeout + this) before calling a `sending` order unknown; an
+# add is only sent while the order is younger than this, so the call ends before that.
+SEND_MARGIN_SECONDS = 5.0
 REPLAY_POLL_SECONDS = 0.05
 IDEMPOTENCY_MISMATCH = "Idempotency-Key was already used with different parameters"
 IDEMPOTENCY_KEY_MAX = 128
@@ -97,13 +100,33 @@ async def place_order(
             raise
         return earlier
     # Shielded: a client that hangs up must not abandon an order between phases 2 and 3.
-    return await asyncio.shield(_send_and_commit(db, upstream, order_id, request))
+    return await asyncio.shield(send_and_commit(db, upstream, order_id, request))
 
 
-async def _send_and_commit(
+async def send_and_commit(
     db: Database, upstream: UpstreamClient, order_id: int, request: OrderRequest
 ) -> Placement:
+    if not await _still_sendable(db, order_id):
+        # Stalled past the margin (a pause, an overloaded host): recovery may already call
+        # this order unknown and an operator refund it, so it must never reach the upstream.
+        await reject_and_refund(
+            db, order_id, error=TEMPORARILY_UNAVAILABLE, note="too late to send upstream"
+        )
+        return Placement(None, TEMPORARILY_UNAVAILABLE)
     return await commit_outcome(db, order_id, await upstream.add(request.upstream_params))
+
+
+async def _still_sendable(db: Database, order_id: int) -> bool:
+    """Still `sending`, and young enough that the call ends before recovery may step in."""
+    async with db.read() as conn:
+        row = (
+            await conn.execute(select(Order.state, Order.created_at).where(Order.id == order_id))
+        ).first()
+    return (
+        row is not None
+        and row.state == SENDING
+        and as_utc(row.created_at) > utcnow() - timedelta(seconds=SEND_MARGIN_SECONDS)
+    )
 
 
 async def commit_intent(
@@ -144,7 +167,7 @@ async def commit_outcome(
     """Phase 3: record what the upstream's `add` said (phase 1 committed the intent)."""
     if isinstance(outcome, int):
         # Also from `unknown`: a slow reply the recovery gave up on is still the truth.
-        await _mark(
+        if not await _mark(
             db,
             order_id,
             PLACED,
@@ -152,7 +175,13 @@ async def commit_outcome(
             upstream_order_id=outcome,
             error=None,
             announced=True,
-        )
+        ):
+            # Already refunded as not placed, yet the upstream runs it: the reseller pays.
+            log.critical(
+                "order %s was refunded, but the upstream placed it as %s: cancel it there",
+                order_id,
+                outcome,
+            )
         return Placement(order_id)
     if isinstance(outcome, Ambiguous):
         log.warning(
@@ -186,9 +215,10 @@ def _customer_error(refusal: Refused) -> str:
 
 async def _mark(
     db: Database, order_id: int, state: str, from_states: tuple[str, ...], **values: object
-) -> None:
+) -> bool:
+    """Move the order to `state` if it is in one of `from_states`; False if it was not."""
     async with db.write() as conn:
-        await conn.execute(
+        result = await conn.execute(
             _MARK,
             {
                 "order_id": order_id,
@@ -198,6 +228,7 @@ async def _mark(
                 **values,
             },
         )
+    return result.rowcount == 1
 
 
 async def reject_and_refund(db: Database, order_id: int, *, error: str, note: str) -> bool:

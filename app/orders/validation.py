@@ -164,7 +164,8 @@ def _linked(params: dict[str, str], service: PricedService) -> tuple[dict[str, s
         raise ContractError(DRIPFEED_NOT_SUPPORTED)
     runs = _whole_number(params, "runs", maximum=MAX_RUNS)
     upstream["runs"] = str(runs)
-    upstream["interval"] = str(_whole_number(params, "interval", maximum=10_000))
+    # 0 is a valid interval (SmartPanel lists it): runs then start one after another.
+    upstream["interval"] = str(_whole_number(params, "interval", maximum=10_000, positive=False))
     return upstream, quantity * runs
 
 
