@@ -73,11 +73,10 @@ DEFAULT_BP = 1000  # the default markup these tests price with (10 %)
 # line-counted comments and usernames, subscriptions.
 SERVICE_IDS = (5, 10, 17, 33, 102, 130, 120, 142, 190, 192)
 FLAT = PACKAGE_TYPES | {"Subscriptions"}
-# A markup of -100 % or less (with the operator's consent to sell below cost) makes a rate of
-# zero or less, and an order that pays the customer: a known bug (tests/simulation/
-# test_regressions.py). Until it is fixed the machine stays above it; with -20_000 here and
-# max_examples=400 it finds it (a consented -200 % rule, then an order of that service).
-MARKUP_FLOOR = -9_999
+# Rules go down to -200 %: a markup of -100 % or less must be refused even with the operator's
+# consent to sell below cost (until 552e5ac it gave a rate of zero or less, and an order that
+# paid the customer: this machine found it, tests/simulation/test_regressions.py).
+MARKUP_FLOOR = -20_000
 CUSTOMER_MARKUPS = st.one_of(st.none(), st.integers(-3000, 30_000), st.sampled_from([0, 1, 3333]))
 
 
@@ -165,6 +164,8 @@ class MoneyMachine(RuleBasedStateMachine):
         else:
             chosen = (markup(cost, DEFAULT_BP), False)
         rate, consent = chosen
+        if rate <= 0:
+            return None  # nothing is sold for free, whatever a rule says
         if rate < cost and not consent:
             return None  # suspended: below cost without the operator's word
         return rate
@@ -212,6 +213,7 @@ class MoneyMachine(RuleBasedStateMachine):
         cost = SERVICES[service].rate_micros
         fixed = None if fixed_permille is None else max(1, cost * fixed_permille // 1000)
         below = fixed < cost if fixed is not None else markup_bp < 0
+        gives_away = fixed is None and markup_bp <= -10_000
         try:
             self.run(
                 set_price(
@@ -224,8 +226,9 @@ class MoneyMachine(RuleBasedStateMachine):
                 )
             )
         except OperatorError:
-            assert below and not consent, "a price at or above cost was refused"
+            assert gives_away or (below and not consent), "a price at or above cost was refused"
             return
+        assert not gives_away, f"a markup of {markup_bp} bp (free or worse) was taken"
         assert consent or not below, "a price below cost was taken without consent"
         self.rules[(service, customer)] = (
             fixed, None if fixed is not None else markup_bp, consent

@@ -175,7 +175,7 @@ async def commit_outcome(
             upstream_order_id=outcome,
             error=None,
             announced=True,
-        ):
+        ) and not await _placed_as(db, order_id, outcome):
             # Already refunded as not placed, yet the upstream runs it: the reseller pays.
             log.critical(
                 "order %s was refunded, but the upstream placed it as %s: cancel it there",
@@ -211,6 +211,17 @@ def _customer_error(refusal: Refused) -> str:
         log.error("upstream refused an order with an unmapped message: %r", refusal.message)
         return ORDER_NOT_PLACED
     return mapped
+
+
+async def _placed_as(db: Database, order_id: int, upstream_order_id: int) -> bool:
+    """An operator resolved it already, to this very upstream order."""
+    async with db.read() as conn:
+        row = (
+            await conn.execute(
+                select(Order.state, Order.upstream_order_id).where(Order.id == order_id)
+            )
+        ).first()
+    return row is not None and row.state == PLACED and row.upstream_order_id == upstream_order_id
 
 
 async def _mark(

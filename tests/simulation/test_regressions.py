@@ -1,0 +1,134 @@
+"""Bugs the simulation (and the money property test) found, kept as regression tests.
+
+Each seeded test replays a recorded run exactly (`python bench/simulate.py --seed S --steps N
+--db sqlite --strict [--weight KIND=N]` prints the same step log) with no bug tolerated. An
+open bug is marked xfail(strict=True) until its root cause is fixed; then remove its marker
+here and its id from `harness.KNOWN_BUGS`, so that every CI run checks it again. A fixed
+bug's test asserts that its run still contains the scenario, and passes.
+"""
+
+import shutil
+from pathlib import Path
+
+from app import ledger
+from app.catalog import set_price
+from app.db import Database
+from app.errors import OperatorError
+
+from .harness import KNOWN_BUGS, WEIGHTS, Options, Report, SimulationFailure, run_simulation
+
+# The recorded runs: seed, steps, and the step weights changed from harness.WEIGHTS (if any).
+SEED_IDEMPOTENCY, STEPS_IDEMPOTENCY = 2, 60  # --weight concurrent_adds=40
+SEED_SUBSCRIPTION, STEPS_SUBSCRIPTION = 1, 200
+SEED_STALL, STEPS_STALL = 2, 2  # --weight stalled_send=10
+SEED_FALSE_ALARM, STEPS_FALSE_ALARM = 2, 4
+
+
+async def replay(
+    template: Path, tmp_path: Path, seed: int, steps: int, expect: str = "", **weights: int
+) -> Report:
+    """The recorded run, on a fresh SQLite copy. An open bug's run (`expect` given) checks
+    every bug and must fail the way it was recorded (`expect` in the message): any other
+    failure is news. A fixed bug's run tolerates the bugs still open (KNOWN_BUGS)."""
+    path = tmp_path / f"seed-{seed}.db"
+    shutil.copyfile(template, path)
+    try:
+        return await run_simulation(
+            Options(
+                seed=seed,
+                steps=steps,
+                database_url=f"sqlite+aiosqlite:///{path}",
+                tolerate=frozenset() if expect else KNOWN_BUGS,
+                weights={**WEIGHTS, **weights},
+            )
+        )
+    except SimulationFailure as failure:
+        assert expect and expect in str(failure), f"failed otherwise than recorded:\n{failure}"
+        raise
+
+
+async def test_racing_retries_with_one_idempotency_key_get_one_answer(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Was BUG idempotency-race (fixed in ef707fc): app/orders/placing.py _replay() answered
+    Placement(row.id) for an order still `sending`, so of two racing adds with one
+    Idempotency-Key the loser was told {'order': N} at once while the winner, refused
+    upstream, was rejected, refunded and answered an error (first seen: seed 1 step 310,
+    seed 4 step 372 with the default weights). This run has a racing pair whose first try
+    the upstream refuses; both must get the same answer."""
+    report = await replay(
+        sqlite_template, tmp_path, SEED_IDEMPOTENCY, STEPS_IDEMPOTENCY, concurrent_adds=40
+    )
+    refused = sum(
+        n for kind, n in report.outcomes.items()
+        if kind.startswith("key-race:error:") and "funds" not in kind
+    )
+    assert refused >= 1, f"the recorded scenario did not happen: {report.outcomes}"
+
+
+async def test_a_partial_subscription_with_no_post_delivered_is_refunded(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Was BUG partial-subscription-without-runs (fixed in f2cbcb7): app/sync.py summed the
+    runs' charges only for a Partial parent that listed some, so a SmartPanel subscription
+    ending Partial with none of its posts delivered (`orders: []`; the upstream keeps 0)
+    was settled with no refund (first seen: seed 5 step 25). This run settles such orders;
+    each must be refunded in full."""
+    report = await replay(sqlite_template, tmp_path, SEED_SUBSCRIPTION, STEPS_SUBSCRIPTION)
+    settled = report.outcomes["settled:partial-subscription-without-runs"]
+    assert settled >= 1, f"the recorded scenario did not happen: {report.outcomes}"
+
+
+async def test_a_stalled_process_never_sends_an_order_the_operator_refunded(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Was BUG stalled-send, a free order (fixed in 552e5ac): a process that stalled between
+    commit_intent and the upstream add for longer than sending_grace_seconds saw its order
+    turned `unknown` by another worker's sync pass and resolved --not-placed (refunded) by an
+    operator who found nothing upstream; it then woke, sent the add, the upstream placed it
+    and commit_outcome() answered {'order': N} for a refunded order (first seen: seed 2 step
+    2 with stalled_send=10). Phase 2 (send_and_commit) now refuses to send an order that is
+    no longer `sending` or too old."""
+    report = await replay(sqlite_template, tmp_path, SEED_STALL, STEPS_STALL, stalled_send=10)
+    assert report.outcomes["stalled-send:not"] >= 1, report.outcomes
+
+
+async def test_no_price_rule_makes_an_order_pay_the_customer(db: Database, harness) -> None:  # type: ignore[no-untyped-def]
+    """Was BUG negative-rate (fixed in 552e5ac): set_price() took a markup of -100 % or less
+    with below_cost_ok, giving a rate of 0 or below, an order whose `charge` entry paid the
+    customer, and ledger.verify() errors ('charge entries with the wrong sign'). Found by
+    tests/test_money_properties.py with MARKUP_FLOOR = -20_000 and 400 examples; shrunk:
+    a consented -200 % rule on service 5, then an order of it (charge -510000)."""
+    for markup_bp in (-10_000, -15_000):
+        try:
+            await set_price(db, 10, markup_bp=markup_bp, below_cost_ok=True)
+        except OperatorError:
+            continue  # refused: nothing can be priced at zero or less
+        customer = await harness.customer(markup_bp=None)
+        reply = await harness.call(
+            customer.key, "add", service=10, link="https://example.com/free", quantity=1000
+        )
+        if "order" in reply:
+            order = await harness.order(reply["order"])
+            assert order.charge > 0, f"markup {markup_bp} bp: charge {order.charge}"
+        assert await ledger.verify(db) == []
+
+
+async def test_a_drip_feed_with_interval_zero_is_taken(db: Database, harness) -> None:  # type: ignore[no-untyped-def]
+    """Was BUG interval-0 (fixed in 552e5ac): validation refused interval=0 ('Parameter
+    interval must be a positive whole number') though CONTRACT.md lists 0 among SmartPanel's
+    drip-feed intervals; seen in the simulation's outcomes."""
+    customer = await harness.customer()
+    reply = await harness.call(
+        customer.key, "add", service=5, link="https://example.com/drip", quantity=500,
+        runs=2, interval=0,
+    )
+    assert "order" in reply, reply
+
+
+async def test_a_late_reply_for_an_order_the_operator_placed_raises_no_alarm(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    await replay(
+        sqlite_template, tmp_path, SEED_FALSE_ALARM, STEPS_FALSE_ALARM, "false CRITICAL"
+    )
