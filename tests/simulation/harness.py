@@ -1313,6 +1313,8 @@ class Simulation:
         if self.rng.random() < 0.5:
             verdict = await self.operator_resolves(order_id, token)
         placement = await commit_outcome(self.db, order_id, outcome)
+        if isinstance(outcome, int) and verdict.startswith("placed"):
+            self.outcomes["late-outcome:operator-placed-first"] += 1
         self.note(
             f"late outcome: customer {cust.id} {token}: {describe(outcome)} after the recovery;"
             f" operator: {verdict}; answer {placement}"

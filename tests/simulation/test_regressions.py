@@ -129,6 +129,10 @@ async def test_a_drip_feed_with_interval_zero_is_taken(db: Database, harness) ->
 async def test_a_late_reply_for_an_order_the_operator_placed_raises_no_alarm(
     sqlite_template: Path, tmp_path: Path
 ) -> None:
-    await replay(
-        sqlite_template, tmp_path, SEED_FALSE_ALARM, STEPS_FALSE_ALARM, "false CRITICAL"
-    )
+    """Was BUG false-critical-after-resolve (fixed in e5f41b6): commit_outcome() logged
+    CRITICAL 'order N was refunded, but the upstream placed it as U: cancel it there'
+    whenever _mark() moved no row, also for a late reply about an order an operator had
+    meanwhile resolved as placed as that very U: a false alarm telling the operator to cancel
+    a good order (first seen: seed 2 step 4). Every CRITICAL line must be true."""
+    report = await replay(sqlite_template, tmp_path, SEED_FALSE_ALARM, STEPS_FALSE_ALARM)
+    assert report.outcomes["late-outcome:operator-placed-first"] >= 1, report.outcomes
