@@ -14,6 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
+from app.family import FAMILIES, Family
 from app.models import Customer, PriceRule, Service, Setting, utcnow
 from app.money import apply_markup
 from app.upstream import UpstreamClient, UpstreamService
@@ -22,6 +23,8 @@ log = logging.getLogger("smm_gateway.catalog")
 
 SYNCED_AT = "catalog_synced_at"
 LAST_ERROR = "catalog_last_error"
+FAMILY = "upstream_family"  # as heard at the last good sync
+SUBSCRIPTIONS = "Subscriptions"
 
 
 @dataclass(frozen=True)
@@ -154,12 +157,19 @@ _ORDERABLE = (Service.upstream_listed.is_(True), Service.hidden.is_(False))
 
 
 async def customer_catalog(
-    db: Database, customer_id: int, markup_bp: int | None, default_bp: int
+    db: Database,
+    customer_id: int,
+    markup_bp: int | None,
+    default_bp: int,
+    *,
+    subscriptions: bool = True,
 ) -> list[PricedService]:
-    """Every service this customer can order, at their prices."""
+    """Every service this customer can order, at their prices; no subscriptions where the
+    upstream cannot take them (`subscriptions` false)."""
+    where = [*_ORDERABLE] if subscriptions else [*_ORDERABLE, Service.type != SUBSCRIPTIONS]
     async with db.read() as conn:
         general, personal = await _rules(conn, customer_id)
-        rows = await conn.execute(select(*_SERVICE_COLUMNS).where(*_ORDERABLE).order_by(Service.id))
+        rows = await conn.execute(select(*_SERVICE_COLUMNS).where(*where).order_by(Service.id))
         priced = [_priced(tuple(r), general, personal, markup_bp, default_bp) for r in rows]
     return [p for p in priced if p is not None]
 
@@ -217,6 +227,7 @@ class SyncResult:
     services: int = 0
     dropped: int = 0
     error: str | None = None
+    family: Family | None = None  # the upstream's family, as configured or heard
 
 
 def _upsert(conn: Conn):  # type: ignore[no-untyped-def]
@@ -256,10 +267,14 @@ async def sync_catalog(db: Database, upstream: UpstreamClient) -> SyncResult:
         )
         await _set_kv(conn, SYNCED_AT, now.isoformat())
         await _set_kv(conn, LAST_ERROR, "")
+        if upstream.family is not None:
+            await _set_kv(conn, FAMILY, upstream.family)
     if dropped.rowcount:
         log.warning("catalog: %d services no longer listed upstream, now hidden", dropped.rowcount)
-    log.info("catalog: %d services synced", len(fetched))
-    return SyncResult(True, services=len(fetched), dropped=dropped.rowcount)
+    log.info("catalog: %d services synced from a %s upstream", len(fetched), upstream.family)
+    return SyncResult(
+        True, services=len(fetched), dropped=dropped.rowcount, family=upstream.family
+    )
 
 
 def _service_values(svc: UpstreamService) -> dict[str, object]:
@@ -288,9 +303,17 @@ async def _record_failure(db: Database, error: str) -> SyncResult:
 async def catalog_state(db: Database) -> dict[str, str]:
     async with db.read() as conn:
         rows = await conn.execute(
-            select(Setting.key, Setting.value).where(Setting.key.in_((SYNCED_AT, LAST_ERROR)))
+            select(Setting.key, Setting.value).where(
+                Setting.key.in_((SYNCED_AT, LAST_ERROR, FAMILY))
+            )
         )
         return {k: v for k, v in rows}
+
+
+async def stored_family(db: Database) -> Family | None:
+    """The upstream's family as the last good catalog sync heard it."""
+    value = (await catalog_state(db)).get(FAMILY)
+    return next((f for f in FAMILIES if f == value), None)
 
 
 # --- the operator's choices -------------------------------------------------------------------
@@ -315,9 +338,15 @@ class ServiceView:
     upstream_listed: bool
     upstream_name: str
     updated_at: datetime
+    unavailable: str | None = None  # why customers cannot order it although it is listed
 
 
-async def list_services(db: Database, default_bp: int) -> list[ServiceView]:
+NO_SUBSCRIPTIONS = "the upstream (SmartPanel family) takes no subscriptions: not offered"
+
+
+async def list_services(
+    db: Database, default_bp: int, *, subscriptions: bool = True
+) -> list[ServiceView]:
     async with db.read() as conn:
         general, _ = await _rules(conn, None)
         rows = await conn.execute(
@@ -346,6 +375,9 @@ async def list_services(db: Database, default_bp: int) -> list[ServiceView]:
                     upstream_listed=listed,
                     upstream_name=base[1],
                     updated_at=updated_at,
+                    unavailable=(
+                        NO_SUBSCRIPTIONS if base[3] == SUBSCRIPTIONS and not subscriptions else None
+                    ),
                 )
             )
     return views

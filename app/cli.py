@@ -611,7 +611,8 @@ def services_sync(as_json: JsonFlag = False) -> None:
     _emit(
         as_json,
         result,
-        f"{result.services} services synced"
+        f"{result.services} services synced from a {result.family or 'smartpanel'}-family"
+        " upstream"
         + (f", {result.dropped} no longer listed upstream (now hidden)" if result.dropped else ""),
     )
 
@@ -640,7 +641,8 @@ def services_list(
             ),
             ", ".join(
                 s for s, on in (("hidden", v.hidden), ("not listed", not v.upstream_listed)) if on
-            ),
+            )
+            or (v.unavailable or ""),
         )
         for v in listed
     ]

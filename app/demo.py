@@ -152,7 +152,13 @@ async def demo_running(
             db, DEMO_CUSTOMER, settings.default_dialect, markup_bp
         )
         balance = await ledger.topup(db, customer_id, parse_micros(DEMO_TOPUP), memo="demo")
-        catalog = await customer_catalog(db, customer_id, markup_bp, settings.default_markup_bp)
+        catalog = await customer_catalog(
+            db,
+            customer_id,
+            markup_bp,
+            settings.default_markup_bp,
+            subscriptions=synced.family == "standard",
+        )
 
         gateway = _Server(_server_config(create_app(settings)))
         running.append((gateway, await _start(gateway, gateway_sock, "gateway")))

@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager, suppress
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import metrics
 from app.admin.router import router as admin_router
-from app.catalog import sync_catalog
+from app.catalog import stored_family, sync_catalog
 from app.db import Database, ping
 from app.docs import install_docs
 from app.limits import build_limiter
@@ -87,6 +88,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway = Gateway(settings, upstream_transport)
         app.state.gateway = gateway
+        # Until this process has read the catalog itself: the family its last sync heard.
+        with suppress(SQLAlchemyError, OSError):
+            gateway.upstream.family_heard = await stored_family(gateway.db)
         loops = [refresh_catalog_forever] if background else []
         if background and settings.sync_in_process:
             loops.append(sync_orders_forever)

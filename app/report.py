@@ -3,8 +3,9 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, and_, case, func, select
 
+from app.contract import CANCELED
 from app.db import Database
 from app.models import Customer, Order, Service
 from app.orders.placing import PLACED, UNKNOWN
@@ -16,7 +17,7 @@ class ReportLine:
     name: str
     orders: int
     revenue: int  # what customers pay: charges less refunds
-    upstream_cost: int  # what the upstream charges us (its reported charge, else catalog cost)
+    upstream_cost: int  # what the upstream keeps (its reported charge, else catalog cost)
     margin: int
 
 
@@ -42,9 +43,15 @@ async def _lines(
     db: Database, where: list[ColumnElement[bool]], by: type[Customer] | type[Service]
 ) -> list[ReportLine]:
     revenue = func.sum(Order.charge - Order.refunded)
-    # The upstream's own reported charge once heard; until then its catalog price.
+    # What the upstream keeps: nothing of an order settled Canceled (whatever it reported
+    # before, and a SmartPanel drip-feed parent reports no charge at all); else its own
+    # reported charge once heard; until then its catalog price.
     cost = func.sum(
-        case((Order.upstream_charge.is_not(None), Order.upstream_charge), else_=Order.cost)
+        case(
+            (and_(Order.settled_at.is_not(None), Order.status == CANCELED), 0),
+            (Order.upstream_charge.is_not(None), Order.upstream_charge),
+            else_=Order.cost,
+        )
     )
     join_on = by.id == (Order.customer_id if by is Customer else Order.service_id)
     stmt = (

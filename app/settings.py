@@ -21,7 +21,12 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./smm-gateway.db"
     upstream_url: str = SMMMIX_API_URL
     upstream_key: str = ""
-    upstream_double_decode: bool = True
+    # None: on for the SmartPanel family (it decodes every value twice), off for the standard.
+    upstream_double_decode: bool | None = None
+    # "auto": read from the shape of the upstream's catalog (DESIGN.md, "Dialects").
+    upstream_family: Literal["auto", "smartpanel", "standard"] = "auto"
+    # Longest link the upstream stores whole; unset: 191 for SmartPanel (varchar(191)), 2048.
+    upstream_max_link_length: int | None = Field(None, ge=16, le=2048)
     upstream_connect_timeout_seconds: float = Field(5.0, gt=0)
     upstream_timeout_seconds: float = Field(30.0, gt=0)
     admin_token: str = ""

@@ -33,6 +33,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from app import contract, metrics
+from app.family import Family, UpstreamRules, detect_family, rules_for
 from app.money import parse_upstream_micros
 
 if TYPE_CHECKING:
@@ -159,15 +160,21 @@ class UpstreamClient:
         *,
         connect_timeout: float,
         read_timeout: float,
-        double_decode: bool = True,
+        double_decode: bool | None = True,
+        family: Family | None = None,
+        max_link_length: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 20,
     ) -> None:
         self._url = url
         self._key = key
-        self._double_decode = double_decode
+        self._double_decode_setting = double_decode  # None: as the family does
+        self._family_setting = family  # None: read from the catalog's shape
+        self._max_link_length = max_link_length  # None: the family's own limit
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        # The family the last `services` reply was shaped like; None until one was read.
+        self.family_heard: Family | None = None
         self._http = httpx.AsyncClient(
             transport=default_transport(max_connections) if transport is None else transport,
             # Waiting for a pool slot is pre-send too, so it shares the connect budget.
@@ -187,7 +194,30 @@ class UpstreamClient:
             connect_timeout=settings.upstream_connect_timeout_seconds,
             read_timeout=settings.upstream_timeout_seconds,
             double_decode=settings.upstream_double_decode,
+            family=None if settings.upstream_family == "auto" else settings.upstream_family,
+            max_link_length=settings.upstream_max_link_length,
             transport=transport,
+        )
+
+    @property
+    def family(self) -> Family | None:
+        """The upstream's family: as configured, else as its catalog was shaped; None until
+        known (callers then assume SmartPanel, the stricter of the two)."""
+        return self._family_setting or self.family_heard
+
+    @property
+    def double_decode(self) -> bool:
+        if self._double_decode_setting is not None:
+            return self._double_decode_setting
+        return self.family != "standard"
+
+    @property
+    def rules(self) -> UpstreamRules:
+        """What an order must look like for this upstream to take it as meant."""
+        return rules_for(
+            self.family or "smartpanel",
+            double_decode=self.double_decode,
+            max_link_length=self._max_link_length,
         )
 
     @property
@@ -215,7 +245,7 @@ class UpstreamClient:
         if "key" in params or "action" in params:
             raise ValueError("key and action are set by the client")
         form = {"key": self._key, "action": action} | {k: str(v) for k, v in params.items()}
-        if self._double_decode:
+        if self.double_decode:
             form = {name: encode_for_double_decode(value) for name, value in form.items()}
         started = time.perf_counter()
         outcome = await self._post(form)
@@ -304,6 +334,7 @@ class UpstreamClient:
                 return []
         if not isinstance(data, list):
             return Ambiguous("unreadable")
+        self.family_heard = detect_family(data) or self.family_heard
         services: list[UpstreamService] = []
         seen: set[int] = set()
         skipped: list[str] = []
@@ -332,7 +363,7 @@ class UpstreamClient:
 
     async def add(self, params: Mapping[str, str]) -> int | Refused | Ambiguous:
         """Place an order. Refused -> it was not placed; Ambiguous -> it may have been."""
-        if self._double_decode:
+        if self.double_decode:
             for name, value in params.items():
                 if has_tag_like_text(value):  # SmartPanel would silently cut it: refuse instead
                     return Refused(tag_like_error(name), "tag_like")

@@ -162,7 +162,7 @@ class Harness:
         }
         ids = []
         for p in params:
-            request = validate_add(p, priced[int(p["service"])], refuse_tags=True)
+            request = validate_add(p, priced[int(p["service"])], self.gw.upstream.rules)
             placement = await place_order(self.db, self.gw.upstream, customer.id, request)
             assert placement.order_id is not None, placement
             ids.append(placement.order_id)

@@ -17,7 +17,6 @@ from conftest import SIM_KEY, gateway_settings
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-import app.simulator.app as simulator_module
 from app import contract
 from app.catalog import (
     LAST_ERROR,
@@ -43,6 +42,7 @@ from app.simulator import SimConfig, create_simulator_app
 from app.simulator.catalog import CATALOG
 from app.upstream import UpstreamClient
 
+LISTED = [s for s in CATALOG if s.listed]  # what the simulator's `services` shows
 FOLLOWERS = 5  # a Default service of the simulator's catalog, rate 1.0200
 
 
@@ -55,10 +55,10 @@ def sim_rate(item: dict[str, object]) -> int:
     return int(Decimal(str(item["rate"])) * MICROS)
 
 
-def upstream_lists(monkeypatch: pytest.MonkeyPatch, services: list) -> None:
+def upstream_lists(simulator: FastAPI, services: list) -> None:
     """Change what the simulator lists in `services` (its price list), as a panel's operator
-    would. The simulator has no run-time control for its catalog, so set its table."""
-    monkeypatch.setattr(simulator_module, "CATALOG", tuple(services))
+    would (tests/test_simulator.py covers its /_sim/catalog endpoint doing the same)."""
+    simulator.state.sim.catalog = {s.id: s for s in services}
 
 
 def with_rate(service_id: int, rate: str) -> list:
@@ -421,7 +421,7 @@ async def test_fixed_price_below_cost_is_refused_without_consent(
 
 
 async def test_upstream_price_rise_flows_through_markups_and_suspends_fixed_prices(
-    db: Database, upstream: UpstreamClient, monkeypatch: pytest.MonkeyPatch
+    db: Database, upstream: UpstreamClient, simulator: FastAPI
 ) -> None:
     assert (await sync_catalog(db, upstream)).ok
     markup_customer, _ = await create_customer(db, "Gus", "standard", markup_bp=2500)
@@ -435,7 +435,7 @@ async def test_upstream_price_rise_flows_through_markups_and_suspends_fixed_pric
     # The upstream raises both prices above the fixed ones.
     rises = {FOLLOWERS: "1.7000", likes: "0.2500"}
     risen = [dataclasses.replace(s, rate=rises.get(s.id, s.rate)) for s in CATALOG]
-    upstream_lists(monkeypatch, risen)
+    upstream_lists(simulator, risen)
     assert (await sync_catalog(db, upstream)).ok
 
     new_cost = parse_micros(rises[FOLLOWERS])
@@ -455,45 +455,45 @@ async def test_upstream_price_rise_flows_through_markups_and_suspends_fixed_pric
 
 
 async def test_consented_fixed_price_keeps_selling_after_a_rise(
-    db: Database, upstream: UpstreamClient, monkeypatch: pytest.MonkeyPatch
+    db: Database, upstream: UpstreamClient, simulator: FastAPI
 ) -> None:
     assert (await sync_catalog(db, upstream)).ok
     customer, _ = await create_customer(db, "Ida", "standard")
     await set_price(db, FOLLOWERS, fixed_rate=parse_micros("1.10"), below_cost_ok=True)
-    upstream_lists(monkeypatch, with_rate(FOLLOWERS, "1.3000"))
+    upstream_lists(simulator, with_rate(FOLLOWERS, "1.3000"))
     assert (await sync_catalog(db, upstream)).ok
     assert (await rates(db, customer, None))[FOLLOWERS] == parse_micros("1.10")
 
 
 async def test_dropped_service_is_hidden_and_returns_when_listed_again(
-    db: Database, upstream: UpstreamClient, monkeypatch: pytest.MonkeyPatch
+    db: Database, upstream: UpstreamClient, simulator: FastAPI
 ) -> None:
     assert (await sync_catalog(db, upstream)).ok
     customer, _ = await create_customer(db, "Jo", "standard")
 
-    upstream_lists(monkeypatch, [s for s in CATALOG if s.id != FOLLOWERS])
+    upstream_lists(simulator, [s for s in LISTED if s.id != FOLLOWERS])
     result = await sync_catalog(db, upstream)
-    assert result.ok and result.dropped == 1 and result.services == len(CATALOG) - 1
+    assert result.ok and result.dropped == 1 and result.services == len(LISTED) - 1
 
     assert FOLLOWERS not in await rates(db, customer, None)
     assert await priced_service(db, FOLLOWERS, customer, None, 0) is None
     views = {v.id: v for v in await list_services(db, 0)}
     assert views[FOLLOWERS].upstream_listed is False  # kept for old orders, not sold
-    assert len(await rates(db, customer, None)) == len(CATALOG) - 1
+    assert len(await rates(db, customer, None)) == len(LISTED) - 1
 
-    monkeypatch.undo()
+    upstream_lists(simulator, list(CATALOG))
     result = await sync_catalog(db, upstream)
     assert result.ok and result.dropped == 0
     assert FOLLOWERS in await rates(db, customer, None)
 
 
 async def test_an_empty_upstream_catalog_keeps_the_last_one(
-    db: Database, upstream: UpstreamClient, monkeypatch: pytest.MonkeyPatch
+    db: Database, upstream: UpstreamClient, simulator: FastAPI
 ) -> None:
     assert (await sync_catalog(db, upstream)).ok
     customer, _ = await create_customer(db, "Kim", "standard")
     before = await rates(db, customer, None)
-    upstream_lists(monkeypatch, [])
+    upstream_lists(simulator, [])
     result = await sync_catalog(db, upstream)
     assert not result.ok and result.error
     assert await rates(db, customer, None) == before

@@ -317,10 +317,20 @@ def test_services_sync_and_operator_choices(
     monkeypatch.setenv("SMMGW_DEFAULT_MARKUP_PERCENT", "10")
     synced = cli_json("services", "sync")
     assert synced["ok"] is True and synced["services"] > 0
-    assert f"{synced['services']} services synced" in cli("services", "sync").stdout
+    assert synced["family"] == "smartpanel"  # read from the shape of its catalog
+    printed = cli("services", "sync").stdout
+    assert f"{synced['services']} services synced from a smartpanel-family upstream" in printed
 
     listed = cli_json("services", "list")
     assert len(listed) == synced["services"]
+    # Listed upstream, but SmartPanel's API has no subscriptions: the operator is told why.
+    subscriptions = [s for s in listed if s["type"] == "Subscriptions"]
+    assert subscriptions and all("no subscriptions" in s["unavailable"] for s in subscriptions)
+    assert all(s["unavailable"] is None for s in listed if s["type"] != "Subscriptions")
+    assert "takes no subscriptions" in cli("services", "list").stdout
+    monkeypatch.setenv("SMMGW_UPSTREAM_FAMILY", "standard")  # as if said so
+    assert all(s["unavailable"] is None for s in cli_json("services", "list"))
+    monkeypatch.delenv("SMMGW_UPSTREAM_FAMILY")
     svc = next(s for s in listed if s["type"] == "Default")
     sid = str(svc["id"])
     assert svc["price"] is not None and not svc["suspended"] and not svc["hidden"]

@@ -146,7 +146,7 @@ def place(link: str, quantity: int = 1000) -> int:
     async def work(db: Database, upstream: UpstreamClient) -> int:
         service = await priced_service(db, 5, 1, None, 0)
         assert service is not None
-        request = validate_add({"link": link, "quantity": str(quantity)}, service, refuse_tags=True)
+        request = validate_add({"link": link, "quantity": str(quantity)}, service, upstream.rules)
         placement = await place_order(db, upstream, 1, request)
         assert placement.order_id is not None, placement
         return placement.order_id

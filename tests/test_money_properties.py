@@ -60,6 +60,7 @@ from app.contract import (
 from app.customers import create_customer
 from app.db import Database
 from app.errors import NotFound, OperatorError
+from app.family import rules_for
 from app.models import Customer, Order
 from app.orders.placing import NotEnoughFunds, commit_intent, commit_outcome
 from app.orders.validation import validate_add
@@ -295,7 +296,7 @@ class MoneyMachine(RuleBasedStateMachine):
                 params.update(runs=str(runs), interval="5")
                 units = amount * runs
         try:
-            request = validate_add(params, priced, refuse_tags=False)
+            request = validate_add(params, priced, rules_for("standard", double_decode=False))
         except ContractError as exc:
             assert exc.message == NOT_ENOUGH_FUNDS, exc.message  # beyond any balance
             return None

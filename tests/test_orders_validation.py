@@ -33,11 +33,20 @@ from helpers import (
 from app.catalog import PricedService, set_hidden, sync_catalog
 from app.contract import SERVICE_TYPES, ContractError
 from app.db import Database
+from app.family import rules_for
 from app.main import Gateway, create_app
 from app.orders.queries import get_order
-from app.orders.validation import validate_add
+from app.orders.validation import (
+    SUBSCRIPTIONS_UNAVAILABLE,
+    comment_split_error,
+    link_too_long,
+    validate_add,
+)
 from app.simulator import SimConfig, create_simulator_app
-from app.simulator.catalog import CATALOG
+from app.simulator.catalog import CATALOG, SERVICES
+
+STANDARD = rules_for("standard", double_decode=False)
+SMARTPANEL_LINK = 191  # SmartPanel's varchar(191) link column (CONTRACT.md)
 
 PLENTY = micros("1000")
 
@@ -122,6 +131,18 @@ def first_of_type(offered: dict[int, dict[str, Any]], kind: str) -> dict[str, An
     return next(item for item in offered.values() if item["type"] == kind)
 
 
+@pytest.fixture(params=["smartpanel", "standard"])
+def sim_config(request: pytest.FixtureRequest) -> SimConfig:
+    """Every test here runs against an upstream of each family; the gateway reads which from
+    the shape of its catalog (SMMGW_UPSTREAM_FAMILY unset)."""
+    return SimConfig(key=SIM_KEY, tick_seconds=1.0, seed=1, dialect=request.param)
+
+
+@pytest.fixture
+def family(sim_config: SimConfig) -> str:
+    return sim_config.dialect
+
+
 @pytest.fixture
 async def gw(gateway_app: Any) -> Gateway:
     gateway: Gateway = gateway_app.state.gateway
@@ -176,9 +197,17 @@ async def test_every_service_is_placed_at_its_exact_charge_and_reaches_upstream_
     sim_client: httpx.AsyncClient,
     alice: Customer,
     offered: dict[int, dict[str, Any]],
+    family: str,
 ) -> None:
-    assert set(offered) == {s.id for s in CATALOG}
-    assert {item["type"] for item in offered.values()} == set(SERVICE_TYPES)
+    """Every service type the upstream can take is sold; on SmartPanel that is every type but
+    subscriptions, which its API has no branch for (CONTRACT.md)."""
+    sellable = {s.id for s in CATALOG if s.listed}
+    types = set(SERVICE_TYPES)
+    if family == "smartpanel":
+        sellable -= {s.id for s in CATALOG if s.type == "Subscriptions"}
+        types -= {"Subscriptions"}
+    assert set(offered) == sellable
+    assert {item["type"] for item in offered.values()} == types
 
     expected_balance = PLENTY
     placed: dict[int, tuple[dict[str, str], int, int, dict[str, Any]]] = {}
@@ -208,6 +237,10 @@ async def test_every_service_is_placed_at_its_exact_charge_and_reaches_upstream_
         assert {name: upstream["params"].get(name) for name in params} == params, item["type"]
         if item["type"] not in FLAT_TYPES:
             assert upstream["quantity"] == units, item["type"]
+        if family == "smartpanel" and item["type"] != "Custom Comments":
+            # Its default branch needs a quantity: the package's min, or the lines sent.
+            sent = int(item["min"]) if item["type"] in FLAT_TYPES else units
+            assert upstream["params"]["quantity"] == str(sent), item["type"]
         status = await api(client, alice.key, "status", order=order_id)
         assert (status["order"], status["charge"]) == (str(order_id), charge_text(charge))
     await assert_ledger_clean(db)
@@ -357,11 +390,11 @@ async def test_bad_links_are_refused_and_username_like_links_are_fine(
     sim_client: httpx.AsyncClient,
     alice: Customer,
     offered: dict[int, dict[str, Any]],
+    family: str,
 ) -> None:
     bad_links = [
         "",
         "   ",
-        "a" * 2049,
         "https://example.com/a b",
         "https://example.com/a\tb",
         "https://example.com/a\nb",
@@ -375,17 +408,22 @@ async def test_bad_links_are_refused_and_username_like_links_are_fine(
         params, _ = valid_order(first_of_type(offered, kind), "link")
         cases.append(({k: v for k, v in params.items() if k != "link"}, "Bad link"))
         cases += [({**params, "link": link}, "Bad link") for link in bad_links]
+        # Longer than the upstream stores whole: SmartPanel would cut it at 191 characters.
+        limit = SMARTPANEL_LINK if family == "smartpanel" else 2048
+        too_long = "https://x.io/" + "a" * (limit - 12)
+        cases.append(({**params, "link": too_long}, link_too_long(limit)))
     await assert_refused(db, client, sim_client, alice, cases)
 
     item = first_of_type(offered, "Default")
     expected = PLENTY
-    for link in ("some.user", "@some_user", "  padded.user  ", "https://x.io/" + "a" * 2035):
+    longest = "https://x.io/" + "a" * ((SMARTPANEL_LINK if family == "smartpanel" else 2048) - 13)
+    for link in ("some.user", "@some_user", "  padded.user  ", longest):
         params, units = valid_order(item, "x")
         reply = await add(client, alice.key, {**params, "link": link})
         assert reply.get("status") == "success", (link, reply)
         expected -= expected_charge(item, units)
-        assert len(sim_orders_with_link(await sim_orders(sim_client), link.strip())) == 1
-    assert len("https://x.io/" + "a" * 2035) == 2048
+        [arrived] = sim_orders_with_link(await sim_orders(sim_client), link.strip())
+        assert arrived["stored"]["link"] == link.strip()  # stored whole, not cut
     assert await balance_of(db, alice) == expected
     await assert_ledger_clean(db)
 
@@ -399,6 +437,7 @@ async def test_each_missing_required_parameter_is_named(
     sim_client: httpx.AsyncClient,
     alice: Customer,
     offered: dict[int, dict[str, Any]],
+    family: str,
 ) -> None:
     cases: list[tuple[dict[str, Any], str]] = []
     for kind, required in REQUIRED_TEXT.items():
@@ -407,28 +446,47 @@ async def test_each_missing_required_parameter_is_named(
             without = {k: v for k, v in params.items() if k != name}
             cases.append((without, f"Missing parameter: {name}"))
             cases.append(({**params, name: " \r\n "}, f"Missing parameter: {name}"))
-    for name in ("username", "min", "max", "delay", "posts"):
-        params, _ = valid_order(first_of_type(offered, "Subscriptions"), "missing-sub")
-        cases.append(({k: v for k, v in params.items() if k != name}, f"Missing parameter: {name}"))
+    if family == "standard":  # `posts` is optional (CONTRACT.md)
+        for name in ("username", "min", "max", "delay"):
+            params, _ = valid_order(first_of_type(offered, "Subscriptions"), "missing-sub")
+            without = {k: v for k, v in params.items() if k != name}
+            cases.append((without, f"Missing parameter: {name}"))
     await assert_refused(db, client, sim_client, alice, cases)
 
 
 # --- drip-feed -----------------------------------------------------------------------------
 
 
-async def test_dripfeed_charges_quantity_times_runs_with_bounds_per_run(
+async def test_dripfeed_charges_quantity_times_runs_with_the_upstreams_bounds(
     db: Database,
     client: httpx.AsyncClient,
     sim_client: httpx.AsyncClient,
     alice: Customer,
     offered: dict[int, dict[str, Any]],
+    family: str,
 ) -> None:
+    """SmartPanel checks a drip-feed order's total (runs × quantity) against min/max; the
+    standard family each run's quantity. Either way nothing the upstream takes is refused and
+    nothing it refuses is charged."""
     item = next(i for i in offered.values() if i["dripfeed"] and int(i["max"]) <= 20_000)
     low, high = int(item["min"]), int(item["max"])
     params, _ = valid_order(item, "drip")
     expected = PLENTY
-    # Each run within the bounds, the total (quantity × runs) beyond max: allowed.
-    for quantity, runs in ((low, 3), (high // 2 + 1, 3)):
+    if family == "smartpanel":
+        # One run below the minimum, the total within: taken. The total at max: taken.
+        takes = ((low // 2, 3), (high // 4, 4))
+        refused = [
+            ({**params, "quantity": low // 4, "runs": 3, "interval": 15}, low),
+            ({**params, "quantity": high // 3 + 1, "runs": 3, "interval": 15}, high),
+        ]
+    else:
+        # Each run within the bounds, the total (quantity × runs) beyond max: taken.
+        takes = ((low, 3), (high // 2 + 1, 3))
+        refused = [
+            ({**params, "quantity": low - 1, "runs": 10, "interval": 15}, low),
+            ({**params, "quantity": high + 1, "runs": 2, "interval": 15}, high),
+        ]
+    for quantity, runs in takes:
         link = f"https://example.com/drip/{quantity}"
         order = {**params, "link": link, "quantity": quantity, "runs": runs, "interval": 15}
         reply = await add(client, alice.key, order)
@@ -453,11 +511,11 @@ async def test_dripfeed_charges_quantity_times_runs_with_bounds_per_run(
         alice,
         [
             (
-                {**params, "quantity": low - 1, "runs": 10, "interval": 15},
+                refused[0][0],
                 f"Quantity less than minimal {low}",
             ),
             (
-                {**params, "quantity": high + 1, "runs": 2, "interval": 15},
+                refused[1][0],
                 f"Quantity more than maximum {high}",
             ),
             ({**params, "runs": 2}, "Missing parameter: interval"),
@@ -516,16 +574,24 @@ async def test_subscription_holds_max_times_all_posts_up_front(
     sim_client: httpx.AsyncClient,
     alice: Customer,
     offered: dict[int, dict[str, Any]],
+    family: str,
 ) -> None:
+    """`max` × `posts` (one post when none is given); `old_posts` are not charged: the
+    upstream charges the same (the simulator's standard family, CONTRACT.md)."""
+    if family == "smartpanel":
+        pytest.skip("SmartPanel takes none: test_subscriptions_are_neither_offered_…")
     item = first_of_type(offered, "Subscriptions")
     params, _ = valid_order(item, "subs")
     top = int(params["max"])
     expected = PLENTY
-    for n, extra in enumerate(({}, {"old_posts": "2"}, {"expiry": ""})):
-        order = {**params, "username": f"sub.user{n}", **extra}
+    no_posts = {k: v for k, v in params.items() if k != "posts"}
+    for n, extra in enumerate(({}, {"old_posts": "2"}, {"expiry": ""}, None)):
+        order = {**params, "username": f"sub.user{n}", **(extra or {})}
+        if extra is None:
+            order = {**no_posts, "username": f"sub.user{n}"}
         reply = await add(client, alice.key, order)
         assert reply.get("status") == "success", reply
-        posts = int(order["posts"]) + int(order.get("old_posts", "0"))
+        posts = int(order.get("posts", "1"))
         expected -= expected_charge(item, top * posts)
         assert await balance_of(db, alice) == expected
         [upstream] = [
@@ -543,7 +609,10 @@ async def test_subscription_parameters_are_checked(
     sim_client: httpx.AsyncClient,
     alice: Customer,
     offered: dict[int, dict[str, Any]],
+    family: str,
 ) -> None:
+    if family == "smartpanel":
+        pytest.skip("SmartPanel takes none: test_subscriptions_are_neither_offered_…")
     item = first_of_type(offered, "Subscriptions")
     params, _ = valid_order(item, "subs-bad")
     low, high = int(item["min"]), int(item["max"])
@@ -574,10 +643,10 @@ def test_every_contract_delay_validates(offered_catalog: list[PricedService]) ->
         "posts": "1",
     }
     for delay in CONTRACT_DELAYS:
-        request = validate_add({**base, "delay": str(delay)}, service, refuse_tags=True)
+        request = validate_add({**base, "delay": str(delay)}, service, STANDARD)
         assert request.upstream_params["delay"] == str(delay)
     with pytest.raises(ContractError):
-        validate_add({**base, "delay": "20"}, service, refuse_tags=True)
+        validate_add({**base, "delay": "20"}, service, STANDARD)
 
 
 @pytest.fixture
@@ -642,7 +711,10 @@ async def test_tag_like_text_is_refused_while_double_decoding(
     sim_client: httpx.AsyncClient,
     alice: Customer,
     offered: dict[int, dict[str, Any]],
+    family: str,
 ) -> None:
+    if family == "standard":
+        pytest.skip("decodes once: test_without_double_decoding_tag_like_text_is_sent_as_is")
     comments_service = first_of_type(offered, "Custom Comments")
     params, _ = valid_order(comments_service, "tags")
     lines = params["comments"].split("\n")
@@ -689,12 +761,10 @@ async def test_absurd_runs_or_posts_are_refused_not_a_server_error(
 ) -> None:
     huge = "1" + "0" * 20
     drip, _ = valid_order(next(i for i in offered.values() if i["dripfeed"]), "huge")
-    subscription, _ = valid_order(first_of_type(offered, "Subscriptions"), "huge")
-    cases = [
-        {**drip, "runs": huge, "interval": "5"},
-        {**subscription, "posts": huge},
-        {**subscription, "old_posts": huge},
-    ]
+    cases = [{**drip, "runs": huge, "interval": "5"}]
+    if "Subscriptions" in {i["type"] for i in offered.values()}:
+        subscription, _ = valid_order(first_of_type(offered, "Subscriptions"), "huge")
+        cases += [{**subscription, "posts": huge}, {**subscription, "old_posts": huge}]
     before = await snapshot(db, sim_client, alice)
     await refusals(client, alice, cases)  # each an HTTP 200 {"error": ...}
     assert await snapshot(db, sim_client, alice) == before
@@ -748,3 +818,74 @@ async def test_without_double_decoding_tag_like_text_is_sent_as_is(
         assert arrived["params"]["comments"] == text
         assert await balance_of(db, bob) == PLENTY - expected_charge(item, units)
     await assert_ledger_clean(db)
+
+
+# --- what the real SmartPanel 4.0 code refused or changed (issue 9's table) -------------------
+
+
+async def test_smartpanel_packages_are_placed_at_the_flat_rate_with_or_without_quantity(
+    db: Database,
+    client: httpx.AsyncClient,
+    sim_client: httpx.AsyncClient,
+    alice: Customer,
+    offered: dict[int, dict[str, Any]],
+) -> None:
+    expected = PLENTY
+    for kind, extra in (("Package", {}), ("Package", {"quantity": "1"}),
+                        ("Custom Comments Package", {"comments": "great\nlovely"})):
+        item = first_of_type(offered, kind)
+        link = f"https://example.com/pkg/{len(extra)}/{kind.replace(' ', '')}"
+        reply = await add(client, alice.key, {"service": item["service"], "link": link, **extra})
+        assert reply.get("status") == "success", (kind, reply)
+        expected -= micros(item["rate"])
+        assert await balance_of(db, alice) == expected
+        [arrived] = sim_orders_with_link(await sim_orders(sim_client), link)
+        # The upstream charged its own flat rate, once.
+        assert micros(arrived["charge"]) == SERVICES[item["service"]].rate_micros
+    await assert_ledger_clean(db)
+
+
+async def test_subscriptions_are_neither_offered_nor_charged_where_the_upstream_has_none(
+    db: Database,
+    client: httpx.AsyncClient,
+    sim_client: httpx.AsyncClient,
+    alice: Customer,
+    offered: dict[int, dict[str, Any]],
+    family: str,
+) -> None:
+    subscriptions = [s for s in CATALOG if s.type == "Subscriptions"]
+    if family == "standard":
+        assert all(s.id in offered for s in subscriptions)
+        return
+    assert not any(s.id in offered for s in subscriptions)
+    order = {"service": str(subscriptions[0].id), "username": "brand", "min": "100",
+             "max": "200", "delay": "30", "posts": "2", "link": "https://ig.test/brand",
+             "quantity": "100"}
+    await assert_refused(db, client, sim_client, alice, [(order, SUBSCRIPTIONS_UNAVAILABLE)])
+
+
+async def test_smartpanel_comments_with_the_separator_are_refused(
+    db: Database,
+    client: httpx.AsyncClient,
+    sim_client: httpx.AsyncClient,
+    alice: Customer,
+    offered: dict[int, dict[str, Any]],
+    family: str,
+) -> None:
+    item = first_of_type(offered, "Custom Comments")
+    params, _ = valid_order(item, "pipes")
+    lines = params["comments"].split("\n")
+    pipes = [f"a | b\n{lines[1]}", f"ends with |\n{lines[1]}", f"{lines[0]}\nx | y | z"]
+    cases = [{**params, "comments": "\n".join([text, *lines[2:]])} for text in pipes]
+    if family == "standard":  # splits on lines only: taken as written
+        for n, order in enumerate(cases):
+            reply = await add(client, alice.key, {**order, "link": f"{params['link']}/{n}"})
+            assert reply.get("status") == "success", reply
+        return
+    await assert_refused(
+        db, client, sim_client, alice, [(c, comment_split_error(" | ")) for c in cases]
+    )
+    # A bar without spaces on both sides comes back as written.
+    text = "\n".join(["a|b", "| starts with one", *lines[2:]])
+    reply = await add(client, alice.key, {**params, "comments": text})
+    assert reply.get("status") == "success", reply

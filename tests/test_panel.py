@@ -48,6 +48,8 @@ def customer_rate(upstream_rate: str, percent: str) -> Decimal:
 def expected_standard(sim_services: list[dict], percent: str) -> list[dict]:
     items = []
     for s in sorted(sim_services, key=lambda s: int(s["service"])):
+        if s["type"] == "subscriptions":
+            continue  # a SmartPanel upstream takes none: not offered (CONTRACT.md)
         item = {
             "service": int(s["service"]),
             "name": s["name"],
@@ -69,6 +71,8 @@ def expected_standard(sim_services: list[dict], percent: str) -> list[dict]:
 def expected_smartpanel(sim_services: list[dict], percent: str) -> list[dict]:
     items = []
     for s in sorted(sim_services, key=lambda s: int(s["service"])):
+        if s["type"] == "subscriptions":
+            continue  # a SmartPanel upstream takes none: not offered (CONTRACT.md)
         item = {
             "service": s["service"],
             "name": s["name"],

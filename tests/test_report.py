@@ -147,3 +147,22 @@ async def test_report_over_a_scenario_and_its_periods(harness: Harness) -> None:
     assert (nothing.by_customer, nothing.by_service) == ([], [])
     assert (nothing.total.orders, nothing.total.revenue, nothing.total.margin) == (0, 0, 0)
     await h.assert_clean()
+
+
+async def test_a_canceled_dripfeed_parent_costs_nothing(harness: Harness) -> None:
+    """SmartPanel reports no charge for a drip-feed parent; once it is settled Canceled and
+    refunded in full, the upstream kept nothing of it, and the report says so."""
+    h = harness
+    dave = await h.customer(markup_bp=2000)
+    oid = await h.add(dave, service=5, link="https://ig.test/sim:cancel", quantity=500, runs=3,
+                      interval=0)
+    for _ in range(6):
+        h.clock.advance(h.tick)
+        await h.sync()
+    order = await h.order(oid)
+    assert order.status == "Canceled" and order.refunded == order.charge > 0
+    assert (await h.sim_orders())[order.upstream_order_id]["charge_micros"] == 0
+    report = await build_report(h.db)
+    assert (report.total.orders, report.total.revenue, report.total.upstream_cost) == (1, 0, 0)
+    assert report.total.margin == 0
+    await h.assert_clean()

@@ -34,6 +34,9 @@ INVALID = [
     ("upstream_url", "ftp://panel.example/api/v2"),
     ("upstream_url", "panel.example/api/v2"),
     ("upstream_double_decode", "maybe"),
+    ("upstream_family", "perfectpanel"),
+    ("upstream_max_link_length", "5"),
+    ("upstream_max_link_length", "100000"),
     ("upstream_connect_timeout_seconds", "0"),
     ("upstream_connect_timeout_seconds", "soon"),
     ("upstream_timeout_seconds", "-1"),
@@ -103,7 +106,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.default_dialect == "standard"
     assert settings.default_markup_bp == 0
     assert settings.currency == "USD"
-    assert settings.upstream_double_decode is True
+    assert settings.upstream_double_decode is None  # as the upstream's family does
+    assert settings.upstream_family == "auto"
     assert settings.max_ids_per_call == 100
 
 

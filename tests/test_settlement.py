@@ -183,6 +183,7 @@ async def test_package_and_comment_package_settle_by_the_upstream_charge_ratio(
     await assert_settled_for_good(h)
 
 
+@pytest.mark.parametrize("sim_config", ["standard"], indirect=True)  # SmartPanel has none
 async def test_subscriptions_settle_by_the_upstream_charge_ratio(harness: Harness) -> None:
     h = harness
     carol = await h.customer(dialect="smartpanel", markup_bp=1000)

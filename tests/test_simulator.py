@@ -387,7 +387,7 @@ async def test_standard_subscription(std: Sim) -> None:
     assert (await std.status(order))["status"] == "Active"
     std.clock.advance(5.0)
     assert (await std.status(order))["status"] == "Completed"
-    children = [row for row in await std.orders() if row["id"] == order][0]["children"]
+    children = next(row for row in await std.orders() if row["id"] == order)["children"]
     assert len(children) == 2
     post = await std.status(children[1])
     assert post["status"] == "Completed" and post["charge"] == "0.0400"

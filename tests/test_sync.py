@@ -144,7 +144,7 @@ async def test_orders_left_in_sending_become_unknown_after_the_grace(harness: Ha
     who = await h.customer()
     service = await priced_service(h.db, 5, who.id, who.markup_bp, 0)
     request = validate_add({"link": "https://ig.test/x", "quantity": "1000"}, service,
-                           refuse_tags=True)
+                           h.gw.upstream.rules)
     # Phase 1 of placing committed, then the process died before the upstream call.
     crashed = await commit_intent(h.db, who.id, request, None)
     assert (await h.order(crashed)).state == "sending"

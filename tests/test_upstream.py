@@ -434,6 +434,33 @@ async def test_without_double_decode_values_arrive_once_decoded(panel: StubPanel
     assert form == {"key": KEY, "action": "add", **ADD, **AWKWARD, "comments": "<3 allowed here"}
 
 
+async def test_the_family_is_read_from_the_catalog_and_decides_double_decoding(
+    panel: StubPanel, make_client: Factory
+) -> None:
+    """Unset, double decoding follows the family its catalog was shaped like: on for SmartPanel
+    (and while unknown: the stricter assumption), off for the standard family."""
+    standard = [{"service": 1, "name": "F", "type": "Default", "category": "C", "rate": "0.90",
+                 "min": "50", "max": "10000", "refill": True, "cancel": False}]
+    for catalog, family, twice in ((None, None, True), (SMARTPANEL_SERVICES, "smartpanel", True),
+                                   (standard, "standard", False)):
+        panel.received.clear()
+        client = make_client(panel.url("/api/v1"), double_decode=None)
+        if catalog is not None:
+            panel.routes["/api/v1"] = Reply(catalog)
+            assert isinstance(await client.services(), list)
+        assert client.family == family
+        assert client.rules.takes_subscriptions is (family == "standard")
+        assert client.rules.max_link_length == (2048 if family == "standard" else 191)
+        panel.routes["/api/v1"] = Reply({"status": "success", "order": 1})
+        assert await client.add({**ADD, **AWKWARD}) == 1
+        form = panel.received[-1][1]
+        assert (form["link"] != AWKWARD["link"]) is twice, family
+    configured = make_client(panel.url("/api/v1"), double_decode=None, family="standard")
+    panel.routes["/api/v1"] = Reply(SMARTPANEL_SERVICES)
+    await configured.services()
+    assert configured.family == "standard"  # as configured, whatever the catalog looks like
+
+
 async def test_encode_for_double_decode() -> None:
     assert encode_for_double_decode("a+b%41") == "a%2Bb%2541"
     assert urllib.parse.unquote_plus(urllib.parse.unquote_plus(

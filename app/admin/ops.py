@@ -30,6 +30,7 @@ from app.admin.schemas import (
 )
 from app.db import Database
 from app.errors import NotFound, OperatorError
+from app.family import Family
 from app.money import bp_to_percent, render
 from app.orders import queries
 from app.orders.placing import STATES, UNKNOWN
@@ -156,10 +157,20 @@ async def sync_catalog(db: Database, upstream: UpstreamClient) -> CatalogSyncOut
     return CatalogSyncOut.of(await catalog.sync_catalog(db, upstream))
 
 
+async def upstream_family(db: Database, settings: Settings) -> Family:
+    """As configured, else as the last catalog sync heard it, else SmartPanel (the stricter)."""
+    if settings.upstream_family != "auto":
+        return settings.upstream_family
+    return await catalog.stored_family(db) or "smartpanel"
+
+
 async def list_services(
     db: Database, settings: Settings, *, include_unlisted: bool = False
 ) -> list[ServiceOut]:
-    views = await catalog.list_services(db, settings.default_markup_bp)
+    family = await upstream_family(db, settings)
+    views = await catalog.list_services(
+        db, settings.default_markup_bp, subscriptions=family == "standard"
+    )
     return [ServiceOut.of(v) for v in views if include_unlisted or v.upstream_listed]
 
 

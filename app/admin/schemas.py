@@ -291,6 +291,9 @@ class ServiceOut(_Out):
     cancel: bool
     hidden: bool
     upstream_listed: bool
+    unavailable: str | None = Field(
+        None, description="Why customers cannot order it although it is listed upstream."
+    )
     updated_at: Timestamp
 
     @classmethod
@@ -311,6 +314,7 @@ class ServiceOut(_Out):
             cancel=view.cancel,
             hidden=view.hidden,
             upstream_listed=view.upstream_listed,
+            unavailable=view.unavailable,
             updated_at=view.updated_at,
         )
 
@@ -356,11 +360,18 @@ class CatalogSyncOut(_Out):
     services: int
     dropped: int = Field(description="No longer listed upstream: now hidden from customers.")
     error: str | None
+    family: str | None = Field(
+        None, description="The upstream's family (smartpanel | standard), set or as heard."
+    )
 
     @classmethod
     def of(cls, result: SyncResult) -> Self:
         return cls(
-            ok=result.ok, services=result.services, dropped=result.dropped, error=result.error
+            ok=result.ok,
+            services=result.services,
+            dropped=result.dropped,
+            error=result.error,
+            family=result.family,
         )
 
 

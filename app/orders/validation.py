@@ -18,10 +18,10 @@ from app.contract import (
     quantity_too_high,
     quantity_too_low,
 )
+from app.family import ANY_MAX_LINK, UpstreamRules
 from app.money import charge_for
 from app.upstream import has_tag_like_text, tag_like_error
 
-MAX_LINK_LENGTH = 2048
 MAX_TEXT_LENGTH = 100_000
 SUBSCRIPTION_DELAYS = frozenset(
     {0, 5, 10, 15, 30, 60, 90, 120, 150, 180, 210, 240, 270, 300, 360, 420, 480, 540, 600}
@@ -30,6 +30,7 @@ SUBSCRIPTION_DELAYS = frozenset(
 MAX_RUNS = 10_000
 MAX_POSTS = 100_000
 MAX_CHARGE = 10**15  # micro-units: a billion of the currency, more than any balance
+SUBSCRIPTIONS_UNAVAILABLE = "Subscriptions are not available: this service cannot be ordered"
 
 # type → (required text parameters besides link, quantity source)
 # quantity source: "quantity" (the parameter), "lines:<param>" (count of lines), None (flat).
@@ -99,12 +100,23 @@ def _lines(value: str) -> list[str]:
     return [line for line in re.split(r"\r\n|\n|\r", value) if line.strip()]
 
 
-def check_link(link: str) -> str:
-    """A link need not be a URL (panels take usernames), but it must be one clean token."""
-    if not link or len(link) > MAX_LINK_LENGTH:
+def link_too_long(limit: int) -> str:
+    return f"Link is too long: at most {limit} characters"
+
+
+def comment_split_error(separator: str) -> str:
+    return f'Comments must not contain "{separator}": the panel would split them there'
+
+
+def check_link(link: str, max_length: int = ANY_MAX_LINK) -> str:
+    """A link need not be a URL (panels take usernames), but it must be one clean token, and
+    short enough that the upstream stores it whole (SmartPanel silently cuts at 191)."""
+    if not link:
         raise ContractError(BAD_LINK)
     if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in link):
         raise ContractError(BAD_LINK)
+    if len(link) > max_length:
+        raise ContractError(link_too_long(max_length))
     return link
 
 
@@ -116,19 +128,22 @@ def _check_bounds(quantity: int, service: PricedService) -> None:
 
 
 def validate_add(
-    params: dict[str, str], service: PricedService, *, refuse_tags: bool
+    params: dict[str, str], service: PricedService, rules: UpstreamRules
 ) -> OrderRequest:
-    """Check an `add` for `service` and price it; ContractError on the first problem."""
+    """Check an `add` for `service` the way `rules`' upstream checks it, and price it;
+    ContractError on the first problem, before anything is charged."""
     if service.type == "Subscriptions":
+        if not rules.takes_subscriptions:
+            raise ContractError(SUBSCRIPTIONS_UNAVAILABLE)
         upstream, units = _subscription(params, service)
     else:
-        upstream, units = _linked(params, service)
+        upstream, units = _linked(params, service, rules)
     flat = service.type in PACKAGE_TYPES
     charge = service.rate if flat else charge_for(service.rate, units)
     cost = service.cost if flat else charge_for(service.cost, units)
     if charge > MAX_CHARGE:
         raise ContractError(NOT_ENOUGH_FUNDS)
-    if refuse_tags:
+    if rules.refuse_tags:
         for name, value in upstream.items():
             if has_tag_like_text(value):
                 raise ContractError(tag_like_error(name))
@@ -137,28 +152,37 @@ def validate_add(
     )
 
 
-def _linked(params: dict[str, str], service: PricedService) -> tuple[dict[str, str], int]:
+def _linked(
+    params: dict[str, str], service: PricedService, rules: UpstreamRules
+) -> tuple[dict[str, str], int]:
     required, quantity_from = _RULES[service.type]
-    upstream = {"link": check_link(params.get("link", "").strip())}
+    upstream = {"link": check_link(params.get("link", "").strip(), rules.max_link_length)}
     for name in required:
         upstream[name] = _text(params, name)
 
     if quantity_from is None:
+        if rules.quantity_for_every_type:
+            # Its default branch refuses a package without one; min = max = 1, normally.
+            upstream["quantity"] = str(service.min)
         return upstream, 1
     if quantity_from.startswith("lines:"):
         name = quantity_from.removeprefix("lines:")
         lines = _lines(upstream[name])
+        if name == "comments" and service.type == "Custom Comments":
+            _check_unsplittable(lines, rules)
         # Send exactly the lines charged for: some panels count blank ones too.
         upstream[name] = "\n".join(lines)
         _check_bounds(len(lines), service)
+        if rules.quantity_for_every_type and service.type != "Custom Comments":
+            upstream["quantity"] = str(len(lines))
         return upstream, len(lines)
 
     # Zero is a quantity below the minimum, as every panel says, not a malformed one.
     quantity = _whole_number(params, "quantity", positive=False)
     upstream["quantity"] = str(quantity)
-    _check_bounds(quantity, service)
     wants_dripfeed = bool(params.get("runs", "").strip() or params.get("interval", "").strip())
     if not wants_dripfeed:
+        _check_bounds(quantity, service)
         return upstream, quantity
     if service.type != "Default" or not service.dripfeed:
         raise ContractError(DRIPFEED_NOT_SUPPORTED)
@@ -166,7 +190,16 @@ def _linked(params: dict[str, str], service: PricedService) -> tuple[dict[str, s
     upstream["runs"] = str(runs)
     # 0 is a valid interval (SmartPanel lists it): runs then start one after another.
     upstream["interval"] = str(_whole_number(params, "interval", maximum=10_000, positive=False))
+    _check_bounds(quantity * runs if rules.dripfeed_bounds_on_total else quantity, service)
     return upstream, quantity * runs
+
+
+def _check_unsplittable(lines: list[str], rules: UpstreamRules) -> None:
+    """SmartPanel joins the lines with " | " and splits on it: a comment that would not come
+    back as itself would be charged and posted as something else."""
+    separator = rules.comment_separator
+    if separator is not None and separator.join(lines).split(separator) != lines:
+        raise ContractError(comment_split_error(separator))
 
 
 def _subscription(params: dict[str, str], service: PricedService) -> tuple[dict[str, str], int]:
@@ -187,10 +220,12 @@ def _subscription(params: dict[str, str], service: PricedService) -> tuple[dict[
         )
     upstream["delay"] = str(int(delay))
 
-    # The whole cost is held up front, so the number of posts must be known.
-    posts = _whole_number(params, "posts", maximum=MAX_POSTS)
-    upstream["posts"] = str(posts)
-    old_posts = 0
+    # Charged up front as the upstream charges: `max` per post for `posts` posts, one post when
+    # none is given; `old_posts` (posts already published) are not charged.
+    posts = 1
+    if params.get("posts", "").strip():
+        posts = _whole_number(params, "posts", maximum=MAX_POSTS)
+        upstream["posts"] = str(posts)
     if params.get("old_posts", "").strip():
         old_posts = _whole_number(params, "old_posts", maximum=MAX_POSTS, positive=False)
         upstream["old_posts"] = str(old_posts)
@@ -201,4 +236,4 @@ def _subscription(params: dict[str, str], service: PricedService) -> tuple[dict[
         except ValueError:
             raise ContractError("Parameter expiry must be a date as d/m/Y") from None
         upstream["expiry"] = expiry
-    return upstream, high * (posts + old_posts)
+    return upstream, high * posts

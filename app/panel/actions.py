@@ -37,7 +37,11 @@ Action = Callable[[ActionContext], Awaitable[Any]]
 async def services(ctx: ActionContext) -> Any:
     gw, caller = ctx.gateway, ctx.caller
     catalog = await customer_catalog(
-        gw.db, caller.customer_id, caller.markup_bp, gw.settings.default_markup_bp
+        gw.db,
+        caller.customer_id,
+        caller.markup_bp,
+        gw.settings.default_markup_bp,
+        subscriptions=gw.upstream.rules.takes_subscriptions,
     )
     return render.services(catalog, caller.dialect)
 
@@ -58,7 +62,7 @@ async def add(ctx: ActionContext) -> Any:
     )
     if service is None:
         raise ContractError(INCORRECT_SERVICE)
-    request = validate_add(ctx.params, service, refuse_tags=gw.settings.upstream_double_decode)
+    request = validate_add(ctx.params, service, gw.upstream.rules)
     key = (ctx.headers.get("idempotency-key") or ctx.params.get("idempotency_key", "")).strip()
     if len(key) > IDEMPOTENCY_KEY_MAX:
         raise ContractError(IDEMPOTENCY_KEY_TOO_LONG)

@@ -30,12 +30,12 @@ from fastapi.openapi.utils import get_openapi
 from app import contract
 from app.catalog import PricedService
 from app.contract import ContractError
+from app.family import ANY_MAX_LINK, SMARTPANEL_MAX_LINK, rules_for
 from app.money import MICROS
 from app.orders.aftercare import NOT_CANCELABLE
 from app.orders.placing import IDEMPOTENCY_KEY_TOO_LONG, IDEMPOTENCY_MISMATCH, ORDER_NOT_PLACED
 from app.orders.queries import OrderStatusView
 from app.orders.validation import (
-    MAX_LINK_LENGTH,
     MAX_TEXT_LENGTH,
     SUBSCRIPTION_DELAYS,
     parse_service_id,
@@ -92,6 +92,11 @@ def _svc(
     )
 
 
+# The docs show what a SmartPanel provider refuses (the stricter family), with tags refused;
+# subscriptions, which only the standard family takes, from that family's rules.
+SMARTPANEL_RULES = rules_for("smartpanel", double_decode=True)
+STANDARD_RULES = rules_for("standard", double_decode=True)
+
 SAMPLE_SERVICES: dict[str, PricedService] = {
     s.type: s
     for s in (
@@ -145,7 +150,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "service": {**_INT, "description": "A service id from `services`.", "examples": [5]},
     "link": {
         "type": "string",
-        "maxLength": MAX_LINK_LENGTH,
+        "maxLength": ANY_MAX_LINK,
         "description": "The page, post, profile or username to serve: one token, no spaces.",
         "examples": [LINK],
     },
@@ -273,9 +278,9 @@ _ADD_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None, dict[s
     "SEO": (("link", "quantity", "keywords"), (), "quantity",
             {"link": "https://example.com/", "quantity": 1000,
              "keywords": "buy shoes online\nbest running shoes"}),
-    "Subscriptions": (("username", "min", "max", "delay", "posts"), ("old_posts", "expiry"),
+    "Subscriptions": (("username", "min", "max", "delay"), ("posts", "old_posts", "expiry"),
                       "subscription", {"username": "example_shop", "min": 100, "max": 200,
-                                       "delay": 30, "posts": 10}),
+                                       "delay": 30}),
 }
 assert tuple(_ADD_TYPES) == contract.SERVICE_TYPES
 
@@ -291,9 +296,11 @@ def _add_variants() -> list[Variant]:
         if quantity_from == "subscription":
             how = (
                 "Each new post of `username` gets between `min` and `max` (both within the "
-                "service's bounds), after `delay` minutes. Charge: `max` × (`posts` + "
-                "`old_posts`) at the rate per 1000, held when the order is placed; "
-                "subscription statuses add `Active`, `Paused` and `Expired`."
+                "service's bounds), after `delay` minutes. Charge: `max` × `posts` (one post "
+                "when `posts` is not sent; `old_posts` are not charged) at the rate per 1000, "
+                "held when the order is placed and settled by what the provider keeps; "
+                "subscription statuses add `Active`, `Paused` and `Expired`. Offered only "
+                "where the provider takes subscriptions (not SmartPanel panels)."
             )
         elif quantity_from is None:
             how = "Charge: the service's `rate`, once per order (a package)."
@@ -673,7 +680,8 @@ def _raised(call: Callable[[], object]) -> str:
 def _add_error(service_type: str, **params: Any) -> str:
     svc = SAMPLE_SERVICES[service_type]
     strings = {k: str(v) for k, v in params.items()}
-    return _raised(lambda: validate_add(strings, svc, refuse_tags=True))
+    rules = STANDARD_RULES if service_type == "Subscriptions" else SMARTPANEL_RULES
+    return _raised(lambda: validate_add(strings, svc, rules))
 
 
 @dataclass(frozen=True)
@@ -706,9 +714,18 @@ def _errors(settings: Settings) -> list[ErrorDoc]:
                  "add"),
         ErrorDoc(contract.quantity_too_high(default.max), "…or above its `max` (the number "
                  "shown).", "add"),
-        ErrorDoc(_add_error("Default", link="", quantity=1000), f"`link` is missing, longer "
-                 f"than {MAX_LINK_LENGTH} characters, or contains spaces or control "
-                 "characters.", "add"),
+        ErrorDoc(_add_error("Default", link="", quantity=1000), "`link` is missing, or "
+                 "contains spaces or control characters.", "add"),
+        ErrorDoc(_add_error("Default", link="x" * (SMARTPANEL_MAX_LINK + 1), quantity=1000),
+                 f"`link` is longer than the provider stores whole ({SMARTPANEL_MAX_LINK} "
+                 "characters for SmartPanel panels, the number shown).", "add"),
+        ErrorDoc(_add_error("Custom Comments", link=LINK, comments="a | b\nc\nd\ne\nf"),
+                 "A comment containing ` | `, on which the provider would split it into two "
+                 "(charged twice, posted changed).", "add"),
+        ErrorDoc(_raised(lambda: validate_add({}, SAMPLE_SERVICES["Subscriptions"],
+                                              SMARTPANEL_RULES)),
+                 "A subscription, where the provider takes none (such services are not "
+                 "listed in `services` then). Nothing is charged.", "add"),
         ErrorDoc(_add_error("Mentions", link=LINK, quantity=500, usernames="a", runs=2,
                             interval=5),
                  "`runs`/`interval` sent for a service without drip-feed (`dripfeed: "
@@ -723,7 +740,7 @@ def _errors(settings: Settings) -> list[ErrorDoc]:
         ErrorDoc(_add_error("Custom Comments", link=LINK, comments="x" * (MAX_TEXT_LENGTH + 1)),
                  f"A text parameter longer than {MAX_TEXT_LENGTH} characters.", "add"),
     ]
-    if settings.upstream_double_decode:
+    if settings.upstream_double_decode is not False:
         tagged = "I <3 it\nnice\ncool\nwow\nyes"
         docs.append(ErrorDoc(_add_error("Custom Comments", link=LINK, comments=tagged),
                              "Text that looks like an HTML tag (`<3`, `<b>`) cannot reach "
@@ -981,7 +998,8 @@ def _guide(settings: Settings, variants: dict[str, list[Variant]],
         "### Limits",
         f"- {rate}\n"
         f"- At most {ids} ids per `orders`/`refills`; a body of at most "
-        f"{settings.max_body_bytes} bytes; `link` at most {MAX_LINK_LENGTH} characters; text "
+        f"{settings.max_body_bytes} bytes; `link` at most {ANY_MAX_LINK} characters "
+        f"({SMARTPANEL_MAX_LINK} where the provider is a SmartPanel panel); text "
         f"parameters at most {MAX_TEXT_LENGTH} characters.",
     ]
     return "\n\n".join(sections)

@@ -846,9 +846,7 @@ class Simulation:
             self.note(f"  service {svc.id} suspended for customer {cust.id}")
             return None
         try:
-            request = validate_add(
-                params, priced, refuse_tags=self.settings.upstream_double_decode
-            )
+            request = validate_add(params, priced, self.upstream.rules)
         except ContractError as exc:
             self.note(f"  refused at validation: {exc.message}")
             return None
@@ -1537,8 +1535,8 @@ class Simulation:
                 expected = self.expected_refund(rec)
                 sim_order = self.sim.orders[rec.upstream_order_id]
                 bug = None
-                if (self.dialect == "smartpanel" and sim_order.kind == "subscription"
-                        and not sim_order.children and rec.status == PARTIAL):
+                if (sim_order.kind == "subscription" and not sim_order.children
+                        and rec.status == PARTIAL):
                     bug = "partial-subscription-without-runs"
                     if before is None or not before.settled:
                         self.outcomes["settled:partial-subscription-without-runs"] += 1

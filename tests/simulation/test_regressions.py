@@ -19,7 +19,7 @@ from .harness import KNOWN_BUGS, WEIGHTS, Options, Report, SimulationFailure, ru
 
 # The recorded runs: seed, steps, and the step weights changed from harness.WEIGHTS (if any).
 SEED_IDEMPOTENCY, STEPS_IDEMPOTENCY = 2, 60  # --weight concurrent_adds=40
-SEED_SUBSCRIPTION, STEPS_SUBSCRIPTION = 1, 200
+SEED_SUBSCRIPTION, STEPS_SUBSCRIPTION = 6, 300
 SEED_STALL, STEPS_STALL = 2, 2  # --weight stalled_send=10
 SEED_FALSE_ALARM, STEPS_FALSE_ALARM = 2, 4
 
@@ -70,10 +70,11 @@ async def test_a_partial_subscription_with_no_post_delivered_is_refunded(
     sqlite_template: Path, tmp_path: Path
 ) -> None:
     """Was BUG partial-subscription-without-runs (fixed in f2cbcb7): app/sync.py summed the
-    runs' charges only for a Partial parent that listed some, so a SmartPanel subscription
-    ending Partial with none of its posts delivered (`orders: []`; the upstream keeps 0)
-    was settled with no refund (first seen: seed 5 step 25). This run settles such orders;
-    each must be refunded in full."""
+    runs' charges only for a Partial parent that listed some, so a subscription ending
+    Partial with none of its posts delivered (`orders: []`; the upstream keeps 0) was settled
+    with no refund (first seen: seed 5 step 25, on a SmartPanel simulator that then still took
+    subscriptions; only the standard family does now, hence this seed). This run settles such
+    orders; each must be refunded in full."""
     report = await replay(sqlite_template, tmp_path, SEED_SUBSCRIPTION, STEPS_SUBSCRIPTION)
     settled = report.outcomes["settled:partial-subscription-without-runs"]
     assert settled >= 1, f"the recorded scenario did not happen: {report.outcomes}"
