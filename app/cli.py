@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from enum import StrEnum
+from importlib.metadata import version as package_version
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -47,6 +48,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"smm-gateway {package_version('smm-gateway')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """smm-gateway: a reseller gateway for SMM panels."""
 
 
 def _group(name: str, help_text: str) -> typer.Typer:
@@ -311,13 +330,22 @@ def _faults(specs: list[str], kinds: Sequence[str]) -> dict[str, float]:
 def demo(
     port: Annotated[int, typer.Option(help="The gateway's port.")] = 8000,
     sim_port: Annotated[int, typer.Option(help="The simulator's port.")] = 9000,
+    dialect: Annotated[
+        DialectName,
+        typer.Option(
+            help="The upstream family the simulator imitates: smartpanel (smmmix: no refill,"
+            " no cancel) or standard (refill and cancel)."
+        ),
+    ] = DialectName.smartpanel,
     as_json: JsonFlag = False,
 ) -> None:
     """Simulator + gateway on a fresh SQLite file, a demo customer with a balance; Ctrl-C stops."""
     from app.demo import run_demo
 
     with _operator_errors():
-        asyncio.run(run_demo(port=port, sim_port=sim_port, as_json=as_json))
+        asyncio.run(
+            run_demo(port=port, sim_port=sim_port, upstream_dialect=dialect.value, as_json=as_json)
+        )
 
 
 # --- customers ----------------------------------------------------------------------------------
