@@ -598,15 +598,15 @@ def ledger_history(
             _short_when(e.created_at),
             e.kind,
             ("" if e.amount.startswith("-") else "+") + e.amount,
+            e.balance_after,
             e.order_id,
             e.memo,
         )
         for e in entries
     ]
     lines = [f"customer {view.id} {view.name!r}: balance {view.balance}"]
-    lines.append(
-        _table(("ID", "WHEN", "KIND", "AMOUNT", "ORDER", "MEMO"), rows) if rows else "no entries"
-    )
+    headers = ("ID", "WHEN", "KIND", "AMOUNT", "BALANCE", "ORDER", "MEMO")
+    lines.append(_table(headers, rows) if rows else "no entries")
     _emit(as_json, entries, lines)
 
 
@@ -799,17 +799,21 @@ def orders_list(
     limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
-    """Orders, newest first: state, status, upstream status, charge, last refresh."""
-    listed = _run(
-        lambda db, s: ops.list_orders(
+    """Orders, newest first: customer, state, status, upstream status, charge, last refresh."""
+
+    async def work(db: Database, settings: Settings) -> tuple[list[OrderOut], dict[int, str]]:
+        orders = await ops.list_orders(
             db, state=None if state is None else state.value, customer=customer, limit=limit
         )
-    )
+        names = {c.id: c.name for c in await customers.list_customers(db)}
+        return orders, names
+
+    listed, names = _run(work)
     rows = [
         (
             o.id,
             _short_when(o.created_at),
-            o.customer_id,
+            f"{o.customer_id} {names.get(o.customer_id, '')}".rstrip(),
             o.service_id,
             o.quantity,
             o.state.upper() if o.state == UNKNOWN else o.state,
@@ -1002,8 +1006,15 @@ def report(
 
 @app.command()
 def summary(as_json: JsonFlag = False) -> None:
-    """Orders by state, the unresolved count, and the catalog's sync state."""
-    result = _run(lambda db, settings: ops.summary(db))
+    """Orders by state, the unresolved count, the catalog's sync state, today's revenue, cost
+    and margin (UTC), and the upstream balance (asked now)."""
+    from app.upstream import UpstreamClient
+
+    async def work(db: Database, settings: Settings) -> Any:
+        async with UpstreamClient.from_settings(settings) as upstream:
+            return await ops.summary(db, settings, upstream)
+
+    result = _run(work)
     counts = ", ".join(f"{state} {n}" for state, n in result.orders_by_state.items())
     catalog = (
         f"last synced {_short_when(result.catalog.synced_at)}"
@@ -1012,6 +1023,13 @@ def summary(as_json: JsonFlag = False) -> None:
     )
     if result.catalog.last_error:
         catalog += f"; the last sync failed: {result.catalog.last_error}"
+    today = result.today
+    up = result.upstream
+    balance = (
+        f"{up.balance} {up.currency or ''}".rstrip()
+        if up.balance is not None
+        else f"unavailable ({up.error})"
+    )
     _emit(
         as_json,
         result,
@@ -1019,6 +1037,9 @@ def summary(as_json: JsonFlag = False) -> None:
             f"orders: {counts}",
             f"unresolved (unknown): {result.unresolved}",
             f"catalog: {catalog}",
+            f"today (UTC): {today.orders} orders, revenue {today.revenue}, upstream cost"
+            f" {today.upstream_cost}, margin {today.margin} {result.currency}",
+            f"upstream balance: {balance}",
         ],
     )
 

@@ -22,10 +22,12 @@ from app.admin.schemas import (
     OrderOut,
     PostingResult,
     ReportOut,
+    ReportTotal,
     ServiceChanged,
     ServiceOut,
     Summary,
     SyncPassOut,
+    UpstreamBalanceOut,
     VerifyResult,
 )
 from app.db import Database
@@ -36,7 +38,7 @@ from app.orders.placing import STATES, UNKNOWN
 from app.report import build_report
 from app.settings import Settings
 from app.sync import sync_pass
-from app.upstream import UpstreamClient
+from app.upstream import Ambiguous, Refused, UpstreamClient
 
 # --- naming things ------------------------------------------------------------------------------
 
@@ -276,10 +278,24 @@ async def report(
     return ReportOut.of(await build_report(db, start, end), settings.currency)
 
 
-async def summary(db: Database) -> Summary:
+async def upstream_balance(upstream: UpstreamClient) -> UpstreamBalanceOut:
+    answer = await upstream.balance()
+    if isinstance(answer, Refused):
+        return UpstreamBalanceOut(balance=None, currency=None, error=answer.message)
+    if isinstance(answer, Ambiguous):
+        return UpstreamBalanceOut(balance=None, currency=None, error=answer.reason)
+    micros, currency = answer
+    return UpstreamBalanceOut(balance=render(micros), currency=currency or None, error=None)
+
+
+async def summary(db: Database, settings: Settings, upstream: UpstreamClient) -> Summary:
+    """Orders by state, the catalog's state, today's money and the upstream balance (asked
+    now: an operator's look, not a hot path)."""
     by_state = await queries.count_by_state(db)
     state = await catalog.catalog_state(db)
     synced_at = state.get(catalog.SYNCED_AT) or None
+    today = datetime.now(UTC).date()
+    day = await build_report(db, day_start(today), day_start(today + timedelta(days=1)))
     return Summary(
         orders_by_state={s: by_state.get(s, 0) for s in STATES}
         | {s: n for s, n in by_state.items() if s not in STATES},
@@ -288,4 +304,7 @@ async def summary(db: Database) -> Summary:
             synced_at=None if synced_at is None else datetime.fromisoformat(synced_at),
             last_error=state.get(catalog.LAST_ERROR) or None,
         ),
+        currency=settings.currency,
+        today=ReportTotal.of(day.total),
+        upstream=await upstream_balance(upstream),
     )
