@@ -17,6 +17,7 @@ Adding a command group is one block: `things_app = _group("things", "…")`, the
 import asyncio
 import json
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -173,6 +174,26 @@ def _emit(as_json: bool, data: Any, lines: Sequence[str] | str) -> None:
         typer.echo(json.dumps(_jsonable(data), indent=2, ensure_ascii=False))
     else:
         typer.echo(lines if isinstance(lines, str) else "\n".join(lines))
+
+
+@contextmanager
+def _progress(as_json: bool, what: str) -> Iterator[Callable[[str], None]]:
+    """A live line on stderr while slow work runs, only for a person at a terminal: nothing
+    with --json or when stdout or stderr is not a terminal. Yields `say(text)` to update it."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    shown = not as_json and sys.stdout.isatty() and sys.stderr.isatty()
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,  # the command's own result line replaces it
+        disable=not shown,
+    ) as progress:
+        task = progress.add_task(what, total=None)
+        yield lambda text: progress.update(task, description=text)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -629,7 +650,8 @@ def services_sync(as_json: JsonFlag = False) -> None:
 
     async def work(db: Database, settings: Settings) -> Any:
         async with UpstreamClient.from_settings(settings) as upstream:
-            return await ops.sync_catalog(db, upstream)
+            with _progress(as_json, "fetching the catalog from the upstream"):
+                return await ops.sync_catalog(db, upstream)
 
     result = _run(work)
     if not result.ok:
@@ -891,7 +913,16 @@ def sync(
 
     async def work(db: Database, settings: Settings) -> Any:
         async with UpstreamClient.from_settings(settings) as upstream:
-            return await ops.run_sync_pass(db, upstream, settings)
+            with _progress(as_json, "asking the upstream for statuses") as say:
+                return await ops.run_sync_pass(
+                    db,
+                    upstream,
+                    settings,
+                    on_batch=lambda r: say(
+                        f"polled {r.polled} orders in {r.upstream_calls} upstream calls,"
+                        f" settled {r.settled}"
+                    ),
+                )
 
     result = _run(work)
     lines = [

@@ -4,13 +4,26 @@ action. The commands README.md and the demo print are run as shown in tests/test
 import asyncio
 import json
 import os
+import pty
+import subprocess
+import sys
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SIM_KEY
-from helpers import MICROS, add, expected_charge, micros, new_customer, services_by_id, sim_orders
+from conftest import SIM_KEY, gateway_settings
+from helpers import (
+    MICROS,
+    add,
+    expected_charge,
+    micros,
+    new_customer,
+    services_by_id,
+    sim_orders,
+    simulator_on_port,
+)
 from typer.testing import CliRunner
 
 from app import ledger
@@ -18,7 +31,9 @@ from app.admin import ops
 from app.catalog import sync_catalog
 from app.cli import app
 from app.db import Database
+from app.main import create_app
 from app.settings import Settings
+from app.simulator import SimConfig
 from app.upstream import UpstreamClient
 
 runner = CliRunner()
@@ -122,4 +137,82 @@ async def test_orders_list_names_customers_and_summary_has_todays_money(
     header, row = result.stdout.splitlines()[:2]
     assert "CUSTOMER" in header
     assert f" {alice.id} Alice " in row
+    assert await ledger.verify(db) == []
+
+
+# --- progress on a terminal, nothing extra elsewhere ----------------------------------------------
+
+
+def _run_cli(args: list[str], env: dict[str, str], *, terminal: bool) -> tuple[int, str]:
+    """The installed `smm-gateway` in a subprocess; with `terminal`, on a pseudo-terminal (as a
+    person at a shell runs it), its stdout and stderr read as the terminal shows them."""
+    command = [str(Path(sys.executable).parent / "smm-gateway"), *args]
+    if not terminal:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stdout + done.stderr
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(command, env=env, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the command ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return proc.wait(60), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.fixture
+def simulator_url() -> Iterator[str]:
+    with simulator_on_port(SimConfig(key=SIM_KEY, seed=1)) as url:
+        yield url
+
+
+async def test_sync_and_services_sync_show_progress_only_on_a_terminal(
+    db: Database, database_url: str, simulator_url: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMMGW_")} | {
+        "SMMGW_DATABASE_URL": database_url,
+        "SMMGW_UPSTREAM_URL": simulator_url,
+        "SMMGW_UPSTREAM_KEY": SIM_KEY,
+    }
+    code, shown = await asyncio.to_thread(_run_cli, ["services", "sync"], env, terminal=True)
+    assert code == 0, shown
+    assert "fetching the catalog from the upstream" in shown
+    assert "services synced" in shown
+
+    gateway = create_app(
+        gateway_settings(database_url, upstream_url=simulator_url, upstream_key=SIM_KEY),
+        background=False,
+    )
+    async with (
+        gateway.router.lifespan_context(gateway),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gateway), base_url="http://gateway.test"
+        ) as client,
+    ):
+        alice = await new_customer(db, "Alice", funds=micros("50"))
+        for _ in range(3):
+            placed = await add(
+                client, alice.key, {"service": 10, "link": "https://x/a", "quantity": 100}
+            )
+            assert "order" in placed, placed
+
+    code, shown = await asyncio.to_thread(_run_cli, ["sync", "--once"], env, terminal=True)
+    assert code == 0, shown
+    assert "polled 3 orders in 1 upstream calls" in shown  # the live line, then the result
+
+    for args, terminal in ((["sync", "--once"], False), (["sync", "--once", "--json"], True)):
+        code, shown = await asyncio.to_thread(_run_cli, args, env, terminal=terminal)
+        assert code == 0, shown
+        assert "asking the upstream" not in shown and "\x1b[" not in shown, (args, shown)
+    code, shown = await asyncio.to_thread(
+        _run_cli, ["services", "sync", "--json"], env, terminal=True
+    )
+    assert code == 0 and "fetching" not in shown and "\x1b[" not in shown, shown
+    json.loads(shown)
     assert await ledger.verify(db) == []

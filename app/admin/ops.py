@@ -6,6 +6,7 @@ Each is a thin composition of the domain modules (customers, ledger, catalog, or
 report); a request that cannot be carried out raises `OperatorError` / `NotFound`.
 """
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 
 from app import catalog, customers, ledger
@@ -37,7 +38,7 @@ from app.orders import queries
 from app.orders.placing import STATES, UNKNOWN
 from app.report import build_report
 from app.settings import Settings
-from app.sync import sync_pass
+from app.sync import PassResult, sync_pass
 from app.upstream import Ambiguous, Refused, UpstreamClient
 
 # --- naming things ------------------------------------------------------------------------------
@@ -254,11 +255,18 @@ async def unresolved(db: Database) -> int:
 # --- sync, report, summary ----------------------------------------------------------------------
 
 
-async def run_sync_pass(db: Database, upstream: UpstreamClient, settings: Settings) -> SyncPassOut:
+async def run_sync_pass(
+    db: Database,
+    upstream: UpstreamClient,
+    settings: Settings,
+    on_batch: Callable[[PassResult], None] | None = None,
+) -> SyncPassOut:
     """One status-sync pass (also turns orders stranded in `sending` into `unknown`)."""
     from app.main import sending_grace_seconds  # here: app.main imports the admin router
 
-    result = await sync_pass(db, upstream, sending_grace_seconds=sending_grace_seconds(settings))
+    result = await sync_pass(
+        db, upstream, sending_grace_seconds=sending_grace_seconds(settings), on_batch=on_batch
+    )
     return SyncPassOut.of(result)
 
 
