@@ -31,7 +31,7 @@ from app.db import Database
 from app.errors import OperatorError
 from app.main import create_app
 from app.money import parse_micros, percent_to_bp, render
-from app.settings import Dialect, load_settings
+from app.settings import Dialect, Settings, load_settings
 from app.simulator import SimConfig, create_simulator_app
 from app.upstream import UpstreamClient
 
@@ -139,12 +139,27 @@ def cli_command() -> str:
     return shlex.quote(str(shown))
 
 
-def _operator_commands(db_path: Path, customer: str) -> list[str]:
-    env = f"SMMGW_DATABASE_URL={shlex.quote(f'sqlite:///{db_path}')}"
+def _operator_commands(db_path: Path, settings: Settings, customer: str) -> list[str]:
+    """The CLI on the demo's database and simulator: one export line, then the commands."""
+    env = {
+        "SMMGW_DATABASE_URL": f"sqlite:///{db_path}",
+        "SMMGW_UPSTREAM_URL": settings.upstream_url,
+        "SMMGW_UPSTREAM_KEY": settings.upstream_key,
+        "SMMGW_UPSTREAM_DOUBLE_DECODE": str(settings.upstream_double_decode).lower(),
+    }
     cli = cli_command()
     return [
-        f"{env} {cli} {args}"
-        for args in (f"ledger history {customer}", "orders list", "summary", "ledger verify")
+        "export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items()),
+        *(
+            f"{cli} {args}"
+            for args in (
+                f"ledger history {customer}",
+                "orders list",
+                "sync --once",
+                "summary",
+                "ledger verify",
+            )
+        ),
     ]
 
 
@@ -245,7 +260,7 @@ async def demo_running(
             currency=settings.currency,
             services=len(catalog),
             curl=curl,
-            operator=_operator_commands(db_path, DEMO_CUSTOMER),
+            operator=_operator_commands(db_path, settings, DEMO_CUSTOMER),
         )
     finally:
         for server, task in reversed(running):
@@ -274,14 +289,14 @@ def command_groups(info: DemoInfo) -> list[tuple[str, list[str]]]:
     if "refill" in c:
         groups.append(("Once order 1 is Completed, refill it:", [c["refill"], c["refill_status"]]))
     groups.append(
-        ("Operator commands on this database, from another terminal here:", info.operator)
+        ("Operator commands on this demo, from another terminal in this directory:", info.operator)
     )
     return groups
 
 
 def describe(info: DemoInfo) -> str:
     lines = [
-        "smm-gateway demo: the simulator and the gateway are running. Ctrl-C stops both.",
+        "smm-gateway demo: the simulator and the gateway are running.",
         "",
         f"  gateway    {info.url}   (docs: {info.docs_url})",
         f"  upstream   {info.simulator_url}   (the simulator; {info.services} services)",
@@ -297,10 +312,9 @@ def describe(info: DemoInfo) -> str:
         lines += [
             "",
             "Refill and cancel: SmartPanel offers neither, so every service says refill false,"
-            " cancel false.",
-            f"  {cli_command()} demo --dialect standard   (shows both)",
+            " cancel false; the demo with --dialect standard shows both.",
         ]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", "Ctrl-C stops both."])
 
 
 async def run_demo(
