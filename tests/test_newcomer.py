@@ -216,3 +216,37 @@ async def test_sync_and_services_sync_show_progress_only_on_a_terminal(
     assert code == 0 and "fetching" not in shown and "\x1b[" not in shown, shown
     json.loads(shown)
     assert await ledger.verify(db) == []
+
+
+# --- docs/: the project's own architecture and contract documents ---------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_the_contract_document_names_every_action_and_error() -> None:
+    from app import contract
+    from app.orders.aftercare import NOT_CANCELABLE
+    from app.panel.actions import ACTIONS
+
+    text = (DOCS / "contract.md").read_text()
+    for action in ACTIONS:
+        assert f"**`{action}`**" in text, action
+    errors = [v for k, v in vars(contract).items() if k.isupper() and isinstance(v, str)]
+    errors = [e for e in errors if " " in e and e[0].isupper()] + [NOT_CANCELABLE]
+    for message in errors:
+        assert message in text, message
+    for status in contract.ORDER_STATUSES:
+        assert f"`{status}`" in text, status
+
+
+def test_the_architecture_document_names_every_module() -> None:
+    text = (DOCS / "architecture.md").read_text()
+    app_dir = Path(__file__).resolve().parents[1] / "app"
+    for path in sorted(app_dir.rglob("*.py")):
+        if path.name == "__init__.py" or path.parent.name == "simulator":
+            continue
+        rel = path.relative_to(app_dir)
+        named = f"`app/{rel}`" in text or (
+            len(rel.parts) == 2 and f"`app/{rel.parts[0]}/`" in text and rel.stem in text
+        )
+        assert named, rel
