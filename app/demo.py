@@ -312,7 +312,8 @@ def describe(info: DemoInfo) -> str:
         lines += [
             "",
             "Refill and cancel: SmartPanel offers neither, so every service says refill false,"
-            " cancel false; the demo with --dialect standard shows both.",
+            f" cancel false. To see both, stop this demo and run `{cli_command()} demo"
+            " --dialect standard`.",
         ]
     return "\n".join([*lines, "", "Ctrl-C stops both."])
 
