@@ -250,3 +250,15 @@ def test_the_architecture_document_names_every_module() -> None:
             len(rel.parts) == 2 and f"`app/{rel.parts[0]}/`" in text and rel.stem in text
         )
         assert named, rel
+
+
+def test_the_demo_prints_the_cli_as_a_shell_here_must_be_told_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.demo import cli_command
+
+    venv = Path(sys.prefix)
+    monkeypatch.chdir(venv.parent)  # the repository's root, for `.venv`
+    assert cli_command() == f"{venv.name}/bin/smm-gateway"
+    done = subprocess.run(["bash", "-c", f"{cli_command()} --version"], capture_output=True)
+    assert done.returncode == 0 and done.stdout.startswith(b"smm-gateway ")
