@@ -17,10 +17,12 @@ Adding a command group is one block: `things_app = _group("things", "…")`, the
 import asyncio
 import json
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from enum import StrEnum
+from importlib.metadata import version as package_version
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -47,6 +49,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"smm-gateway {package_version('smm-gateway')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """smm-gateway: a reseller gateway for SMM panels."""
 
 
 def _group(name: str, help_text: str) -> typer.Typer:
@@ -154,6 +174,26 @@ def _emit(as_json: bool, data: Any, lines: Sequence[str] | str) -> None:
         typer.echo(json.dumps(_jsonable(data), indent=2, ensure_ascii=False))
     else:
         typer.echo(lines if isinstance(lines, str) else "\n".join(lines))
+
+
+@contextmanager
+def _progress(as_json: bool, what: str) -> Iterator[Callable[[str], None]]:
+    """A live line on stderr while slow work runs, only for a person at a terminal: nothing
+    with --json or when stdout or stderr is not a terminal. Yields `say(text)` to update it."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    shown = not as_json and sys.stdout.isatty() and sys.stderr.isatty()
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,  # the command's own result line replaces it
+        disable=not shown,
+    ) as progress:
+        task = progress.add_task(what, total=None)
+        yield lambda text: progress.update(task, description=text)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -311,13 +351,22 @@ def _faults(specs: list[str], kinds: Sequence[str]) -> dict[str, float]:
 def demo(
     port: Annotated[int, typer.Option(help="The gateway's port.")] = 8000,
     sim_port: Annotated[int, typer.Option(help="The simulator's port.")] = 9000,
+    dialect: Annotated[
+        DialectName,
+        typer.Option(
+            help="The upstream family the simulator imitates: smartpanel (smmmix: no refill,"
+            " no cancel) or standard (refill and cancel)."
+        ),
+    ] = DialectName.smartpanel,
     as_json: JsonFlag = False,
 ) -> None:
     """Simulator + gateway on a fresh SQLite file, a demo customer with a balance; Ctrl-C stops."""
     from app.demo import run_demo
 
     with _operator_errors():
-        asyncio.run(run_demo(port=port, sim_port=sim_port, as_json=as_json))
+        asyncio.run(
+            run_demo(port=port, sim_port=sim_port, upstream_dialect=dialect.value, as_json=as_json)
+        )
 
 
 # --- customers ----------------------------------------------------------------------------------
@@ -570,15 +619,15 @@ def ledger_history(
             _short_when(e.created_at),
             e.kind,
             ("" if e.amount.startswith("-") else "+") + e.amount,
+            e.balance_after,
             e.order_id,
             e.memo,
         )
         for e in entries
     ]
     lines = [f"customer {view.id} {view.name!r}: balance {view.balance}"]
-    lines.append(
-        _table(("ID", "WHEN", "KIND", "AMOUNT", "ORDER", "MEMO"), rows) if rows else "no entries"
-    )
+    headers = ("ID", "WHEN", "KIND", "AMOUNT", "BALANCE", "ORDER", "MEMO")
+    lines.append(_table(headers, rows) if rows else "no entries")
     _emit(as_json, entries, lines)
 
 
@@ -601,7 +650,8 @@ def services_sync(as_json: JsonFlag = False) -> None:
 
     async def work(db: Database, settings: Settings) -> Any:
         async with UpstreamClient.from_settings(settings) as upstream:
-            return await ops.sync_catalog(db, upstream)
+            with _progress(as_json, "fetching the catalog from the upstream"):
+                return await ops.sync_catalog(db, upstream)
 
     result = _run(work)
     if not result.ok:
@@ -773,17 +823,21 @@ def orders_list(
     limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
-    """Orders, newest first: state, status, upstream status, charge, last refresh."""
-    listed = _run(
-        lambda db, s: ops.list_orders(
+    """Orders, newest first: customer, state, status, upstream status, charge, last refresh."""
+
+    async def work(db: Database, settings: Settings) -> tuple[list[OrderOut], dict[int, str]]:
+        orders = await ops.list_orders(
             db, state=None if state is None else state.value, customer=customer, limit=limit
         )
-    )
+        names = {c.id: c.name for c in await customers.list_customers(db)}
+        return orders, names
+
+    listed, names = _run(work)
     rows = [
         (
             o.id,
             _short_when(o.created_at),
-            o.customer_id,
+            f"{o.customer_id} {names.get(o.customer_id, '')}".rstrip(),
             o.service_id,
             o.quantity,
             o.state.upper() if o.state == UNKNOWN else o.state,
@@ -861,7 +915,16 @@ def sync(
 
     async def work(db: Database, settings: Settings) -> Any:
         async with UpstreamClient.from_settings(settings) as upstream:
-            return await ops.run_sync_pass(db, upstream, settings)
+            with _progress(as_json, "asking the upstream for statuses") as say:
+                return await ops.run_sync_pass(
+                    db,
+                    upstream,
+                    settings,
+                    on_batch=lambda r: say(
+                        f"polled {r.polled} orders in {r.upstream_calls} upstream calls,"
+                        f" settled {r.settled}"
+                    ),
+                )
 
     result = _run(work)
     lines = [
@@ -976,8 +1039,15 @@ def report(
 
 @app.command()
 def summary(as_json: JsonFlag = False) -> None:
-    """Orders by state, the unresolved count, and the catalog's sync state."""
-    result = _run(lambda db, settings: ops.summary(db))
+    """Orders by state, the unresolved count, the catalog's sync state, today's revenue, cost
+    and margin (UTC), and the upstream balance (asked now)."""
+    from app.upstream import UpstreamClient
+
+    async def work(db: Database, settings: Settings) -> Any:
+        async with UpstreamClient.from_settings(settings) as upstream:
+            return await ops.summary(db, settings, upstream)
+
+    result = _run(work)
     counts = ", ".join(f"{state} {n}" for state, n in result.orders_by_state.items())
     catalog = (
         f"last synced {_short_when(result.catalog.synced_at)}"
@@ -986,6 +1056,13 @@ def summary(as_json: JsonFlag = False) -> None:
     )
     if result.catalog.last_error:
         catalog += f"; the last sync failed: {result.catalog.last_error}"
+    today = result.today
+    up = result.upstream
+    balance = (
+        f"{up.balance} {up.currency or ''}".rstrip()
+        if up.balance is not None
+        else f"unavailable ({up.error})"
+    )
     _emit(
         as_json,
         result,
@@ -993,6 +1070,9 @@ def summary(as_json: JsonFlag = False) -> None:
             f"orders: {counts}",
             f"unresolved (unknown): {result.unresolved}",
             f"catalog: {catalog}",
+            f"today (UTC): {today.orders} orders, revenue {today.revenue}, upstream cost"
+            f" {today.upstream_cost}, margin {today.margin} {result.currency}",
+            f"upstream balance: {balance}",
         ],
     )
 

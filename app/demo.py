@@ -1,16 +1,22 @@
 """`smm-gateway demo`: the simulator and the gateway in one process, ready to curl.
 
 Both run as uvicorn servers in one event loop on a fresh SQLite file in the working directory;
-the gateway's upstream is the simulator. A demo customer gets a key, a markup and a balance.
-Ctrl-C (SIGINT) or SIGTERM stops both servers cleanly.
+the gateway's upstream is the simulator, speaking SmartPanel (smmmix's family: no refill, no
+cancel) or, with `--dialect standard`, the standard family (refill and cancel on the services
+that offer them). A demo customer gets a key, a markup and a balance. Orders move fast (a step
+every DEMO_TICK_SECONDS, a status sync every DEMO_SYNC_SECONDS) so a newcomer can watch one go
+Pending → In progress → Completed. Every command it prints runs as shown from the working
+directory. Ctrl-C (SIGINT) or SIGTERM stops both servers cleanly.
 """
 
 import asyncio
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import asdict, dataclass
@@ -25,7 +31,7 @@ from app.db import Database
 from app.errors import OperatorError
 from app.main import create_app
 from app.money import parse_micros, percent_to_bp, render
-from app.settings import load_settings
+from app.settings import Dialect, Settings, load_settings
 from app.simulator import SimConfig, create_simulator_app
 from app.upstream import UpstreamClient
 
@@ -34,7 +40,13 @@ DEMO_DB = "smm-gateway-demo.db"
 DEMO_CUSTOMER = "demo"
 DEMO_MARKUP_PERCENT = "25"
 DEMO_TOPUP = "100.00"
-DEMO_TICK_SECONDS = 5.0  # orders visibly move Pending → In progress → Completed
+DEMO_TICK_SECONDS = 2.0  # an order: Pending, In progress after 1 step, Completed after 2
+DEMO_SYNC_SECONDS = 1.0  # the gateway's status sync, so customers see each step within a second
+DEMO_SERVICE = 10  # a Default service of the simulator's that offers refill and cancel
+FAMILIES = {
+    "smartpanel": "SmartPanel (smmmix's panel software): no refill, no cancel",
+    "standard": "the standard family (Perfect Panel and most others): refill and cancel",
+}
 STARTUP_TIMEOUT_SECONDS = 15.0
 
 
@@ -47,12 +59,15 @@ class DemoInfo:
     customer_id: int
     customer: str
     key: str
+    upstream_dialect: str
+    upstream_family: str
     dialect: str
     markup_percent: str
     balance: str
     currency: str
     services: int
     curl: dict[str, str]
+    operator: list[str]
 
 
 class _Server(uvicorn.Server):
@@ -108,13 +123,52 @@ def _fresh_database(path: Path) -> None:
 
 
 def _curl(key: str, url: str, **params: object) -> str:
-    fields = " ".join(f"-d {name}={value}" for name, value in params.items())
+    fields = " ".join(f"-d {name}={shlex.quote(str(value))}" for name, value in params.items())
     return f"curl -s -d key={key} {fields} {url}"
+
+
+def cli_command() -> str:
+    """This CLI as a shell in the working directory must be told it: the `smm-gateway` script
+    beside the running interpreter (a venv's is on no PATH until activated), relative when it
+    lies under the working directory (`.venv/bin/smm-gateway`)."""
+    script = Path(sys.executable).parent / "smm-gateway"
+    if not script.exists():
+        return "smm-gateway"
+    cwd = Path.cwd()
+    shown = script.relative_to(cwd) if script.is_relative_to(cwd) else script
+    return shlex.quote(str(shown))
+
+
+def _operator_commands(db_path: Path, settings: Settings, customer: str) -> list[str]:
+    """The CLI on the demo's database and simulator: one export line, then the commands."""
+    env = {
+        "SMMGW_DATABASE_URL": f"sqlite:///{db_path}",
+        "SMMGW_UPSTREAM_URL": settings.upstream_url,
+        "SMMGW_UPSTREAM_KEY": settings.upstream_key,
+        "SMMGW_UPSTREAM_DOUBLE_DECODE": str(settings.upstream_double_decode).lower(),
+    }
+    cli = cli_command()
+    return [
+        "export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items()),
+        *(
+            f"{cli} {args}"
+            for args in (
+                f"ledger history {customer}",
+                "orders list",
+                "sync --once",
+                "summary",
+                "ledger verify",
+            )
+        ),
+    ]
 
 
 @asynccontextmanager
 async def demo_running(
-    port: int = 8000, sim_port: int = 9000, workdir: Path | None = None
+    port: int = 8000,
+    sim_port: int = 9000,
+    workdir: Path | None = None,
+    upstream_dialect: Dialect = "smartpanel",
 ) -> AsyncIterator[DemoInfo]:
     """Start the simulator and the gateway, set up the demo customer; stop both on exit."""
     # Take the ports first: a busy port must not cost the previous demo database.
@@ -131,13 +185,21 @@ async def demo_running(
             database_url=f"sqlite+aiosqlite:///{db_path}",
             upstream_url=f"http://{HOST}:{sim_port}/api/v1",
             upstream_key=sim_key,
+            # Only SmartPanel decodes its parameters twice.
+            upstream_double_decode=upstream_dialect == "smartpanel",
+            sync_interval_seconds=DEMO_SYNC_SECONDS,
             **readable,
         )
         db = Database(settings.database_url)
         await db.migrate()
 
         sim_app = create_simulator_app(
-            SimConfig(key=sim_key, tick_seconds=DEMO_TICK_SECONDS, currency=settings.currency)
+            SimConfig(
+                key=sim_key,
+                dialect=upstream_dialect,
+                tick_seconds=DEMO_TICK_SECONDS,
+                currency=settings.currency,
+            )
         )
         sim = _Server(_server_config(sim_app, lifespan="off"))
         running.append((sim, await _start(sim, sim_sock, "simulator")))
@@ -168,13 +230,26 @@ async def demo_running(
             "balance": _curl(key, url, action="balance"),
             "services": _curl(key, url, action="services"),
         }
-        default = next((s for s in catalog if s.type == "Default"), None)
-        if default is not None:
-            link = "https://www.instagram.com/p/demo-sim:complete/"
-            curl["add"] = _curl(
-                key, url, action="add", service=default.id, link=link, quantity=default.min
+        service = next(s for s in catalog if s.id == DEMO_SERVICE)
+        # Order 1 completes (the simulator's `sim:complete` marker); order 2 is canceled.
+        complete = "https://www.instagram.com/p/demo-sim:complete/"
+        curl["add"] = _curl(
+            key, url, action="add", service=service.id, link=complete, quantity=service.min
+        )
+        curl["status"] = _curl(key, url, action="status", order=1)
+        if service.cancel:
+            curl["add_to_cancel"] = _curl(
+                key,
+                url,
+                action="add",
+                service=service.id,
+                link="https://www.instagram.com/p/demo-cancel/",
+                quantity=service.min,
             )
-            curl["status"] = _curl(key, url, action="status", order=1)
+            curl["cancel"] = _curl(key, url, action="cancel", orders=2)
+        if service.refill:
+            curl["refill"] = _curl(key, url, action="refill", order=1)
+            curl["refill_status"] = _curl(key, url, action="refill_status", refill=1)
         yield DemoInfo(
             url=url,
             docs_url=f"http://{HOST}:{port}/docs",
@@ -183,12 +258,15 @@ async def demo_running(
             customer_id=customer_id,
             customer=DEMO_CUSTOMER,
             key=key,
+            upstream_dialect=upstream_dialect,
+            upstream_family=FAMILIES[upstream_dialect],
             dialect=settings.default_dialect,
             markup_percent=DEMO_MARKUP_PERCENT,
             balance=render(balance),
             currency=settings.currency,
             services=len(catalog),
             curl=curl,
+            operator=_operator_commands(db_path, settings, DEMO_CUSTOMER),
         )
     finally:
         for server, task in reversed(running):
@@ -199,31 +277,58 @@ async def demo_running(
             await db.dispose()
 
 
+def command_groups(info: DemoInfo) -> list[tuple[str, list[str]]]:
+    """The commands the demo suggests, in the order to run them, under their headings."""
+    c = info.curl
+    seconds = f"{2 * DEMO_TICK_SECONDS + DEMO_SYNC_SECONDS:.0f}"
+    groups = [
+        (
+            "Try (run `status` again to watch Pending → In progress → Completed,"
+            f" about {seconds} s):",
+            [c["balance"], c["services"], c["add"], c["status"]],
+        )
+    ]
+    if "cancel" in c:
+        groups.append(
+            ("Cancel an order while it runs (order 2):", [c["add_to_cancel"], c["cancel"]])
+        )
+    if "refill" in c:
+        groups.append(("Once order 1 is Completed, refill it:", [c["refill"], c["refill_status"]]))
+    groups.append(
+        ("Operator commands on this demo, from another terminal in this directory:", info.operator)
+    )
+    return groups
+
+
 def describe(info: DemoInfo) -> str:
     lines = [
-        "smm-gateway demo: the simulator and the gateway are running. Ctrl-C stops both.",
+        "smm-gateway demo: the simulator and the gateway are running.",
         "",
         f"  gateway    {info.url}   (docs: {info.docs_url})",
         f"  upstream   {info.simulator_url}   (the simulator; {info.services} services)",
+        f"             imitating {info.upstream_family}",
         f"  database   {info.database}",
         f"  customer   {info.customer} (id {info.customer_id}): markup {info.markup_percent}%,"
         f" balance {info.balance} {info.currency}, dialect {info.dialect}",
         f"  key        {info.key}",
-        "",
-        "Try:",
-        *(f"  {line}" for line in info.curl.values()),
-        "",
-        "Operator commands on this database, from another terminal:",
-        f"  SMMGW_DATABASE_URL=sqlite:///{info.database} smm-gateway ledger history"
-        f" {info.customer}",
     ]
-    return "\n".join(lines)
+    for heading, commands in command_groups(info):
+        lines += ["", heading, *(f"  {command}" for command in commands)]
+    if "refill" not in info.curl:
+        lines += [
+            "",
+            "Refill and cancel: SmartPanel offers neither, so every service says refill false,"
+            f" cancel false. To see both, stop this demo and run `{cli_command()} demo"
+            " --dialect standard`.",
+        ]
+    return "\n".join([*lines, "", "Ctrl-C stops both."])
 
 
 async def run_demo(
     port: int = 8000,
     sim_port: int = 9000,
     *,
+    upstream_dialect: Dialect = "smartpanel",
     as_json: bool = False,
     out: Callable[[str], None] = print,
 ) -> None:
@@ -244,7 +349,7 @@ async def run_demo(
     for sig in handled:
         loop.add_signal_handler(sig, on_signal)
     try:
-        async with demo_running(port, sim_port) as info:
+        async with demo_running(port, sim_port, upstream_dialect=upstream_dialect) as info:
             started = True
             out(json.dumps(asdict(info), indent=2) if as_json else describe(info))
             await stop.wait()

@@ -8,7 +8,7 @@ order, whichever process tries.
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, case, func, insert, select, update
+from sqlalchemy import BigInteger, bindparam, case, cast, func, insert, select, update
 
 from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
@@ -124,11 +124,13 @@ class EntryView:
     ref: str | None
     memo: str | None
     created_at: datetime
+    balance_after: int  # the sum of the customer's entries up to and including this one
 
 
 async def history(db: Database, customer_id: int, limit: int = 100) -> list[EntryView]:
-    """The newest entries first."""
-    stmt = (
+    """The newest entries first, each with the balance it left (a running sum over all the
+    customer's entries, taken before the limit)."""
+    running = (
         select(
             LedgerEntry.id,
             LedgerEntry.customer_id,
@@ -138,11 +140,15 @@ async def history(db: Database, customer_id: int, limit: int = 100) -> list[Entr
             LedgerEntry.ref,
             LedgerEntry.memo,
             LedgerEntry.created_at,
+            # Cast: PostgreSQL's sum of a bigint is a numeric.
+            cast(func.sum(LedgerEntry.amount).over(order_by=LedgerEntry.id), BigInteger).label(
+                "balance_after"
+            ),
         )
         .where(LedgerEntry.customer_id == customer_id)
-        .order_by(LedgerEntry.id.desc())
-        .limit(limit)
+        .subquery()
     )
+    stmt = select(running).order_by(running.c.id.desc()).limit(limit)
     async with db.read() as conn:
         return [EntryView(*row) for row in await conn.execute(stmt)]
 

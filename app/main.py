@@ -15,6 +15,7 @@ from app.admin.router import router as admin_router
 from app.catalog import stored_family, sync_catalog
 from app.db import Database, ping
 from app.docs import install_docs
+from app.head import HeadAsGetMiddleware
 from app.limits import build_limiter
 from app.logs import RequestLogMiddleware, configure_logging
 from app.orders.placing import SEND_MARGIN_SECONDS
@@ -115,6 +116,7 @@ def create_app(
     app.include_router(panel_router)
     app.include_router(admin_router)
     app.include_router(metrics.router)
+    app.add_middleware(HeadAsGetMiddleware)  # inside the log line: it still says HEAD
     # Request id, one log line and the request metrics per request (pure ASGI: cheap).
     app.add_middleware(RequestLogMiddleware, on_done=metrics.observe_request)
 

@@ -9,6 +9,7 @@ ledger ref `refund:<order>` stops a second settlement even if a lease were ever 
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -196,11 +197,13 @@ async def sync_pass(
     batch_size: int = BATCH_SIZE,
     min_age_seconds: float = 0.0,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    on_batch: Callable[[PassResult], None] | None = None,
 ) -> PassResult:
     """One pass over every active order: ⌈K/batch⌉ upstream calls for K orders.
 
     Orders refreshed less than `min_age_seconds` before the pass are skipped: another
-    instance's pass that ran moments ago has just asked about them.
+    instance's pass that ran moments ago has just asked about them. `on_batch` sees the
+    running result after each batch (the CLI's progress display).
     """
     result = PassResult()
     await recover_stale_sending(db, sending_grace_seconds)
@@ -227,6 +230,8 @@ async def sync_pass(
         if unanswered:
             await _mark_refreshed(db, unanswered)
         result.polled += len(batch)
+        if on_batch is not None:
+            on_batch(result)
     return result
 
 

@@ -8,6 +8,11 @@ what the customer was shown (`services`) and the inputs; never taken from the co
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
@@ -15,11 +20,13 @@ from math import ceil
 from typing import Any
 
 import httpx
+import uvicorn
 
 from app import ledger
 from app.customers import create_customer, get_customer
 from app.db import Database
 from app.orders.queries import list_orders
+from app.simulator import SimConfig, create_simulator_app
 
 MICROS = 10**6
 # CONTRACT.md: Package-like types cost their rate per order, whatever the units.
@@ -160,3 +167,32 @@ async def snapshot(db: Database, sim: httpx.AsyncClient, customer: Customer) -> 
 
 async def assert_ledger_clean(db: Database) -> None:
     assert await ledger.verify(db) == []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def simulator_on_port(config: SimConfig) -> Iterator[str]:
+    """The simulator on a real port, in a thread, in real time (for commands run as a user
+    runs them); yields its API URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_simulator_app(config), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "simulator did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/api/v1"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -629,10 +629,16 @@ async def test_the_cli_prints_the_same_json(
             ("report", "--since", "2020-01-01", "--until", "2999-12-31"),
             "/admin/report?since=2020-01-01&until=2999-12-31",
         ),
-        (("summary",), "/admin/summary"),
     ]
     for args, path in pairs:
         assert await cli_json(*args) == await ok(await admin.get(path)), args
+    # The CLI's upstream is not this test's in-process simulator: the upstream balance is
+    # compared in tests/test_newcomer.py, against a simulator on a port.
+    monkeypatch.setenv("SMMGW_UPSTREAM_URL", "http://127.0.0.1:1/api/v1")  # refused at once
+    cli_summary = await cli_json("summary")
+    api_summary = await ok(await admin.get("/admin/summary"))
+    assert cli_summary.pop("upstream")["error"] and api_summary.pop("upstream")["error"] is None
+    assert cli_summary == api_summary
 
 
 # --- the OpenAPI document -----------------------------------------------------------------------

@@ -8,19 +8,17 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from helpers import free_port, simulator_on_port
 from typer.testing import CliRunner
 
 from app.cli import app
 from app.demo import DEMO_DB, demo_running
-from app.simulator import SimConfig, create_simulator_app
+from app.simulator import SimConfig
 
 SIM_KEY = "cli-test-sim-key"
 runner = CliRunner()
@@ -281,32 +279,11 @@ def test_services_sync_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> N
     assert err.startswith("catalog sync failed")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def simulator_url() -> Iterator[str]:
     """The simulator on a real port, in a thread."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_simulator_app(SimConfig(key=SIM_KEY, seed=1)),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "simulator did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}/api/v1"
-    server.should_exit = True
-    thread.join(10)
+    with simulator_on_port(SimConfig(key=SIM_KEY, seed=1)) as url:
+        yield url
 
 
 def test_services_sync_and_operator_choices(

@@ -10,10 +10,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from helpers import free_port, simulator_on_port
 from sqlalchemy import text
 from typer.testing import CliRunner
 
@@ -35,7 +33,7 @@ from app.orders.placing import place_order
 from app.orders.queries import OrderView, get_order
 from app.orders.validation import validate_add
 from app.settings import load_settings
-from app.simulator import SimConfig, create_simulator_app
+from app.simulator import SimConfig
 from app.upstream import UpstreamClient
 
 SIM_KEY = "cli-orders-sim-key"
@@ -45,32 +43,11 @@ WARNING = "WARNING: {} await{} resolution: smm-gateway orders list --state unkno
 runner = CliRunner()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def sim_url() -> Iterator[str]:
     """The simulator on a real port, in a thread, in real time."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_simulator_app(SimConfig(key=SIM_KEY, seed=1, tick_seconds=TICK)),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "simulator did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}/api/v1"
-    server.should_exit = True
-    thread.join(10)
+    with simulator_on_port(SimConfig(key=SIM_KEY, seed=1, tick_seconds=TICK)) as url:
+        yield url
 
 
 async def _truncate(url: str) -> None:

@@ -13,17 +13,15 @@
 import asyncio
 import json
 import os
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from conftest import _truncate_postgres, gateway_settings
+from helpers import simulator_on_port
 from sqlalchemy import select
 from sync_helpers import SIM_KEY, Harness, UpstreamTap, settings_for
 
@@ -32,7 +30,7 @@ from app.db import Database
 from app.main import Gateway
 from app.models import Order
 from app.settings import Settings
-from app.simulator import SimConfig, create_simulator_app
+from app.simulator import SimConfig
 from app.sync import sync_pass
 from app.upstream import UpstreamClient
 
@@ -199,30 +197,11 @@ async def test_a_pass_does_not_repoll_what_another_instance_just_refreshed(
     assert not asked[0] & asked[1]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def real_simulator() -> Iterator[str]:
     """The simulator on a real port (uvicorn in a thread), with real, fast time."""
-    port = free_port()
-    config = SimConfig(key=SIM_KEY, tick_seconds=0.5, seed=7)
-    server = uvicorn.Server(
-        uvicorn.Config(create_simulator_app(config), host="127.0.0.1", port=port,
-                       log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "simulator did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with simulator_on_port(SimConfig(key=SIM_KEY, tick_seconds=0.5, seed=7)) as url:
+        yield url.removesuffix("/api/v1")
 
 
 WORKER = """

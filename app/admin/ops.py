@@ -6,6 +6,7 @@ Each is a thin composition of the domain modules (customers, ledger, catalog, or
 report); a request that cannot be carried out raises `OperatorError` / `NotFound`.
 """
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 
 from app import catalog, customers, ledger
@@ -22,10 +23,12 @@ from app.admin.schemas import (
     OrderOut,
     PostingResult,
     ReportOut,
+    ReportTotal,
     ServiceChanged,
     ServiceOut,
     Summary,
     SyncPassOut,
+    UpstreamBalanceOut,
     VerifyResult,
 )
 from app.db import Database
@@ -36,8 +39,8 @@ from app.orders import queries
 from app.orders.placing import STATES, UNKNOWN
 from app.report import build_report
 from app.settings import Settings
-from app.sync import sync_pass
-from app.upstream import UpstreamClient
+from app.sync import PassResult, sync_pass
+from app.upstream import Ambiguous, Refused, UpstreamClient
 
 # --- naming things ------------------------------------------------------------------------------
 
@@ -263,11 +266,18 @@ async def unresolved(db: Database) -> int:
 # --- sync, report, summary ----------------------------------------------------------------------
 
 
-async def run_sync_pass(db: Database, upstream: UpstreamClient, settings: Settings) -> SyncPassOut:
+async def run_sync_pass(
+    db: Database,
+    upstream: UpstreamClient,
+    settings: Settings,
+    on_batch: Callable[[PassResult], None] | None = None,
+) -> SyncPassOut:
     """One status-sync pass (also turns orders stranded in `sending` into `unknown`)."""
     from app.main import sending_grace_seconds  # here: app.main imports the admin router
 
-    result = await sync_pass(db, upstream, sending_grace_seconds=sending_grace_seconds(settings))
+    result = await sync_pass(
+        db, upstream, sending_grace_seconds=sending_grace_seconds(settings), on_batch=on_batch
+    )
     return SyncPassOut.of(result)
 
 
@@ -287,10 +297,24 @@ async def report(
     return ReportOut.of(await build_report(db, start, end), settings.currency)
 
 
-async def summary(db: Database) -> Summary:
+async def upstream_balance(upstream: UpstreamClient) -> UpstreamBalanceOut:
+    answer = await upstream.balance()
+    if isinstance(answer, Refused):
+        return UpstreamBalanceOut(balance=None, currency=None, error=answer.message)
+    if isinstance(answer, Ambiguous):
+        return UpstreamBalanceOut(balance=None, currency=None, error=answer.reason)
+    micros, currency = answer
+    return UpstreamBalanceOut(balance=render(micros), currency=currency or None, error=None)
+
+
+async def summary(db: Database, settings: Settings, upstream: UpstreamClient) -> Summary:
+    """Orders by state, the catalog's state, today's money and the upstream balance (asked
+    now: an operator's look, not a hot path)."""
     by_state = await queries.count_by_state(db)
     state = await catalog.catalog_state(db)
     synced_at = state.get(catalog.SYNCED_AT) or None
+    today = datetime.now(UTC).date()
+    day = await build_report(db, day_start(today), day_start(today + timedelta(days=1)))
     return Summary(
         orders_by_state={s: by_state.get(s, 0) for s in STATES}
         | {s: n for s, n in by_state.items() if s not in STATES},
@@ -299,4 +323,7 @@ async def summary(db: Database) -> Summary:
             synced_at=None if synced_at is None else datetime.fromisoformat(synced_at),
             last_error=state.get(catalog.LAST_ERROR) or None,
         ),
+        currency=settings.currency,
+        today=ReportTotal.of(day.total),
+        upstream=await upstream_balance(upstream),
     )

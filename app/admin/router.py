@@ -138,9 +138,10 @@ Limit = Annotated[int, Query(ge=1, le=10_000, description="How many, newest firs
 
 
 @router.get("/summary")
-async def summary(db: Db) -> Summary:
-    """Orders by state, how many `unknown` orders await resolution, the catalog's sync state."""
-    return await ops.summary(db)
+async def summary(db: Db, settings: Config, upstream: Upstream) -> Summary:
+    """Orders by state, how many `unknown` orders await resolution, the catalog's sync state,
+    today's revenue, upstream cost and margin, and the upstream balance (asked now)."""
+    return await ops.summary(db, settings, upstream)
 
 
 # --- customers and keys -------------------------------------------------------------------------

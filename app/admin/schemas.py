@@ -228,6 +228,7 @@ class EntryOut(_Out):
     ref: str | None
     memo: str | None
     created_at: Timestamp
+    balance_after: Money = Field(description="The customer's balance right after this entry.")
 
     @classmethod
     def of(cls, entry: EntryView) -> Self:
@@ -240,6 +241,7 @@ class EntryOut(_Out):
             ref=entry.ref,
             memo=entry.memo,
             created_at=entry.created_at,
+            balance_after=render(entry.balance_after),
         )
 
 
@@ -514,10 +516,21 @@ class CatalogState(_Out):
     last_error: str | None = Field(description="Why the last sync failed; None: it did not.")
 
 
+class UpstreamBalanceOut(_Out):
+    balance: Money | None = Field(description="The reseller's own balance at the upstream, now.")
+    currency: str | None
+    error: str | None = Field(description="Why it could not be read; None: it was.")
+
+
 class Summary(_Out):
     orders_by_state: dict[str, int] = Field(description="Every state, zero included.")
     unresolved: int = Field(description="Orders in `unknown`: an operator must resolve them.")
     catalog: CatalogState
+    currency: str
+    today: ReportTotal = Field(
+        description="Orders created today (UTC), counted as `report` counts them."
+    )
+    upstream: UpstreamBalanceOut
 
 
 class ErrorOut(_Out):
