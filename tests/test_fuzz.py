@@ -32,7 +32,7 @@ from app.catalog import sync_catalog
 from app.main import Gateway, create_app
 from app.simulator import SimConfig, create_simulator_app
 
-ADMIN_TOKEN = "fuzz-admin-token"
+ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdef"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 MAX_EXAMPLES = 30
 
