@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -27,13 +28,15 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def db_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test: its own SQLite file, no SMMGW_ settings from outside, no stray .env."""
+def db_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_template: Path) -> Path:
+    """Each test: its own migrated SQLite file, no SMMGW_ settings from outside, no stray .env.
+    (Only `migrate`, `serve` and `demo` create a schema: the others refuse a bare file.)"""
     for name in list(os.environ):
         if name.startswith("SMMGW_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "cli.db"
+    shutil.copyfile(sqlite_template, path)
     monkeypatch.setenv("SMMGW_DATABASE_URL", f"sqlite:///{path}")
     return path
 

@@ -240,7 +240,10 @@ def test_orders_list_show_resolve_and_the_loud_warning(sim_url: str) -> None:
     # Exists upstream: placed under its id, still charged.
     upstream_id = sim_order_id(sim_url, lost_link)
     text_out = cli("orders", "resolve", str(lost), "--upstream-order", str(upstream_id))
-    assert text_out.stdout.strip() == f"order {lost}: placed as upstream order {upstream_id}"
+    first, said = text_out.stdout.strip().splitlines()
+    assert first == f"order {lost}: placed as upstream order {upstream_id}"
+    # What the upstream says about that id is shown: it was asked before the verdict.
+    assert said.startswith(f"  the upstream on order {upstream_id}: status ")
     assert text_out.stderr == ""  # nothing awaits resolution any more
     resolved = order(lost)
     assert (resolved.state, resolved.upstream_order_id, resolved.refunded) == (
