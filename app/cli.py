@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app import customers
 from app.admin import ops
+from app.admin.ops import MAX_ROW_ID
 from app.admin.schemas import (
     CustomerCreate,
     CustomerOut,
@@ -87,7 +88,19 @@ OrderState = StrEnum("OrderState", {state: state for state in STATES})  # type: 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 CustomerArg = Annotated[str, typer.Argument(metavar="CUSTOMER", help="Customer id or exact name.")]
-ServiceArg = Annotated[int, typer.Argument(metavar="ID", help="Service id.")]
+
+
+def row_id(value: str | int) -> int:
+    """An id as the tables hold them: ASCII digits only ("٥" is not 5), 1 … 2**31 - 1."""
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 10 and 1 <= int(text) <= MAX_ROW_ID:
+        return int(text)
+    raise typer.BadParameter(f"{value!r} is not an id (1 to {MAX_ROW_ID}, ASCII digits)")
+
+
+ServiceArg = Annotated[int, typer.Argument(metavar="ID", help="Service id.", parser=row_id)]
 MemoOpt = Annotated[str | None, typer.Option("--memo", help="A note kept with the entry.")]
 RefOpt = Annotated[
     str | None,
@@ -779,7 +792,8 @@ def services_price(
 # --- orders -------------------------------------------------------------------------------------
 
 OrderArg = Annotated[
-    int, typer.Argument(metavar="ID", help="Order id (ours, as customers see it).")
+    int,
+    typer.Argument(metavar="ID", help="Order id (ours, as customers see it).", parser=row_id),
 ]
 
 

@@ -569,3 +569,25 @@ def test_demo_command_stops_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert (tmp_path / DEMO_DB).exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("orders", "show", "٥"),
+        ("orders", "show", "99999999999"),
+        ("orders", "resolve", "²", "--not-placed"),
+        ("services", "hide", "99999999999999999999"),
+        ("services", "price", "0", "--rate", "1"),
+    ],
+)
+def test_ids_are_ascii_digits_within_the_columns(args: tuple[str, ...]) -> None:
+    """`orders resolve ٥` once resolved order 5; a huge id overflowed PostgreSQL's column."""
+    err = cli(*args, code=2).stderr
+    assert "is not an id" in err and "Traceback" not in err
+
+
+def test_a_key_prefix_of_any_shape_is_one_line() -> None:
+    create("acme")
+    for prefix in ("\udcff", "x" * 300, "ab cd"):
+        assert "no live key" in one_line_error(cli("keys", "revoke", prefix, code=1))

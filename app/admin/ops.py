@@ -120,6 +120,8 @@ async def list_keys(db: Database, ref: str | int) -> list[KeyOut]:
 
 async def revoke_key(db: Database, prefix: str) -> KeyRevoked:
     prefix = prefix.strip()
+    if not (prefix.isascii() and prefix.isalnum() and len(prefix) <= customers.PREFIX_LENGTH):
+        raise NotFound(f"no live key with prefix {prefix!r}")  # not even the shape of one
     await customers.revoke_key(db, prefix)
     return KeyRevoked(prefix=prefix)
 
