@@ -17,6 +17,8 @@ from app.simulator import FAULT_KINDS, SimConfig, create_simulator_app
 from app.simulator.app import strip_tags
 from app.simulator.catalog import CATALOG, SERVICES
 
+LISTED = [s for s in CATALOG if s.listed]
+
 KEY = "sim-test-key"
 SP_KEY_ERROR = "API is Disable for this user or User Not Found! Contact the Support"
 
@@ -112,7 +114,7 @@ async def test_smartpanel_services_every_field_a_string(sp: Sim) -> None:
     assert response.headers["content-type"] == "text/html; charset=utf-8"
     assert "\\/" in response.text  # PHP's json_encode escapes slashes
     services = response.json()
-    assert len(services) == len(CATALOG)
+    assert len(services) == len(LISTED) < len(CATALOG)
     first = services[0]
     assert list(first) == ["service", "name", "category", "rate", "min", "max", "type", "desc",
                            "dripfeed"]
@@ -123,11 +125,14 @@ async def test_smartpanel_services_every_field_a_string(sp: Sim) -> None:
         assert item["type"] == item["type"].lower() and " " not in item["type"]
         assert canonical_type(item["type"]) in SERVICE_TYPES
         assert item["dripfeed"] in ("0", "1")
-        assert len(item["rate"].split(".")[1]) >= 4
+        if not SERVICES[int(item["service"])].user_rate:
+            assert len(item["rate"].split(".")[1]) >= 4
     assert any(item["desc"] is None for item in services)
     by_id = {item["service"]: item for item in services}
     assert by_id["120"]["type"] == "custom_comments"
-    assert by_id["9"]["rate"] == "0.0450"
+    assert by_id["10"]["rate"] == "1.2000"
+    # Per-user rates come from a DOUBLE column, unpadded.
+    assert by_id["9"]["rate"] == "0.045" and by_id["17"]["rate"] == "0.0045"
 
 
 async def test_standard_services_numbers_and_booleans(std: Sim) -> None:
@@ -183,12 +188,13 @@ def test_strip_tags_like_php() -> None:
 
 
 async def test_smartpanel_decodes_every_value_twice(sp: Sim) -> None:
-    await sp.add(service=130, link="https://ig.test/p/a%2Bb+c?x=%41",
+    await sp.add(service=130, link="https://ig.test/p/a%2Bb+c?x=%41", quantity=1,
                  comments="nice+one\n<b>bold</b> %3Ci%3E\nI <3 it")
     [order] = await sp.orders()
     assert order["params"]["link"] == "https://ig.test/p/a+b c?x=A"
     assert order["params"]["comments"] == "nice one\nbold \nI "
-    assert order["quantity"] == 3
+    # custom_comments_package goes through the default branch: it keeps no comments.
+    assert order["stored"] == {"link": "https://ig.test/p/a+b c?x=A", "quantity": "1"}
 
 
 async def test_standard_takes_values_as_sent(std: Sim) -> None:
@@ -338,9 +344,11 @@ async def test_standard_status_shape_and_start_count_zero(std: Sim) -> None:
     assert (await std.status(order))["status"] == "Completed"
 
 
-async def test_package_charges_flat_rate(sp: Sim) -> None:
-    order = await sp.add(service=102, link="https://ig.test/u", quantity=1000)
+async def test_package_charges_flat_rate(sp: Sim, std: Sim) -> None:
+    order = await sp.add(service=102, link="https://ig.test/u", quantity=1)
     assert (await sp.status(order))["charge"] == "12.5000"
+    order = await std.add(service=102, link="https://ig.test/u")
+    assert (await std.status(order))["charge"] == "12.5000"
 
 
 async def test_smartpanel_dripfeed_parent(sp: Sim) -> None:
@@ -369,23 +377,23 @@ async def test_dripfeed_partial_refunds_each_run(std: Sim) -> None:
     assert status["charge"] == "0.5100"
 
 
-async def test_smartpanel_subscription(sp: Sim) -> None:
-    order = await sp.add(service=190, username="brand sim:complete", min=100, max=200,
-                         delay=30, posts=2, expiry="31/12/2999")
-    assert (await sp.json(action="balance"))["balance"] == "999.9200"  # 0.20 × 400 / 1000
-    assert await sp.status(order) == {"status": "Pending", "expiry": True, "posts": "2",
-                                      "orders": []}
-    sp.clock.advance(1.0)
-    active = await sp.status(order)
-    assert active["status"] == "Active" and len(active["orders"]) == 1
-    sp.clock.advance(5.0)
-    done = await sp.status(order)
-    assert done["status"] == "Completed" and len(done["orders"]) == 2
-    post = await sp.status(int(done["orders"][1]))
+async def test_standard_subscription(std: Sim) -> None:
+    order = await std.add(service=190, username="brand sim:complete", min=100, max=200,
+                          delay=30, posts=2, old_posts=5, expiry="31/12/2999")
+    # 0.20 × 200 × 2 posts / 1000; old posts are not charged.
+    assert (await std.json(action="balance"))["balance"] == "999.92"
+    assert (await std.status(order))["status"] == "Pending"
+    std.clock.advance(1.0)
+    assert (await std.status(order))["status"] == "Active"
+    std.clock.advance(5.0)
+    assert (await std.status(order))["status"] == "Completed"
+    children = [row for row in await std.orders() if row["id"] == order][0]["children"]
+    assert len(children) == 2
+    post = await std.status(children[1])
     assert post["status"] == "Completed" and post["charge"] == "0.0400"
-    bad_delay = await sp.json(action="add", service=190, username="b", min=100, max=200,
-                              delay=7)
-    assert bad_delay == {"error": "Invalid delay"}
+    bad_delay = await std.json(action="add", service=190, username="b", min=100, max=200,
+                               delay=7)
+    assert bad_delay == {"error": "Invalid parameter: delay"}
 
 
 async def test_subscription_cancel_refunds_everything(std: Sim) -> None:
@@ -443,9 +451,12 @@ async def test_stats_count_every_api_request(sp: Sim) -> None:
     assert (await sp.call(action="status", order=1)).status_code == 502
     await sp.client.post("/_sim/faults", json={})
     stats = (await sp.client.get("/_sim/stats")).json()
-    assert stats == {"calls": {"services": 1, "balance": 2, "status": 1}, "total": 4}
+    # A client that keeps its cookies makes one session row, not one per call.
+    assert stats == {"calls": {"services": 1, "balance": 2, "status": 1}, "total": 4,
+                     "sessions": 1}
     await sp.client.post("/_sim/reset-stats")
-    assert (await sp.client.get("/_sim/stats")).json() == {"calls": {}, "total": 0}
+    assert (await sp.client.get("/_sim/stats")).json() == {"calls": {}, "total": 0,
+                                                          "sessions": 1}
 
 
 async def test_orders_listing_shows_each_order_once(sp: Sim) -> None:
@@ -574,3 +585,144 @@ async def test_drop_and_timeout_over_a_real_server(make_sim: Any) -> None:
         await asyncio.wait_for(task, 5)
     with socket.socket() as probe:  # the port is free again: the server really stopped
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+# ----- SmartPanel 4.0 as its code answers (CONTRACT.md, "Seen when the real SmartPanel …") ------
+
+
+async def test_smartpanel_packages_need_a_quantity_within_bounds(sp: Sim) -> None:
+    link = "https://ig.test/p"
+    for service in (102, 130):  # package, custom_comments_package
+        assert await sp.json(action="add", service=service, link=link) == {
+            "error": "Quantity is required"}
+    assert await sp.json(action="add", service=102, link=link, quantity=2) == {
+        "error": "Quantity must to be less than or equal to maximum amount 1"}
+    assert await sp.orders() == []
+    order = await sp.add(service=130, link=link, quantity=1, comments="great\nnice")
+    assert (await sp.status(order))["charge"] == "3.5000"  # the flat rate
+
+
+async def test_smartpanel_list_types_take_quantity_not_lines(sp: Sim) -> None:
+    link = "https://ig.test/p"
+    assert await sp.json(action="add", service=142, link=link, usernames="a\nb") == {
+        "error": "Quantity is required"}
+    # The default branch ignores the list: 12 usernames sent, the quantity is what is charged.
+    order = await sp.add(service=142, link=link, quantity=12, usernames="\n".join("abcdefghijkl"))
+    assert (await sp.status(order))["charge"] == "0.0360"  # 3.00 × 12 / 1000
+    replies = await sp.add(service=152, link=link, quantity=5, username="x", comments="a")
+    assert (await sp.status(replies))["charge"] == "0.0550"
+
+
+async def test_smartpanel_has_no_subscriptions(sp: Sim) -> None:
+    # A subscriptions service goes through the default branch: link and quantity, no fields.
+    no_link = await sp.json(action="add", service=190, username="brand", min=100, max=200,
+                            delay=30, posts=2)
+    assert no_link == {"error": "Bad Link"}
+    order = await sp.add(service=190, link="brand", quantity=100, username="brand", min=100,
+                         max=200, delay=30)
+    assert await sp.status(order) == {"status": "Pending", "expiry": False, "posts": None,
+                                      "orders": []}
+    [row] = await sp.orders()
+    assert row["kind"] == "plain" and row["charge"] == "0.0200"  # 0.20 × 100, a plain order
+
+
+async def test_smartpanel_dripfeed_bounds_apply_to_the_total(sp: Sim) -> None:
+    link = "https://ig.test/p"
+    # Service 14: min 50, max 50,000. 30 × 2 = 60 is taken although one run is below 50.
+    order = await sp.add(service=14, link=link, quantity=30, runs=2, interval=0)
+    status = await sp.status(order)
+    assert status["runs"] == "2" and isinstance(status["runs"], str)
+    assert await sp.json(action="add", service=14, link=link, quantity=20, runs=2,
+                         interval=0) == {
+        "error": "Quantity must to be greater than or equal to minimum amount 50"}
+    assert await sp.json(action="add", service=14, link=link, quantity=30_000, runs=2,
+                         interval=0) == {
+        "error": "Quantity must to be less than or equal to maximum amount 50000"}
+
+
+async def test_smartpanel_splits_comments_on_the_pipe(sp: Sim) -> None:
+    order = await sp.add(service=120, link="https://ig.test/p",
+                         comments="a | b\r\nc\n\nd\ne")
+    [row] = await sp.orders()
+    assert json.loads(row["stored"]["comments"]) == ["a", "b", "c", "", "d", "e"]
+    assert (await sp.status(order))["charge"] == "0.0540"  # 6 comments × 9.00 / 1000
+
+
+async def test_smartpanel_cuts_links_at_191(sp: Sim) -> None:
+    link = "https://ig.test/" + "x" * 217
+    await sp.add(service=5, link=link, quantity=500)
+    [row] = await sp.orders()
+    assert row["params"]["link"] == link and row["stored"]["link"] == link[:191]
+
+
+async def test_smartpanel_shows_error_statuses_as_pending(sp: Sim) -> None:
+    order = await sp.add(service=5, link="https://ig.test/sim:error", quantity=500)
+    sp.clock.advance(60)
+    assert (await sp.status(order))["status"] == "Pending"
+    assert sp.state.orders[order].stuck == "error"
+
+
+async def test_smartpanel_replies_pretty_printed_with_cookies(sp: Sim) -> None:
+    response = await sp.call(action="balance")
+    assert response.text == (
+        '{\n    "status": "success",\n    "balance": "1000.0000",\n    "currency": "USD"\n}')
+    assert "csrfToken" in response.cookies
+    interval = await sp.call(action="add", service=5, link="l", quantity=500, runs=2,
+                             interval=7)
+    assert interval.text == '{"status":"error","message":"Invalid Interval in minutes"}'
+
+
+async def test_smartpanel_more_error_texts(sp: Sim) -> None:
+    link = "https://ig.test/p"
+    assert await sp.json(action="add", link=link, quantity=5) == {
+        "error": "There are missing required parameters. Please check your API Manual"}
+    assert await sp.json(action="add", service=5, link=link, quantity=500, runs=2) == {
+        "error": "Interval time is required"}
+    assert await sp.json(action="add", service=5, link=link, quantity=500, interval=5) == {
+        "error": "Runs is required"}
+
+
+async def test_smartpanel_currency_is_always_usd(make_sim: Any) -> None:
+    sim = make_sim(dialect="smartpanel", currency="EUR")
+    async with sim.client:
+        assert (await sim.json(action="balance"))["currency"] == "USD"
+        order = await sim.add(service=5, link="https://ig.test/p", quantity=500)
+        assert (await sim.status(order))["currency"] == "USD"
+
+
+async def test_a_service_in_a_disabled_category_is_orderable_but_unlisted(sp: Sim) -> None:
+    listed = {item["service"] for item in await sp.json(action="services")}
+    assert "199" not in listed
+    await sp.add(service=199, link="https://ig.test/p", quantity=100)
+
+
+async def test_catalog_changes_at_run_time(sp: Sim) -> None:
+    order = await sp.add(service=5, link="https://ig.test/p", quantity=500)
+    changed = await sp.client.post("/_sim/catalog", json={
+        "5": {"rate": "2.0000", "type": "Package", "min": 1, "max": 1},
+        "9": None,
+        "777": {"name": "New", "type": "Default", "category": "C", "rate": "0.5", "min": 10,
+                "max": 100},
+    })
+    assert changed.status_code == 200
+    by_id = {item["service"]: item for item in await sp.json(action="services")}
+    assert by_id["5"]["type"] == "package" and by_id["5"]["rate"] == "2.0000"
+    assert "9" not in by_id and by_id["777"]["min"] == "10"
+    assert (await sp.status(order))["charge"] == "0.5100"  # a live order keeps its terms
+    for bad in ({"5": {"colour": "red"}}, {"x": None}, {"888": {"name": "half"}},
+                {"5": {"rate": "1e99x"}}, [1]):
+        assert (await sp.client.post("/_sim/catalog", json=bad)).status_code == 400
+    assert (await sp.json(action="services"))[0]["rate"] == "2.0000"  # all or nothing
+
+
+def test_the_simulator_borrows_nothing_from_the_gateway() -> None:
+    """A mistake shared by both sides is one no test can see (DESIGN.md, "The simulator")."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "app" / "simulator"
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("app.") or node.module.startswith(
+                    "app.simulator"), f"{path.name} imports {node.module}"

@@ -7,9 +7,11 @@ its fault injection, and the /_sim/* control endpoints (faults, stats, orders, b
 
 import asyncio
 import contextlib
+import dataclasses
 import gzip
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from urllib.parse import unquote_plus
@@ -21,9 +23,9 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.types import Message, Receive, Scope, Send
 
-from app import contract
-from app.money import MoneyError, parse_micros, render
-from app.simulator.catalog import CATALOG, Service
+from app.simulator import words
+from app.simulator.amounts import padded, to_micros, unpadded
+from app.simulator.catalog import Service
 from app.simulator.state import (
     E_ACTION,
     E_DRIPFEED,
@@ -39,11 +41,13 @@ from app.simulator.state import (
     E_NOT_CANCELABLE,
     E_NOT_REFILLABLE,
     E_ORDER,
+    E_PROCESSING,
     E_QUANTITY_MISSING,
     E_REFILL,
     E_RUNS_REQUIRED,
     E_SERVICE,
     E_SERVICE_MISSING,
+    SMARTPANEL_HIDDEN_STATUSES,
     Dialect,
     Order,
     SimConfig,
@@ -140,7 +144,7 @@ async def read_params(request: Request, dialect: Dialect) -> dict[str, str]:
 _SMARTPANEL_TEXT = {
     E_KEY: "API is Disable for this user or User Not Found! Contact the Support",
     E_ACTION: "This action is Invalid",
-    E_SERVICE_MISSING: "There are missing required parameters. Please check your API manual",
+    E_SERVICE_MISSING: "There are missing required parameters. Please check your API Manual",
     E_SERVICE: "Service ID does not exists",
     E_LINK: "Bad Link",
     E_QUANTITY_MISSING: "Quantity is required",
@@ -151,25 +155,27 @@ _SMARTPANEL_TEXT = {
     E_RUNS_REQUIRED: "Runs is required",
     E_MISSING: "{} field is required",
     E_INVALID: "Invalid {}",
-    E_FUNDS: contract.NOT_ENOUGH_FUNDS,
-    E_ORDER: contract.INCORRECT_ORDER,
+    E_FUNDS: "Not enough funds on balance",
+    E_ORDER: "Incorrect order ID",
+    E_PROCESSING: "There was an error processing your request. Please try again later",
 }
 _STANDARD_TEXT = {
-    E_KEY: contract.INVALID_KEY,
-    E_ACTION: contract.INCORRECT_REQUEST,
-    E_SERVICE_MISSING: contract.INCORRECT_SERVICE,
-    E_SERVICE: contract.INCORRECT_SERVICE,
-    E_LINK: contract.BAD_LINK,
-    E_QUANTITY_MISSING: contract.missing_parameter("quantity"),
+    E_KEY: words.STD_INVALID_KEY,
+    E_ACTION: words.STD_INCORRECT_REQUEST,
+    E_SERVICE_MISSING: words.STD_INCORRECT_SERVICE,
+    E_SERVICE: words.STD_INCORRECT_SERVICE,
+    E_LINK: words.STD_BAD_LINK,
+    E_QUANTITY_MISSING: words.std_missing("quantity"),
     E_DRIPFEED: "Drip-feed is not available for this service",
-    E_INTERVAL_REQUIRED: contract.missing_parameter("interval"),
-    E_RUNS_REQUIRED: contract.missing_parameter("runs"),
+    E_INTERVAL_REQUIRED: words.std_missing("interval"),
+    E_RUNS_REQUIRED: words.std_missing("runs"),
     E_INVALID: "Invalid parameter: {}",
-    E_FUNDS: contract.NOT_ENOUGH_FUNDS,
-    E_ORDER: contract.INCORRECT_ORDER,
-    E_REFILL: contract.INCORRECT_REFILL,
-    E_NOT_REFILLABLE: contract.NOT_REFILLABLE,
+    E_FUNDS: words.STD_NOT_ENOUGH_FUNDS,
+    E_ORDER: words.STD_INCORRECT_ORDER,
+    E_REFILL: words.STD_INCORRECT_REFILL,
+    E_NOT_REFILLABLE: words.STD_NOT_REFILLABLE,
     E_NOT_CANCELABLE: "Order not eligible for cancel",
+    E_PROCESSING: "Internal error, try again later",
 }
 
 
@@ -181,12 +187,12 @@ def error_text(dialect: Dialect, err: SimError) -> str:
         return _SMARTPANEL_TEXT.get(err.code, "This action is Invalid").format(arg)
     number = err.arg if isinstance(err.arg, int) else 0
     if err.code == E_MIN:
-        return contract.quantity_too_low(number)
+        return words.std_quantity_low(number)
     if err.code == E_MAX:
-        return contract.quantity_too_high(number)
+        return words.std_quantity_high(number)
     if err.code == E_MISSING:
-        return contract.missing_parameter(str(err.arg))
-    return _STANDARD_TEXT.get(err.code, contract.INCORRECT_REQUEST).format(err.arg)
+        return words.std_missing(str(err.arg))
+    return _STANDARD_TEXT.get(err.code, words.STD_INCORRECT_REQUEST).format(err.arg)
 
 
 def error_payload(dialect: Dialect, err: SimError) -> JsonValue:
@@ -197,29 +203,40 @@ def error_payload(dialect: Dialect, err: SimError) -> JsonValue:
 
 # ----- replies -----------------------------------------------------------------------------------
 
+SESSION_COOKIE = "ci_session"
 _CONTENT_TYPE = {"smartpanel": "text/html; charset=utf-8", "standard": "application/json"}
 
 
 def reply(dialect: Dialect, payload: Payload, status_code: int = 200) -> Response:
     body = b""
     if payload is not None:
-        text = json.dumps(payload, separators=(",", ":"))  # \u-escapes non-ASCII, as PHP does
         if dialect == "smartpanel":
-            text = text.replace("/", "\\/")  # PHP's json_encode escapes slashes
+            # json_encode($data, JSON_PRETTY_PRINT): four spaces, "\/" for "/", \u-escapes;
+            # the one reply built elsewhere in its code (the interval error) is compact.
+            compact = isinstance(payload, dict) and payload.get("status") == "error"
+            text = json.dumps(payload, separators=(",", ":")) if compact else json.dumps(
+                payload, indent=4)
+            text = text.replace("/", "\\/")
+        else:
+            text = json.dumps(payload, separators=(",", ":"))
         body = text.encode()
-    return Response(body, status_code=status_code, media_type=_CONTENT_TYPE[dialect])
+    response = Response(body, status_code=status_code, media_type=_CONTENT_TYPE[dialect])
+    if dialect == "smartpanel":  # CodeIgniter's CSRF cookie, on every reply
+        response.set_cookie("csrfToken", secrets.token_hex(16), path="/", samesite="lax")
+    return response
 
 
 def service_payload(service: Service, dialect: Dialect) -> dict[str, object]:
     if dialect == "smartpanel":
+        rate = service.rate_micros
         return {
             "service": str(service.id),
             "name": service.name,
             "category": service.category,
-            "rate": render(service.rate_micros, 4),
+            "rate": unpadded(rate) if service.user_rate else padded(rate, 4),
             "min": str(service.min),
             "max": str(service.max),
-            "type": contract.smartpanel_type(service.type),
+            "type": words.smartpanel_type(service.type),
             "desc": service.desc,
             "dripfeed": "1" if service.dripfeed else "0",
         }
@@ -228,7 +245,7 @@ def service_payload(service: Service, dialect: Dialect) -> dict[str, object]:
         "name": service.name,
         "type": service.type,
         "category": service.category,
-        "rate": render(service.rate_micros, 2),
+        "rate": padded(service.rate_micros, 2),
         "min": str(service.min),
         "max": str(service.max),
         "refill": service.refill,
@@ -240,28 +257,34 @@ def service_payload(service: Service, dialect: Dialect) -> dict[str, object]:
     return item
 
 
+def shown_status(status: str) -> str:
+    """Internal statuses the API never prints: SmartPanel answers them as Pending."""
+    return words.PENDING if status in SMARTPANEL_HIDDEN_STATUSES else status
+
+
 def status_payload(sim: Simulator, dialect: Dialect, order: Order) -> dict[str, object]:
     view = sim.view(order)
+    status = shown_status(view.status)
     if dialect == "smartpanel":
         children = [str(i) for i in view.children]  # MySQL ids come back as strings
         if view.kind == "dripfeed":
-            return {"status": view.status, "runs": str(view.runs), "orders": children}
-        if view.kind == "subscription":
-            return {"status": view.status, "expiry": view.expiry_active, "posts": view.posts,
-                    "orders": children}
+            return {"status": status, "runs": str(view.runs), "orders": children}
+        if order.service.type == words.SUBSCRIPTIONS:
+            # Stored as a plain order (no subscription branch), shown in the subscription shape.
+            return {"status": status, "expiry": False, "posts": None, "orders": []}
         return {
             "order": str(view.id),
-            "status": view.status,
-            "charge": render(view.charge, 4),
+            "status": status,
+            "charge": padded(view.charge, 4),
             "start_count": None if view.start_count is None else str(view.start_count),
             "remains": f"+{view.over}" if view.over else str(view.remains),
-            "currency": sim.config.currency,
+            "currency": "USD",  # SmartPanel prints USD whatever the panel's currency
         }
     return {
         "order": str(view.id),
-        "charge": render(view.charge, 4),
+        "charge": padded(view.charge, 4),
         "start_count": str(view.start_count or 0),
-        "status": view.status,
+        "status": status,
         "remains": str(view.remains),
         "currency": sim.config.currency,
     }
@@ -279,12 +302,13 @@ def _id_value(piece: str) -> int | str:
 
 
 def do_services(sim: Simulator, dialect: Dialect, params: Mapping[str, str]) -> Outcome:
-    return [service_payload(s, dialect) for s in CATALOG], False
+    return [service_payload(s, dialect) for s in sim.listed_services()], False
 
 
 def do_balance(sim: Simulator, dialect: Dialect, params: Mapping[str, str]) -> Outcome:
-    decimals = 4 if dialect == "smartpanel" else 2
-    return {"status": "success", "balance": render(sim.balance, decimals),
+    if dialect == "smartpanel":
+        return {"status": "success", "balance": padded(sim.balance, 4), "currency": "USD"}, False
+    return {"status": "success", "balance": padded(sim.balance, 2),
             "currency": sim.config.currency}, False
 
 
@@ -308,9 +332,9 @@ def do_status(sim: Simulator, dialect: Dialect, params: Mapping[str, str]) -> Ou
             if order is not None:
                 result[key] = status_payload(sim, dialect, order)
             elif dialect == "smartpanel":
-                result[key] = contract.INCORRECT_ORDER
+                result[key] = "Incorrect order ID"
             else:
-                result[key] = {"error": contract.INCORRECT_ORDER}
+                result[key] = {"error": words.STD_INCORRECT_ORDER}
         return result, False
     if dialect == "smartpanel":
         return None, False  # SmartPanel echoes nothing at all
@@ -497,6 +521,9 @@ async def panel_api(request: Request) -> Response:
     except SimError as err:
         payload, hang = error_payload(dialect, err), False
     response = reply(dialect, payload)
+    if dialect == "smartpanel" and SESSION_COOKIE not in request.cookies:
+        sim.sessions += 1  # a row in the panel's session table, for every cookie-less call
+        response.set_cookie(SESSION_COOKIE, secrets.token_hex(20), path="/", httponly=True)
     # Both faults below come after the action was performed: an `add` has created its order.
     if hang or fault == "timeout_after_accept":
         return HangResponse(response, sim.hang_seconds)
@@ -542,13 +569,31 @@ async def set_balance(request: Request) -> Response:
     try:
         body = await request.json()
         value = body.get("balance") if isinstance(body, dict) else None
-        micros = parse_micros(str(value) if isinstance(value, float) else value)
-        if micros < 0:
-            raise MoneyError("negative")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise TypeError("not a number")
+        micros = to_micros(str(value))
     except (ValueError, TypeError) as exc:
         return JSONResponse({"error": f"balance must be a decimal amount: {exc}"}, 400)
     sim.balance = micros
-    return JSONResponse({"balance": render(sim.balance, 4)})
+    return JSONResponse({"balance": padded(sim.balance, 4)})
+
+
+async def get_catalog(request: Request) -> Response:
+    sim: Simulator = request.app.state.sim
+    return JSONResponse({str(s.id): dataclasses.asdict(s) for s in sim.catalog.values()})
+
+
+async def edit_catalog(request: Request) -> Response:
+    """JSON {"<id>": {field: value, …} | null}: change, add or delist services at run time."""
+    sim: Simulator = request.app.state.sim
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError('the body must be a JSON object {"<id>": {fields} | null}')
+        sim.edit_catalog(body)
+    except (ValueError, TypeError) as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return await get_catalog(request)
 
 
 def create_simulator_app(config: SimConfig,
@@ -567,5 +612,7 @@ def create_simulator_app(config: SimConfig,
     app.add_route("/_sim/reset-stats", reset_stats, methods=["POST"])
     app.add_route("/_sim/orders", list_orders, methods=["GET"])
     app.add_route("/_sim/balance", set_balance, methods=["POST"])
+    app.add_route("/_sim/catalog", get_catalog, methods=["GET"])
+    app.add_route("/_sim/catalog", edit_catalog, methods=["POST"])
     _quiet_drop_logs()
     return app

@@ -4,10 +4,10 @@ Deterministic on purpose (tests and demos name services by id). Ids are stable a
 contiguous, like a real panel's after years of adding and deleting services.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
-from app.contract import SERVICE_TYPES
-from app.money import parse_micros
+from app.simulator.amounts import to_micros
+from app.simulator.words import DEFAULT, SERVICE_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,10 +23,14 @@ class Service:
     cancel: bool = False
     dripfeed: bool = False  # only ever true on Default services
     desc: str | None = None
+    # False: in a disabled category, so missing from `services` yet orderable by id (SmartPanel).
+    listed: bool = True
+    # A per-user rate (SmartPanel keeps them in a DOUBLE column): printed unpadded, "0.045".
+    user_rate: bool = False
 
     @property
     def rate_micros(self) -> int:
-        return parse_micros(self.rate)
+        return to_micros(self.rate)
 
 
 _IG_FOLLOWERS = "Instagram - Followers [Guaranteed/Refill] - Less Drops \u2b50"
@@ -37,14 +41,14 @@ CATALOG: tuple[Service, ...] = (
             refill=True, dripfeed=True,
             desc="Start: 0-1 hours\nSpeed: 15K/day\nRefill: 30 days"),
     Service(9, "Instagram Followers - Max 300k - No refill - 30-40k/Day", "Default",
-            _IG_FOLLOWERS, "0.0450", 500, 300_000, cancel=True, dripfeed=True),
+            _IG_FOLLOWERS, "0.0450", 500, 300_000, cancel=True, dripfeed=True, user_rate=True),
     Service(10, "Instagram Followers ( 30 days auto refill ) ( Max 350K ) (Indian Majority )",
             "Default", _IG_FOLLOWERS, "1.2000", 100, 350_000, refill=True, cancel=True),
     Service(14, "Instagram Likes [Real] [Max 50K] [Instant]", "Default", "Instagram - Likes",
             "0.1800", 50, 50_000, cancel=True, dripfeed=True,
             desc="Link: post URL\nNo refill, no drop guarantee"),
     Service(17, "Instagram Reels Views [Max 10M] [Instant]", "Default", "Instagram - Views",
-            "0.0045", 100, 10_000_000, dripfeed=True),
+            "0.0045", 100, 10_000_000, dripfeed=True, user_rate=True),
     Service(23, "TikTok Followers [Max 100K] [R30]", "Default", "TikTok - Followers",
             "2.3400", 100, 100_000, refill=True, desc="30 days refill button"),
     Service(24, "TikTok Views [Max 100M] [Speed 1M/Day]", "Default", "TikTok - Views",
@@ -110,6 +114,9 @@ CATALOG: tuple[Service, ...] = (
             "Instagram - Auto Likes", "0.2000", 100, 5000),
     Service(192, "TikTok Auto Views [Subscription]", "Subscriptions", "TikTok - Auto Views",
             "0.0300", 500, 100_000),
+    # In a category the panel's owner disabled: not listed, still orderable by its id.
+    Service(199, "Instagram Story Views [Old Category]", "Default", "Instagram - Story Views",
+            "0.0900", 100, 50_000, listed=False),
 )
 
 SERVICES: dict[int, Service] = {s.id: s for s in CATALOG}
@@ -117,12 +124,28 @@ SERVICES: dict[int, Service] = {s.id: s for s in CATALOG}
 # Guard the promises made to tests at import time rather than in every caller.
 assert len(SERVICES) == len(CATALOG)
 assert {s.type for s in CATALOG} == set(SERVICE_TYPES)
-assert all(s.type == "Default" or not s.dripfeed for s in CATALOG)
+assert all(s.type == DEFAULT or not s.dripfeed for s in CATALOG)
+
+_FIELDS = {f.name for f in fields(Service)}
 
 
-def find_service(raw: str) -> Service | None:
-    """The service named by a request parameter ("5", " 5"), or None."""
-    raw = raw.strip()
-    if not raw.isdigit():
-        return None
-    return SERVICES.get(int(raw))
+def edited(service_id: int, changes: dict[str, object], base: Service | None) -> Service:
+    """A service with `changes` applied (a new one when there is no `base`); ValueError when
+    a field is unknown or a value unusable: the catalog of a test must be what it says."""
+    unknown = set(changes) - _FIELDS - {"id"}
+    if unknown:
+        raise ValueError(f"unknown service fields: {', '.join(sorted(unknown))}")
+    if base is None:
+        missing = {"name", "type", "category", "rate", "min", "max"} - set(changes)
+        if missing:
+            raise ValueError(f"a new service needs: {', '.join(sorted(missing))}")
+        base = Service(service_id, "", DEFAULT, "", "0", 0, 0)
+    service = replace(base, **{k: v for k, v in changes.items() if k != "id"})  # type: ignore[arg-type]
+    if service.type not in SERVICE_TYPES:
+        raise ValueError(f"unknown service type {service.type!r}")
+    if not isinstance(service.min, int) or not isinstance(service.max, int):
+        raise ValueError("min and max must be integers")
+    if not isinstance(service.rate, str):
+        raise ValueError("rate must be a decimal string, as the panel stores it")
+    to_micros(service.rate)  # raises ValueError for an unusable rate
+    return service

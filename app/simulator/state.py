@@ -7,6 +7,7 @@ All mutations are synchronous, so two requests on the event loop never interleav
 """
 
 import heapq
+import json
 import random
 import re
 from collections import Counter
@@ -15,9 +16,20 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Literal
 
-from app import contract
-from app.money import charge_for, render
-from app.simulator.catalog import Service, find_service
+from app.simulator.amounts import charge, padded
+from app.simulator.catalog import CATALOG, Service, edited
+from app.simulator.words import (
+    ACTIVE,
+    CANCELED,
+    COMPLETED,
+    CUSTOM_COMMENTS,
+    FLAT_RATE_TYPES,
+    IN_PROGRESS,
+    PACKAGE,
+    PARTIAL,
+    PENDING,
+    SUBSCRIPTIONS,
+)
 
 Dialect = Literal["smartpanel", "standard"]
 Kind = Literal["plain", "dripfeed", "subscription"]
@@ -30,7 +42,13 @@ SMARTPANEL_INTERVALS = frozenset({0, 5, 10, 15, 30, 60, 90})
 STANDARD_DELAYS = frozenset({0, 5, 10, 15, 30, 60, 90, 120, 150, 180, 210, 240, 270, 300, 360,
                              420, 480, 540, 600})
 
-# Types whose quantity is the number of lines of one parameter.
+# SmartPanel's link column is varchar(191) with strict SQL mode off: longer links are cut.
+SMARTPANEL_LINK_LENGTH = 191
+# Internal statuses SmartPanel shows its API users as Pending (its provider refused, or the
+# order waits for one): set by the link marker sim:error, and the order then never moves.
+SMARTPANEL_HIDDEN_STATUSES = ("error", "fail", "awaiting")
+
+# Standard family: types whose quantity is the number of lines of one parameter.
 LINE_FIELDS = {
     "Custom Comments": "comments",
     "Custom Comments Package": "comments",
@@ -86,6 +104,7 @@ E_DRIPFEED = "dripfeed"
 E_INTERVAL_REQUIRED = "interval_required"
 E_RUNS_REQUIRED = "runs_required"
 E_INTERVAL = "interval"
+E_PROCESSING = "processing"  # SmartPanel's catch-all "There was an error processing …"
 E_MISSING = "missing"  # arg: parameter name
 E_INVALID = "invalid"  # arg: parameter name
 E_FUNDS = "funds"
@@ -101,10 +120,14 @@ def php_int(raw: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def count_lines(text: str, dialect: Dialect) -> int:
-    if dialect == "smartpanel":
-        # SmartPanel's own split: a literal " | " inside a comment splits it too, blanks count.
-        return len(text.replace("\r\n", " | ").replace("\n", " | ").split(" | "))
+def smartpanel_comments(text: str) -> list[str]:
+    """SmartPanel's own split: newlines become " | ", then it splits on " | ", so a literal
+    " | " inside a comment splits it too, and blank lines count."""
+    return text.replace("\r\n", "\n").replace("\n", " | ").split(" | ")
+
+
+def count_lines(text: str) -> int:
+    """The standard family's count: non-blank lines."""
     return sum(1 for line in re.split(r"\r?\n", text) if line.strip())
 
 
@@ -135,6 +158,8 @@ class Order:
     settled: bool = False
     remains_final: int = 0
     initial_charge: int = 0
+    stored: dict[str, str] = field(default_factory=dict)  # what the panel kept of the params
+    stuck: str | None = None  # an internal status that never moves on (SmartPanel: "error")
 
 
 @dataclass(frozen=True)
@@ -179,6 +204,8 @@ class Simulator:
         self._next_id = 100_000 + self._rng.randrange(1_000, 90_000)
         self._next_refill = 5_000 + self._rng.randrange(100, 900)
         self._due: list[tuple[float, int]] = []
+        self.catalog: dict[int, Service] = {s.id: s for s in CATALOG}
+        self.sessions = 0  # SmartPanel makes a session row for every call without its cookie
         self.set_faults(config.faults)
 
     # ----- clock -----------------------------------------------------------------------------
@@ -222,7 +249,8 @@ class Simulator:
         self.calls[action or "none"] += 1
 
     def stats(self) -> dict[str, object]:
-        return {"calls": dict(self.calls), "total": sum(self.calls.values())}
+        return {"calls": dict(self.calls), "total": sum(self.calls.values()),
+                "sessions": self.sessions}
 
     # ----- ids -----------------------------------------------------------------------------------
 
@@ -238,17 +266,77 @@ class Simulator:
 
     # ----- add ------------------------------------------------------------------------------------
 
+    def find_service(self, raw: str) -> Service | None:
+        """The service a request parameter names ("5", " 5"), listed or not, or None."""
+        raw = raw.strip()
+        return self.catalog.get(int(raw)) if raw.isascii() and raw.isdigit() else None
+
+    def listed_services(self) -> list[Service]:
+        return [s for s in self.catalog.values() if s.listed]
+
+    def edit_catalog(self, changes: Mapping[str, object]) -> None:
+        """{"<id>": {field: value, …} | null}: add or change services, or delist them (null).
+        All or nothing: one bad entry changes no service. Live orders keep what they were
+        placed under, as on a real panel."""
+        catalog = dict(self.catalog)
+        for raw_id, fields in changes.items():
+            if not raw_id.isascii() or not raw_id.isdigit():
+                raise ValueError(f"service ids are whole numbers: {raw_id!r}")
+            service_id = int(raw_id)
+            if fields is None:
+                catalog.pop(service_id, None)
+            elif isinstance(fields, dict):
+                catalog[service_id] = edited(service_id, fields, catalog.get(service_id))
+            else:
+                raise ValueError(f"service {raw_id}: give an object of fields, or null")
+        self.catalog = catalog
+
     def add(self, params: Mapping[str, str], dialect: Dialect) -> Order:
         """Validate, charge and record one order, or raise SimError without changing anything."""
         raw_service = params.get("service", "")
         if not raw_service.strip():
             raise SimError(E_SERVICE_MISSING)
-        service = find_service(raw_service)
+        service = self.find_service(raw_service)
         if service is None:
             raise SimError(E_SERVICE)
-        if service.type == "Subscriptions":
-            return self._add_subscription(service, params, dialect)
+        if dialect == "smartpanel":
+            return self._add_smartpanel(service, params)
+        if service.type == SUBSCRIPTIONS:
+            return self._add_subscription(service, params)
+        return self._add_standard(service, params)
 
+    def _add_smartpanel(self, service: Service, params: Mapping[str, str]) -> Order:
+        """SmartPanel 4.0's `add`, as its code does it: `custom_comments` has a branch of its
+        own; every other type (packages, the list types and subscriptions included) goes through
+        the default branch, which needs `link` and `quantity`, checks a drip-feed order's total
+        against the bounds and stores a plain order."""
+        link = params.get("link", "")
+        if link == "":
+            raise SimError(E_LINK)
+        stored = {"link": link[:SMARTPANEL_LINK_LENGTH]}
+        runs: int | None = None
+        if service.type == CUSTOM_COMMENTS:
+            text = params.get("comments", "")
+            if text.strip() == "":
+                raise SimError(E_MISSING, "comments")
+            comments = smartpanel_comments(text)
+            quantity = len(comments)
+            stored["comments"] = json.dumps(comments)
+        else:
+            runs = self._dripfeed_runs(service, params, "smartpanel")
+            if params.get("quantity", "").strip() == "":
+                raise SimError(E_QUANTITY_MISSING)
+            quantity = php_int(params["quantity"])
+        stored["quantity"] = str(quantity)
+        total = quantity * (runs or 1)
+        if quantity <= 0 or total < service.min or (runs is not None and runs < 1):
+            raise SimError(E_MIN, service.min)
+        if total > service.max:
+            raise SimError(E_MAX, service.max)
+        return self._create(service, params, stored, quantity, runs)
+
+    def _add_standard(self, service: Service, params: Mapping[str, str]) -> Order:
+        """The standard family: each type's own parameters, bounds on each run's quantity."""
         link = params.get("link", "")
         runs: int | None = None
         if service.type in LINE_FIELDS:
@@ -256,40 +344,45 @@ class Simulator:
             text = params.get(name, "")
             if not text.strip():
                 raise SimError(E_MISSING, name)
-            quantity = count_lines(text, dialect)
-        elif service.type == "Package":
+            quantity = count_lines(text)
+        elif service.type == PACKAGE:
             quantity = 1  # a package is one unit whatever `quantity` says
         else:
-            runs = self._dripfeed_runs(service, params, dialect)
+            runs = self._dripfeed_runs(service, params, "standard")
             if params.get("quantity", "").strip() == "":
                 raise SimError(E_QUANTITY_MISSING)
             quantity = php_int(params["quantity"])
-        if (link.strip() if dialect == "standard" else link) == "":
+        if link.strip() == "":
             raise SimError(E_LINK)
-        if dialect == "standard":
-            for name in EXTRA_REQUIRED.get(service.type, ()):
-                if not params.get(name, "").strip():
-                    raise SimError(E_MISSING, name)
-        if service.type != "Package":
-            # Drip-feed bounds apply to each run's quantity.
+        for name in EXTRA_REQUIRED.get(service.type, ()):
+            if not params.get(name, "").strip():
+                raise SimError(E_MISSING, name)
+        if service.type != PACKAGE:
             if quantity <= 0 or quantity < service.min or (runs is not None and runs < 1):
                 raise SimError(E_MIN, service.min)
             if quantity > service.max:
                 raise SimError(E_MAX, service.max)
+        return self._create(service, params, dict(params), quantity, runs)
 
+    def _create(self, service: Service, params: Mapping[str, str], stored: dict[str, str],
+                quantity: int, runs: int | None) -> Order:
         units = quantity * (runs or 1)
-        if service.type in contract.PACKAGE_TYPES:
-            charge = service.rate_micros
-        else:
-            charge = charge_for(service.rate_micros, units)
+        amount = (service.rate_micros if service.type in FLAT_RATE_TYPES
+                  else charge(service.rate_micros, units))
+        link = params.get("link", "")
         fate, hang = self._fate(link)
-        self._debit(charge)
+        self._debit(amount)
         now = self.now()
         if runs is not None:
-            return self._create_dripfeed(service, params, quantity, runs, charge, fate, hang, now)
-        order = self._new_order(service, dict(params), "plain", units, charge, now, fate)
-        order.hang = hang
-        return self._record(order)
+            order = self._create_dripfeed(service, params, quantity, runs, amount, fate, hang, now)
+        else:
+            order = self._new_order(service, dict(params), "plain", units, amount, now, fate)
+            order.hang = hang
+            if "sim:error" in link:  # the panel's provider refused: shown Pending, for good
+                order.stuck = SMARTPANEL_HIDDEN_STATUSES[0]
+            self._record(order)
+        order.stored = stored
+        return order
 
     def _dripfeed_runs(self, service: Service, params: Mapping[str, str],
                        dialect: Dialect) -> int | None:
@@ -311,9 +404,9 @@ class Simulator:
             raise SimError(E_INVALID, "interval")
         return php_int(runs_raw)  # below 1: refused later as a quantity below the minimum
 
-    def _add_subscription(self, service: Service, params: Mapping[str, str],
-                          dialect: Dialect) -> Order:
-        """Subscriptions charge up front for `max` units per post, `posts` posts (default 1)."""
+    def _add_subscription(self, service: Service, params: Mapping[str, str]) -> Order:
+        """The standard family's subscriptions (SmartPanel has none): charged up front for
+        `max` units per post, `posts` posts (default 1); `old_posts` is not charged."""
         username = params.get("username", "")
         if not username.strip():
             raise SimError(E_MISSING, "username")
@@ -327,8 +420,7 @@ class Simulator:
             raise SimError(E_MAX, service.max)
         if high < low:
             raise SimError(E_INVALID, "max")
-        delays = SMARTPANEL_INTERVALS if dialect == "smartpanel" else STANDARD_DELAYS
-        if php_int(params["delay"]) not in delays:
+        if php_int(params["delay"]) not in STANDARD_DELAYS:
             raise SimError(E_INVALID, "delay")
         posts_raw = params.get("posts", "").strip()
         posts = php_int(posts_raw) if posts_raw else 1
@@ -341,20 +433,20 @@ class Simulator:
             except ValueError:
                 raise SimError(E_INVALID, "expiry") from None
 
-        charge = charge_for(service.rate_micros, high * posts)
+        amount = charge(service.rate_micros, high * posts)
         fate, hang = self._fate(f"{username} {params.get('link', '')}")  # markers: either
-        self._debit(charge)
+        self._debit(amount)
         now = self.now()
-        parent = self._new_order(service, dict(params), "subscription", high * posts, charge,
+        parent = self._new_order(service, dict(params), "subscription", high * posts, amount,
                                  now, fate)
         parent.hang, parent.expiry, parent.posts = hang, expiry, posts_raw or None
-        shares = split_charge(charge, posts)
-        delivered = {contract.COMPLETED: posts, contract.PARTIAL: posts // 2}.get(fate, 0)
+        shares = split_charge(amount, posts)
+        delivered = {COMPLETED: posts, PARTIAL: posts // 2}.get(fate, 0)
         for k in range(delivered):  # one child order per new post, one tick apart
             child = self._new_order(service, {}, "plain", high, shares[k],
-                                    self._at(now, k + 1), contract.COMPLETED)
+                                    self._at(now, k + 1), COMPLETED)
             self._adopt(parent, child)
-        parent.charge = charge - sum(shares[:delivered])  # held for posts that never come
+        parent.charge = amount - sum(shares[:delivered])  # held for posts that never come
         parent.due_at = max([c.due_at for c in parent.children], default=self._at(now, 2))
         return self._record(parent)
 
@@ -371,16 +463,16 @@ class Simulator:
     def _fate(self, marked: str) -> tuple[str, bool]:
         """Random by seed, unless the link names one; drawn always so markers don't shift it."""
         draw = self._rng.random()
-        fate = (contract.COMPLETED if draw < 0.80 else
-                contract.PARTIAL if draw < 0.92 else contract.CANCELED)
+        fate = (COMPLETED if draw < 0.80 else
+                PARTIAL if draw < 0.92 else CANCELED)
         if "sim:reject" in marked:
             raise SimError(E_SERVICE)  # the panel's usual refusal of an order it won't take
         if "sim:cancel" in marked:
-            fate = contract.CANCELED
+            fate = CANCELED
         elif "sim:partial" in marked:
-            fate = contract.PARTIAL
+            fate = PARTIAL
         elif "sim:complete" in marked:
-            fate = contract.COMPLETED
+            fate = COMPLETED
         return fate, "sim:timeout" in marked
 
     def _debit(self, charge: int) -> None:
@@ -391,7 +483,7 @@ class Simulator:
     def _new_order(self, service: Service, params: dict[str, str], kind: Kind, quantity: int,
                    charge: int, created: float, fate: str) -> Order:
         over = 0
-        if fate == contract.COMPLETED and kind == "plain" and self._rng.random() < 0.25:
+        if fate == COMPLETED and kind == "plain" and self._rng.random() < 0.25:
             over = max(1, quantity * self._rng.randint(1, 5) // 100)
         order = Order(
             id=self._new_id(), service=service, params=params, kind=kind,
@@ -419,7 +511,8 @@ class Simulator:
         now = self.now()
         while self._due and self._due[0][0] <= now:
             _, order_id = heapq.heappop(self._due)
-            self._settle(self.orders[order_id])
+            if self.orders[order_id].stuck is None:
+                self._settle(self.orders[order_id])
 
     def _settle(self, order: Order) -> None:
         if order.settled:
@@ -435,10 +528,10 @@ class Simulator:
         order.settled = True
 
     def _final_remains_and_refund(self, order: Order) -> tuple[int, int]:
-        if order.fate == contract.CANCELED:
+        if order.fate == CANCELED:
             return order.quantity, order.charge
-        if order.fate == contract.PARTIAL:
-            if order.service.type == "Package":
+        if order.fate == PARTIAL:
+            if order.service.type in FLAT_RATE_TYPES:
                 return 0, order.charge // 2
             remains = order.quantity // 2
             return remains, order.charge * remains // order.quantity
@@ -446,24 +539,26 @@ class Simulator:
 
     def cancel_now(self, order: Order) -> None:
         """A granted cancel (standard dialect): Canceled at once, everything refunded."""
-        order.fate, order.over = contract.CANCELED, 0
+        order.fate, order.over = CANCELED, 0
         self._settle(order)
 
     def view(self, order: Order) -> OrderView:
         now = self.now()
-        if not order.settled and now >= order.due_at:
+        if not order.settled and order.stuck is None and now >= order.due_at:
             self._settle(order)
         started = now >= self._at(order.created, 1)
         visible = tuple(c.id for c in order.children if c.created <= now)
-        charge = order.charge + sum(c.charge for c in order.children)
-        if order.settled:
+        held = order.charge + sum(c.charge for c in order.children)
+        if order.stuck is not None:
+            status = order.stuck
+        elif order.settled:
             status = order.fate
         elif order.kind == "dripfeed":
-            status = contract.IN_PROGRESS  # SmartPanel starts drip-feed parents in progress
+            status = IN_PROGRESS  # SmartPanel starts drip-feed parents in progress
         elif not started:
-            status = contract.PENDING
+            status = PENDING
         else:
-            status = contract.ACTIVE if order.kind == "subscription" else contract.IN_PROGRESS
+            status = ACTIVE if order.kind == "subscription" else IN_PROGRESS
         if order.kind == "plain":
             start_count = order.start_count if started or order.settled else None
             remains = (order.remains_final if order.settled
@@ -476,9 +571,9 @@ class Simulator:
                 remains = 0
         expiry_active = order.expiry is not None and order.expiry >= date.today()
         return OrderView(
-            id=order.id, kind=order.kind, status=status, charge=charge,
+            id=order.id, kind=order.kind, status=status, charge=held,
             start_count=start_count, remains=remains,
-            over=order.over if status == contract.COMPLETED else 0,
+            over=order.over if status == COMPLETED else 0,
             runs=order.runs, posts=order.posts, expiry_active=expiry_active, children=visible,
         )
 
@@ -490,7 +585,7 @@ class Simulator:
             raise SimError(E_ORDER)
         view = self.view(order)
         if (not order.service.refill or order.kind != "plain"
-                or view.status not in (contract.COMPLETED, contract.PARTIAL)):
+                or view.status not in (COMPLETED, PARTIAL)):
             raise SimError(E_NOT_REFILLABLE)
         refill = Refill(id=self._next_refill, order_id=order.id, created=self.now())
         self._next_refill += self._rng.randint(1, 2)
@@ -504,15 +599,15 @@ class Simulator:
             raise SimError(E_REFILL)
         now = self.now()
         if now >= self._at(refill.created, 2):
-            return contract.COMPLETED
-        return contract.IN_PROGRESS if now >= self._at(refill.created, 1) else contract.PENDING
+            return COMPLETED
+        return IN_PROGRESS if now >= self._at(refill.created, 1) else PENDING
 
     def cancel(self, raw_id: str) -> None:
         order = self.find(raw_id)
         if order is None:
             raise SimError(E_ORDER)
         if order.kind != "plain" or not order.service.cancel or self.view(order).status in (
-                contract.COMPLETED, contract.PARTIAL, contract.CANCELED):
+                COMPLETED, PARTIAL, CANCELED):
             raise SimError(E_NOT_CANCELABLE)
         self.cancel_now(order)
 
@@ -531,8 +626,9 @@ class Simulator:
                 "type": order.service.type,
                 "kind": order.kind,
                 "params": order.params,
+                "stored": order.stored,
                 "quantity": order.quantity,
-                "charge": render(view.charge, 4),
+                "charge": padded(view.charge, 4),
                 "charge_micros": view.charge,
                 "initial_charge_micros": order.initial_charge,
                 "status": view.status,
