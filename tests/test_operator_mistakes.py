@@ -252,7 +252,7 @@ def unknown_order(
 
 
 async def test_a_typo_in_the_upstream_id_is_refused_unless_forced(
-    admin: httpx.AsyncClient, unknown_order: Any
+    admin: httpx.AsyncClient, sim_client: httpx.AsyncClient, unknown_order: Any
 ) -> None:
     lost, real = await unknown_order("typo")
     held = await balance(admin)
@@ -262,6 +262,14 @@ async def test_a_typo_in_the_upstream_id_is_refused_unless_forced(
     assert "the upstream does not know it" in message and "force" in message
     assert (await ok(await admin.get(f"/admin/orders/{lost}")))["state"] == "unknown"
     assert await balance(admin) == held
+
+    # The upstream down: it cannot confirm the id, so that is refused too (unless forced).
+    await ok(await sim_client.post("/_sim/faults", json={"error5xx": 1.0}))
+    down = await admin.post(f"/admin/orders/{lost}/resolve", json={"upstream_order_id": real})
+    message = await refused(down, 400)
+    assert f"upstream order {real} (no answer)" in message and "no usable answer" in message
+    await ok(await sim_client.post("/_sim/faults", json={}))
+    assert (await ok(await admin.get(f"/admin/orders/{lost}")))["state"] == "unknown"
 
     placed = await ok(
         await admin.post(f"/admin/orders/{lost}/resolve", json={"upstream_order_id": real})

@@ -51,6 +51,10 @@ class Resolution:
     correction_ref: str | None
 
 
+def _money_or_dash(micros: int | None) -> str:
+    return "-" if micros is None else render(micros)
+
+
 def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -107,11 +111,12 @@ async def check_upstream(
         )
         check = UpstreamCheck(upstream_order_id, False, None, None, cost, None, None, (why,), False)
     if check.mismatches and not force:
-        said = (
-            f"status {check.status}, charge {'-' if check.charge is None else render(check.charge)}"
-            if check.found
-            else "no such order"
-        )
+        if check.found:
+            said = f"status {check.status}, charge {_money_or_dash(check.charge)}"
+        elif isinstance(heard, Refused):
+            said = "no such order"
+        else:
+            said = "no answer"
         raise OperatorError(
             f"upstream order {upstream_order_id} ({said}) does not match order {order_id}: "
             + "; ".join(check.mismatches)
