@@ -623,7 +623,9 @@ def ledger_adjust(
 @ledger_app.command("history")
 def ledger_history(
     customer: CustomerArg,
-    limit: Annotated[int, typer.Option(min=1, help="How many entries, newest first.")] = 50,
+    limit: Annotated[
+        int, typer.Option(min=1, max=10_000, help="How many entries, newest first.")
+    ] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """A customer's ledger entries, newest first."""
@@ -841,7 +843,7 @@ def orders_list(
     customer: Annotated[
         str | None, typer.Option(metavar="C", help="Only this customer's (id or name).")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many, newest first.")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """Orders, newest first: state, status, upstream status, charge, last refresh."""
