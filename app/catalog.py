@@ -484,3 +484,14 @@ async def clear_price(db: Database, service_id: int, customer_id: int | None = N
         result = await conn.execute(_delete_rule(service_id, customer_id))
     if result.rowcount == 0:
         raise NotFound("no such price rule")
+
+
+async def personal_rules(db: Database, service_id: int) -> set[int]:
+    """The customers with a price rule of their own for this service."""
+    async with db.read() as conn:
+        rows = await conn.execute(
+            select(PriceRule.customer_id).where(
+                PriceRule.service_id == service_id, PriceRule.customer_id.is_not(None)
+            )
+        )
+        return {customer_id for (customer_id,) in rows}

@@ -3,7 +3,8 @@
 Every command that prints data takes `--json` (money as decimal strings, markups as percent
 strings). Exit codes: 0 done; 1 a bad value, or a request that cannot be carried out;
 2 invalid settings, or a wrong combination of options. A failure prints one line on stderr.
-Each database command migrates first, so a fresh SQLite file just works.
+Only `migrate`, `serve` and `demo` create or change the schema; every other database command
+refuses a database that is not at head (never migrated, or behind) with one line saying so.
 
 The JSON of each command is the model `app/admin/ops.py` returns for it, dumped with
 `model_dump(mode="json")`: the same bytes the admin API (`/admin/…`) answers for the same
@@ -26,20 +27,35 @@ from importlib.metadata import version as package_version
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from app import customers
 from app.admin import ops
-from app.admin.schemas import CustomerOut, EntryOut, OrderOut, ReportLineOut
+from app.admin.ops import MAX_ROW_ID
+from app.admin.schemas import (
+    CustomerCreate,
+    CustomerOut,
+    CustomerPatch,
+    EntryOut,
+    OrderOut,
+    Posting,
+    PriceRuleIn,
+    ReportLineOut,
+    ReportPeriod,
+    ResolutionOut,
+    ResolveIn,
+    ServiceRename,
+)
 from app.db import Database
 from app.errors import OperatorError
-from app.money import MoneyError, bp_to_percent, parse_micros, percent_to_bp
+from app.money import MoneyError, bp_to_percent, parse_micros
 from app.orders.placing import STATES, UNKNOWN
 from app.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 app = typer.Typer(
     name="smm-gateway",
@@ -92,8 +108,26 @@ OrderState = StrEnum("OrderState", {state: state for state in STATES})  # type: 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 CustomerArg = Annotated[str, typer.Argument(metavar="CUSTOMER", help="Customer id or exact name.")]
-ServiceArg = Annotated[int, typer.Argument(metavar="ID", help="Service id.")]
+
+
+def row_id(value: str | int) -> int:
+    """An id as the tables hold them: ASCII digits only ("٥" is not 5), 1 … 2**31 - 1."""
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 10 and 1 <= int(text) <= MAX_ROW_ID:
+        return int(text)
+    raise typer.BadParameter(f"{value!r} is not an id (1 to {MAX_ROW_ID}, ASCII digits)")
+
+
+ServiceArg = Annotated[int, typer.Argument(metavar="ID", help="Service id.", parser=row_id)]
 MemoOpt = Annotated[str | None, typer.Option("--memo", help="A note kept with the entry.")]
+RefOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ref", help="Your reference (a payment id): the same ref again credits nothing."
+    ),
+]
 
 
 # --- plumbing -----------------------------------------------------------------------------------
@@ -120,15 +154,24 @@ def _settings() -> Settings:
         return load_settings()
 
 
-async def _migrate(db: Database) -> None:
-    """Schema to head; an unreachable or unusable database is one line, not a traceback."""
+async def _prepare(db: Database, settings: Settings, migrate: bool) -> None:
+    """Schema to head (`migrate`), or make sure it is there already: a command pointed at the
+    wrong database (say PostgreSQL's `postgres`) must not quietly create tables in it. An
+    unreachable or unusable database is one line, not a traceback."""
     try:
-        await db.migrate()
+        if migrate:
+            await db.migrate()
+            return
+        problem = await db.schema_problem()
     except (OSError, DBAPIError) as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         raise OperatorError(
             f"database unavailable: {detail[0] if detail else type(exc).__name__}"
         ) from None
+    if problem is not None:
+        raise OperatorError(
+            f"database {_safe_url(settings.database_url)} {problem}: run `smm-gateway migrate`"
+        )
 
 
 UNRESOLVED_HINT = "smm-gateway orders list --state unknown"
@@ -139,16 +182,22 @@ def unresolved_warning(count: int) -> str:
     return f"WARNING: {count} order{'' if count == 1 else 's'} {verb} resolution: {UNRESOLVED_HINT}"
 
 
-def _run(work: Callable[[Database, Settings], Awaitable[T]], settings: Settings | None = None) -> T:
-    """Open and migrate the database, run `work`, close; known failures are one line.
-    Afterwards, a loud line on stderr while orders wait in `unknown` (DESIGN.md: an operator
-    must resolve them, and must not be able to miss them)."""
+def _run(
+    work: Callable[[Database, Settings], Awaitable[T]],
+    settings: Settings | None = None,
+    *,
+    migrate: bool = False,
+) -> T:
+    """Open the database (migrating it only when asked: `migrate`, `serve`), check its schema,
+    run `work`, close; known failures are one line. Afterwards, a loud line on stderr while
+    orders wait in `unknown` (DESIGN.md: an operator must resolve them, and must not be able
+    to miss them)."""
     settings = settings or _settings()
 
     async def go() -> T:
         db = Database(settings.database_url)
         try:
-            await _migrate(db)
+            await _prepare(db, settings, migrate)
             result = await work(db, settings)
             if unresolved := await ops.unresolved(db):
                 typer.echo(unresolved_warning(unresolved), err=True)
@@ -212,15 +261,17 @@ def _amount(text: str) -> int:
         fail(f"bad amount {text!r}: {str(exc).split(':')[0]}")
 
 
-def _markup(text: str, *, allow_negative: bool = False) -> int:
-    """'25' or '25%' → basis points; negative markups only where the caller allows them."""
+def _checked(model: type[M], options: dict[str, str], **values: Any) -> M:
+    """The operator's input, checked by the same model the admin API reads (one place for
+    every bound); a refusal is one line naming the option. `options` maps fields to the
+    command's own names for them (`amount` → `AMOUNT`, `markup_percent` → `--markup`)."""
     try:
-        bp = percent_to_bp(text.strip().removesuffix("%"))
-    except MoneyError:
-        fail(f"bad markup {text!r}: a percentage with at most 2 decimals, e.g. 25 or 12.5")
-    if bp < 0 and not allow_negative:
-        fail(f"bad markup {text!r}: must not be negative")
-    return bp
+        return model(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        message = error["msg"].removeprefix("Value error, ")
+        fail(f"bad {options.get(field, field.replace('_', '-') or 'input')}: {message}")
 
 
 def _short_when(moment: datetime | None) -> str:
@@ -238,7 +289,7 @@ def _markup_text(percent: str | None, settings: Settings) -> str:
 
 
 async def _nothing(db: Database, settings: Settings) -> None:
-    """For commands whose work is the migration `_run` does anyway."""
+    """For commands whose work is what `_run` does anyway (migrate, or check the schema)."""
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -260,7 +311,7 @@ def serve(
     from app.metrics import multiprocess_dir
 
     settings = _settings()
-    _run(_nothing, settings)  # settings valid, schema at head: before any worker starts
+    _run(_nothing, settings, migrate=True)  # settings valid, schema at head: before any worker
     configure_logging(settings)
     with multiprocess_dir(workers):
         uvicorn.run(
@@ -276,9 +327,9 @@ def serve(
 
 @app.command()
 def migrate(as_json: JsonFlag = False) -> None:
-    """Bring the database schema to head."""
+    """Bring the database schema to head (creating it in a new database)."""
     settings = _settings()
-    _run(_nothing, settings)
+    _run(_nothing, settings, migrate=True)
     url = _safe_url(settings.database_url)
     _emit(as_json, {"database": url, "migrated": True}, f"database at head: {url}")
 
@@ -384,10 +435,16 @@ def customers_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a customer with one API key; the key is printed once and never again."""
-    markup_bp = None if markup is None else _markup(markup)
+    body = _checked(
+        CustomerCreate,
+        {"name": "--name", "markup_percent": "--markup"},
+        name=name,
+        markup_percent=markup,
+        dialect=dialect.value if dialect else None,
+    )
     created = _run(
         lambda db, settings: ops.create_customer(
-            db, settings, name, markup_bp, dialect.value if dialect else None
+            db, settings, body.name, body.markup_bp, body.dialect
         )
     )
     markup_shown = "default" if created.markup_percent is None else f"{created.markup_percent}%"
@@ -480,18 +537,14 @@ def customers_set(
     """Change a customer's name, markup or dialect."""
     if markup is not None and default_markup:
         fail("give --markup or --default-markup, not both", 2)
-    changes: dict[str, Any] = {}
-    if name is not None:
-        changes["name"] = name
-    if dialect is not None:
-        changes["dialect"] = dialect.value
-    if markup is not None:
-        changes["markup_bp"] = _markup(markup)
-    if default_markup:
-        changes["markup_bp"] = None
-    if not changes:
+    given: dict[str, Any] = {"markup_percent": None} if default_markup else {}
+    given |= {"markup_percent": markup} if markup is not None else {}
+    given |= {"name": name} if name is not None else {}
+    given |= {"dialect": dialect.value} if dialect is not None else {}
+    if not given:
         fail("nothing to change: give --name, --markup, --default-markup or --dialect", 2)
-    _update(customer, as_json, "updated", **changes)
+    patch = _checked(CustomerPatch, {"name": "--name", "markup_percent": "--markup"}, **given)
+    _update(customer, as_json, "updated", **patch.changes())
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -545,17 +598,30 @@ def _post(
     customer: str,
     amount_text: str,
     memo: str | None,
+    ref: str | None,
     as_json: bool,
     verb: str,
 ) -> None:
-    amount = _amount(amount_text)
-    posted = _run(lambda db, settings: operation(db, settings, customer, amount, memo))
-    _emit(
-        as_json,
-        posted,
-        f"customer {posted.customer_id}: {verb} {posted.amount}, balance now"
-        f" {posted.balance} {posted.currency}",
+    body = _checked(
+        Posting,
+        {"amount": "amount", "memo": "--memo", "ref": "--ref"},
+        amount=amount_text,
+        memo=memo,
+        ref=ref,
     )
+    posted = _run(lambda db, settings: operation(db, settings, customer, body))
+    if posted.duplicate:
+        text = (
+            f"customer {posted.customer_id}: ref {posted.ref!r} was posted already"
+            f" (entry {posted.entry_id}, {posted.amount}): nothing credited now, balance"
+            f" {posted.balance} {posted.currency}"
+        )
+    else:
+        text = (
+            f"customer {posted.customer_id}: {verb} {posted.amount}, balance now"
+            f" {posted.balance} {posted.currency}"
+        )
+    _emit(as_json, posted, text)
 
 
 @ledger_app.command("topup", context_settings=_SIGNED)
@@ -565,10 +631,12 @@ def ledger_topup(
         str, typer.Argument(metavar="AMOUNT", help="Amount paid, e.g. 100 or 12.50.")
     ],
     memo: MemoOpt = None,
+    ref: RefOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Add money a customer paid."""
-    _post(ops.topup, customer, amount, memo, as_json, "topped up")
+    """Add money a customer paid. With --ref (the payment's id), a repeated top-up credits
+    nothing and answers the first."""
+    _post(ops.topup, customer, amount, memo, ref, as_json, "topped up")
 
 
 @ledger_app.command("adjust", context_settings=_SIGNED)
@@ -583,10 +651,11 @@ def ledger_adjust(
         typer.Option("--amount", metavar="AMOUNT", help="The signed amount, as an option."),
     ] = None,
     memo: MemoOpt = None,
+    ref: RefOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """A signed correction. Negative amounts: `ledger adjust 3 -5`, `ledger adjust 3 -- -5`
-    or `ledger adjust 3 --amount=-5`."""
+    or `ledger adjust 3 --amount=-5`. With --ref, a repeated adjustment moves nothing."""
     if (amount is None) == (amount_opt is None):
         fail("give the amount once: `ledger adjust CUSTOMER -5` or `--amount=-5`", 2)
     _post(
@@ -594,6 +663,7 @@ def ledger_adjust(
         customer,
         amount if amount is not None else amount_opt,
         memo,
+        ref,
         as_json,
         "adjusted by",
     )
@@ -602,7 +672,9 @@ def ledger_adjust(
 @ledger_app.command("history")
 def ledger_history(
     customer: CustomerArg,
-    limit: Annotated[int, typer.Option(min=1, help="How many entries, newest first.")] = 50,
+    limit: Annotated[
+        int, typer.Option(min=1, max=10_000, help="How many entries, newest first.")
+    ] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """A customer's ledger entries, newest first."""
@@ -731,7 +803,12 @@ def services_rename(
     as_json: JsonFlag = False,
 ) -> None:
     """Rename a service or its category, as customers see it."""
-    _service_change(as_json, lambda db, s: ops.rename_service(db, service, name, category))
+    body = _checked(
+        ServiceRename, {"name": "--name", "category": "--category"}, name=name, category=category
+    )
+    _service_change(
+        as_json, lambda db, s: ops.rename_service(db, service, body.name, body.category)
+    )
 
 
 @services_app.command("price")
@@ -754,25 +831,23 @@ def services_price(
     if clear:
         _service_change(as_json, lambda db, s: ops.clear_price(db, service, customer))
         return
-    fixed = None if rate is None else _amount(rate)
-    markup_bp = None if markup is None else _markup(markup, allow_negative=True)
-    _service_change(
-        as_json,
-        lambda db, s: ops.set_price(
-            db,
-            service,
-            fixed_rate=fixed,
-            markup_bp=markup_bp,
-            customer=customer,
-            below_cost_ok=allow_below_cost,
-        ),
+    body = _checked(
+        PriceRuleIn,
+        {"rate": "--rate", "markup_percent": "--markup", "customer": "--customer"},
+        rate=rate,
+        markup_percent=markup,
+        customer=customer,
+        allow_below_cost=allow_below_cost,
     )
+    changed = _run(lambda db, s: ops.set_price(db, service, body))
+    _emit(as_json, changed, f"service {changed.service}: {changed.changed}")
 
 
 # --- orders -------------------------------------------------------------------------------------
 
 OrderArg = Annotated[
-    int, typer.Argument(metavar="ID", help="Order id (ours, as customers see it).")
+    int,
+    typer.Argument(metavar="ID", help="Order id (ours, as customers see it).", parser=row_id),
 ]
 
 
@@ -820,7 +895,7 @@ def orders_list(
     customer: Annotated[
         str | None, typer.Option(metavar="C", help="Only this customer's (id or name).")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many, newest first.")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """Orders, newest first: customer, state, status, upstream status, charge, last refresh."""
@@ -871,30 +946,77 @@ def orders_show(order: OrderArg, as_json: JsonFlag = False) -> None:
     _emit(as_json, shown, _order_lines(shown, settings.currency))
 
 
+def _check_lines(resolved: ResolutionOut) -> list[str]:
+    check = resolved.upstream_check
+    if check is None:
+        return []
+    if not check.found:
+        said = "does not know it"
+    else:
+        said = f"status {check.status or '-'}, charge {check.charge or '-'}"
+        said += f" (the order costs {check.expected_charge} there)"
+        if check.link is not None:
+            said += f", link {check.link}"
+        if check.service is not None:
+            said += f", service {check.service}"
+    lines = [f"  the upstream on order {check.upstream_order_id}: {said}"]
+    lines += [f"  MISMATCH (accepted with --force): {m}" for m in check.mismatches]
+    return lines
+
+
 @orders_app.command("resolve")
 def orders_resolve(
     order: OrderArg,
     upstream_order: Annotated[
-        int | None,
-        typer.Option(min=1, metavar="N", help="It exists upstream as order N: now placed."),
+        str | None,
+        typer.Option(metavar="N", help="It exists upstream as order N: now placed."),
     ] = None,
     not_placed: Annotated[
         bool, typer.Option("--not-placed", help="It never reached the upstream: refund in full.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Accept N though the upstream's answer differs from it."),
+    ] = False,
+    correct: Annotated[
+        bool,
+        typer.Option(
+            "--correct", help="Correct an earlier verdict (placed, not placed, another N)."
+        ),
+    ] = False,
+    memo: MemoOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Resolve an `unknown` order: --upstream-order N (it exists upstream) or --not-placed."""
+    """Resolve an `unknown` order: --upstream-order N (it exists upstream; the upstream is asked
+    about N first, and a mismatch is refused unless --force) or --not-placed (refund in full).
+    With --correct, a verdict given before is corrected by an audited ledger entry."""
     if (upstream_order is None) == (not not_placed):
         fail("give exactly one of --upstream-order N or --not-placed", 2)
-    resolved = _run(
-        lambda db, s: ops.resolve(
-            db, order, upstream_order_id=upstream_order, not_placed=not_placed
-        )
+    verdict = _checked(
+        ResolveIn,
+        {"upstream_order_id": "--upstream-order", "memo": "--memo"},
+        upstream_order_id=upstream_order,
+        not_placed=not_placed,
+        force=force,
+        correct=correct,
+        memo=memo,
     )
-    if not_placed:
-        text = f"order {resolved.id}: not placed, {resolved.refunded} refunded"
+    from app.upstream import UpstreamClient
+
+    async def work(db: Database, settings: Settings) -> ResolutionOut:
+        async with UpstreamClient.from_settings(settings) as upstream:
+            return await ops.resolve(db, upstream, order, verdict)
+
+    resolved = _run(work)
+    if resolved.state == "rejected":
+        text = [f"order {resolved.id}: not placed, {resolved.refunded} refunded"]
     else:
-        text = f"order {resolved.id}: placed as upstream order {resolved.upstream_order_id}"
+        text = [f"order {resolved.id}: placed as upstream order {resolved.upstream_order_id}"]
+    text += _check_lines(resolved)
+    if resolved.correction:
+        text.append(f"  corrected by ledger entry {resolved.correction}")
+        if resolved.error:
+            text.append(f"  note: {resolved.error}")
     _emit(as_json, resolved, text)
 
 
@@ -1017,8 +1139,13 @@ def report(
 ) -> None:
     """Revenue, upstream cost and margin per customer and per service, and the totals.
     Counts orders that may exist upstream (placed, unknown); refunds are already netted."""
-    first = None if since is None else since.date()
-    last = None if until is None else until.date()
+    period = _checked(
+        ReportPeriod,
+        {"since": "--since", "until": "--until"},
+        since=None if since is None else since.date(),
+        until=None if until is None else until.date(),
+    )
+    first, last = period.since, period.until
     result = _run(lambda db, settings: ops.report(db, settings, first, last))
     period = f"{first or 'the beginning'} to {last or 'now'}"
     total = result.total

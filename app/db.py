@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Executable, create_engine, event
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -198,6 +200,23 @@ class Database:
         async with self.write() as conn:
             await conn.run_sync(_upgrade_head)
 
+    async def schema_problem(self) -> str | None:
+        """None when the schema is at head; otherwise what is wrong, in a few words. Reads
+        only: a database that was never migrated is left exactly as it is."""
+        if self.is_sqlite and _sqlite_file_missing(self.url):
+            return "does not exist (it was never migrated)"
+        async with self.read() as conn:
+            current = set(await conn.run_sync(_current_heads))
+        heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+        if current == heads:
+            return None
+        if not current:
+            return "has no smm-gateway schema (it was never migrated)"
+        return (
+            f"has schema revision {', '.join(sorted(current))}, this smm-gateway needs"
+            f" {', '.join(sorted(heads))}"
+        )
+
 
 def alembic_config(connection: Connection | None = None) -> Config:
     config = Config()
@@ -209,6 +228,16 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def _upgrade_head(connection: Connection) -> None:
     command.upgrade(alembic_config(connection), "head")
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    """Checked before connecting: connecting would create the file."""
+    path = url.split(":///", 1)[1]
+    return path != ":memory:" and not Path(path).exists()
+
+
+def _current_heads(connection: Connection) -> tuple[str, ...]:
+    return MigrationContext.configure(connection).get_current_heads()
 
 
 async def ping(db: Database) -> bool:

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import BigInteger, bindparam, case, cast, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
 from app.models import Customer, LedgerEntry, Order, utcnow
+from app.money import MAX_AMOUNT, render
 
 TOPUP = "topup"
 CHARGE = "charge"
@@ -61,7 +63,21 @@ async def post(
     result = await conn.execute(_MOVE_BALANCE, {"customer_id": customer_id, "amount": amount})
     if result.rowcount != 1:
         return False
-    await conn.execute(
+    await _add_entry(conn, customer_id, amount, kind, order_id, ref, memo)
+    return True
+
+
+async def _add_entry(
+    conn: Conn,
+    customer_id: int,
+    amount: int,
+    kind: str,
+    order_id: int | None,
+    ref: str | None,
+    memo: str | None,
+) -> int:
+    """The entry that goes with a balance's move; returns its id."""
+    entry = await conn.execute(
         _ADD_ENTRY,
         {
             "customer_id": customer_id,
@@ -73,7 +89,7 @@ async def post(
             "created_at": utcnow(),
         },
     )
-    return True
+    return entry.inserted_primary_key[0]
 
 
 async def debit_for_order(conn: Conn, customer_id: int, order_id: int, charge: int) -> bool:
@@ -88,30 +104,151 @@ async def refund_order(conn: Conn, customer_id: int, order_id: int, amount: int)
     await post(conn, customer_id, amount, REFUND, order_id=order_id, ref=refund_ref(order_id))
 
 
-async def _operator_post(
-    db: Database, customer_id: int, amount: int, kind: str, memo: str | None
-) -> int:
-    async with db.write() as conn:
-        exists = await conn.scalar(select(Customer.id).where(Customer.id == customer_id))
-        if exists is None:
-            raise NotFound(f"no customer {customer_id}")
-        if not await post(conn, customer_id, amount, kind, memo=memo):
-            raise OperatorError("that would take the balance below zero")
-        return await conn.scalar(select(Customer.balance).where(Customer.id == customer_id))
+# An operator's reference (a payment id, a ticket) is kept as `<kind>:<REF>` in the unique `ref`
+# column (64 characters), so a retried top-up finds the first one.
+MAX_OPERATOR_REF = 48
+_REF_PREFIX = {TOPUP: "topup:", ADJUSTMENT: "adjust:"}
 
 
-async def topup(db: Database, customer_id: int, amount: int, memo: str | None = None) -> int:
-    """Add money a customer paid; returns the new balance."""
-    if amount <= 0:
+@dataclass(frozen=True)
+class Posted:
+    """An operator's top-up or adjustment: `duplicate` when its ref had been posted before,
+    in which case nothing moved now and `amount`/`entry_id` are the first posting's."""
+
+    customer_id: int
+    amount: int
+    balance: int
+    entry_id: int
+    duplicate: bool = False
+
+
+def _bounded_move(amount: int):  # type: ignore[no-untyped-def]
+    """The balance moves only if it stays in [0, MAX_AMOUNT], written so that neither side of
+    the comparison can overflow a BIGINT (PostgreSQL raises, SQLite turns it into a REAL)."""
+    balance = _customers.c.balance
+    room = balance <= MAX_AMOUNT - amount if amount > 0 else balance >= -amount
+    return (
+        update(_customers)
+        .where(_customers.c.id == bindparam("customer_id"), room)
+        .values(balance=balance + amount)
+    )
+
+
+async def _repeat(
+    db: Database, customer_id: int, amount: int, kind: str, ref: str
+) -> Posted | None:
+    """The first posting under `ref`, if there is one and it is the same posting."""
+    async with db.read() as conn:
+        found = (
+            await conn.execute(
+                select(
+                    LedgerEntry.id, LedgerEntry.customer_id, LedgerEntry.amount, LedgerEntry.kind
+                ).where(LedgerEntry.ref == ref)
+            )
+        ).first()
+        if found is None:
+            return None
+        entry_id, first_customer, first_amount, first_kind = found
+        if first_customer != customer_id or first_amount != amount or first_kind != kind:
+            raise OperatorError(
+                f"ref {ref!r} was used already, for a {first_kind} of {render(first_amount)}"
+                f" to customer {first_customer} (entry {entry_id}): one ref names one posting"
+            )
+        balance = await conn.scalar(select(Customer.balance).where(Customer.id == customer_id))
+    return Posted(customer_id, first_amount, balance, entry_id, duplicate=True)
+
+
+async def post_bounded(
+    conn: Conn,
+    customer_id: int,
+    amount: int,
+    kind: str,
+    *,
+    memo: str | None = None,
+    ref: str | None = None,
+    order_id: int | None = None,
+) -> Posted:
+    """One operator's entry inside the caller's transaction; the balance stays within
+    0…MAX_AMOUNT, checked by the UPDATE itself. Raises OperatorError (NotFound), changing
+    nothing; a duplicate `ref` raises IntegrityError (the transaction must not commit)."""
+    if abs(amount) > MAX_AMOUNT:
+        raise OperatorError(f"amount too large (at most {render(MAX_AMOUNT, 0)})")
+    balance = await conn.scalar(select(Customer.balance).where(Customer.id == customer_id))
+    if balance is None:
+        raise NotFound(f"no customer {customer_id}")
+    moved = await conn.execute(_bounded_move(amount), {"customer_id": customer_id})
+    if moved.rowcount != 1:
+        has = f"customer {customer_id} has {render(balance)}"
+        if amount < 0:
+            raise OperatorError(f"that would take the balance below zero ({has})")
+        raise OperatorError(
+            "that would take the balance above the most one customer may hold,"
+            f" {render(MAX_AMOUNT, 0)} ({has})"
+        )
+    entry_id = await _add_entry(conn, customer_id, amount, kind, order_id, ref, memo)
+    return Posted(customer_id, amount, balance + amount, entry_id)
+
+
+async def post_by_operator(
+    db: Database,
+    customer_id: int,
+    amount: int,
+    kind: str,
+    *,
+    memo: str | None = None,
+    ref: str | None = None,
+) -> Posted:
+    """An operator's top-up or adjustment, as one entry (`post_bounded`).
+
+    With a `ref` (stored as given) the posting happens once: the same ref again answers the
+    first posting and moves nothing; the same ref for another amount, kind or customer is
+    refused.
+    """
+    if ref is not None and (first := await _repeat(db, customer_id, amount, kind, ref)):
+        return first
+    try:
+        async with db.write() as conn:
+            return await post_bounded(conn, customer_id, amount, kind, memo=memo, ref=ref)
+    except IntegrityError:
+        # The same ref committed meanwhile (a retry racing the first): answer that one.
+        if ref is not None and (first := await _repeat(db, customer_id, amount, kind, ref)):
+            return first
+        raise
+
+
+async def post_for_operator(
+    db: Database,
+    customer_id: int,
+    amount: int,
+    kind: str,
+    *,
+    memo: str | None = None,
+    ref: str | None = None,
+) -> Posted:
+    """A top-up (positive) or an adjustment (signed, not zero) under the operator's own `ref`
+    (kept as `topup:<ref>` / `adjust:<ref>`)."""
+    if kind == TOPUP and amount <= 0:
         raise OperatorError("a top-up must be positive")
-    return await _operator_post(db, customer_id, amount, TOPUP, memo)
-
-
-async def adjust(db: Database, customer_id: int, amount: int, memo: str | None = None) -> int:
-    """A signed correction by the operator; returns the new balance."""
-    if amount == 0:
+    if kind == ADJUSTMENT and amount == 0:
         raise OperatorError("an adjustment must not be zero")
-    return await _operator_post(db, customer_id, amount, ADJUSTMENT, memo)
+    full_ref = None if ref is None else _REF_PREFIX[kind] + ref
+    return await post_by_operator(db, customer_id, amount, kind, memo=memo, ref=full_ref)
+
+
+async def topup(
+    db: Database, customer_id: int, amount: int, memo: str | None = None, ref: str | None = None
+) -> int:
+    """Add money a customer paid; returns the new balance."""
+    return (await post_for_operator(db, customer_id, amount, TOPUP, memo=memo, ref=ref)).balance
+
+
+async def adjust(
+    db: Database, customer_id: int, amount: int, memo: str | None = None, ref: str | None = None
+) -> int:
+    """A signed correction by the operator; returns the new balance."""
+    return (
+        await post_for_operator(db, customer_id, amount, ADJUSTMENT, memo=memo, ref=ref)
+    ).balance
 
 
 @dataclass(frozen=True)

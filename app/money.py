@@ -5,7 +5,17 @@ from decimal import Decimal, InvalidOperation
 
 MICROS = 1_000_000
 _PLAIN_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?|[+-]?\.[0-9]+")
-MAX_DIGITS = 15  # amounts below 10**15: far beyond any balance, far within a BIGINT of micros
+MAX_DIGITS = 13  # a cheap first bound on the digits, before the exact one below
+# Every balance must fit in a signed 64-bit integer of micro-units (2**63 - 1 ≈ 9.22e18), with
+# room left for the refunds of orders charged before a top-up: no amount and no balance an
+# operator sets may exceed 9,000,000,000,000 of the currency.
+MAX_AMOUNT = 9 * 10**18
+# A rate per 1000 units: 1,000,000 at most, so that a charge (rate × units / 1000) of any
+# quantity the catalog allows stays far within a BIGINT too.
+MAX_RATE = 10**12
+# Markups in basis points: from -99 % (a rule may sell below cost, never for nothing) to 10,000 %.
+MIN_MARKUP_BP = -9_900
+MAX_MARKUP_BP = 1_000_000
 _MICRO = Decimal(1) / MICROS
 
 
@@ -31,7 +41,7 @@ def parse_micros(value: str | int | Decimal) -> int:
     if not amount.is_finite():
         raise MoneyError(f"not a finite amount: {value!r}")
     if amount.adjusted() >= MAX_DIGITS:
-        raise MoneyError(f"too large: {value!r}")
+        raise MoneyError(f"too large: {value!r} (at most {render(MAX_AMOUNT, 0)})")
     # Integer arithmetic on the digits: exact for any length, no Decimal context rounding.
     sign, digits, exponent = amount.as_tuple()
     assert isinstance(exponent, int)  # finite, checked above
@@ -43,6 +53,8 @@ def parse_micros(value: str | int | Decimal) -> int:
         micros, rest = divmod(number, 10**-shift)
         if rest:
             raise MoneyError(f"more than 6 decimals: {value!r}")
+    if micros > MAX_AMOUNT:
+        raise MoneyError(f"too large: {value!r} (at most {render(MAX_AMOUNT, 0)})")
     return -micros if sign else micros
 
 
@@ -85,13 +97,24 @@ def apply_markup(rate_micros: int, markup_bp: int) -> int:
 
 
 def percent_to_bp(percent: str | int | Decimal) -> int:
-    """'25' or '2.5' percent → basis points; refuse finer than a basis point."""
+    """'25' or '2.5' percent → basis points; refuse finer than a basis point, and anything
+    outside MIN_MARKUP_BP…MAX_MARKUP_BP (-99 % … 10,000 %)."""
+    text = str(percent).strip()
+    if isinstance(percent, bool) or (
+        not isinstance(percent, Decimal) and not _PLAIN_DECIMAL.fullmatch(text)
+    ):
+        raise MoneyError(f"not a percentage: {percent!r}")
     try:
-        value = Decimal(str(percent).strip()) * 100
+        value = Decimal(text) * 100
     except InvalidOperation as exc:
         raise MoneyError(f"not a percentage: {percent!r}") from exc
     if not value.is_finite() or value != value.to_integral_value():
         raise MoneyError(f"not a percentage with at most 2 decimals: {percent!r}")
+    if not MIN_MARKUP_BP <= value <= MAX_MARKUP_BP:
+        raise MoneyError(
+            f"a markup must be from {bp_to_percent(MIN_MARKUP_BP)}% to"
+            f" {bp_to_percent(MAX_MARKUP_BP)}%: {percent!r}"
+        )
     return int(value)
 
 

@@ -11,6 +11,8 @@ Dialect = Literal["standard", "smartpanel"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 SMMMIX_API_URL = "https://smmmix.com/api/v1"
+# The admin token opens every operator action: long enough that guessing it is hopeless.
+MIN_ADMIN_TOKEN_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -30,7 +32,7 @@ class Settings(BaseSettings):
     upstream_connect_timeout_seconds: float = Field(5.0, gt=0)
     upstream_timeout_seconds: float = Field(30.0, gt=0)
     admin_token: str = ""
-    default_markup_percent: Decimal = Field(Decimal(0), ge=0)
+    default_markup_percent: Decimal = Field(Decimal(0), ge=0, le=10_000)
     default_dialect: Dialect = "standard"
     currency: str = Field("USD", min_length=1, max_length=8)
     sync_interval_seconds: float = Field(30.0, gt=0)
@@ -58,6 +60,18 @@ class Settings(BaseSettings):
         if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("use a sqlite:/// or postgresql:// URL")
         return url
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_admin_token(cls, token: str) -> str:
+        if not token.strip():
+            return ""  # unset (or blank): the admin API is off
+        if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_ADMIN_TOKEN_LENGTH} characters (it opens the admin API);"
+                " for example: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+            )
+        return token
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -123,6 +123,8 @@ class UpstreamOrderStatus:
     expiry: str | None = None  # subscriptions
     posts: int | None = None
     overdelivered: int = 0  # ... and this many units beyond the order ("+15" / "-15")
+    link: str | None = None  # some panels tell an order's link and service in `status`
+    service: int | None = None
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -684,6 +686,8 @@ def parse_order_status(item: object) -> UpstreamOrderStatus | None:
         expiry=_as_text(item.get("expiry")),
         posts=_as_int(item.get("posts")),
         overdelivered=overdelivered,
+        link=_as_text(item.get("link")),
+        service=_as_int(item.get("service")),
     )
 
 

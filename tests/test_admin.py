@@ -309,7 +309,15 @@ async def test_ledger(admin: httpx.AsyncClient, anon: httpx.AsyncClient) -> None
     topped = await ok(
         await admin.post("/admin/customers/acme/topup", json={"amount": "100", "memo": "paid"})
     )
-    assert topped == {"customer_id": 1, "amount": "100.00", "balance": "100.00", "currency": "USD"}
+    assert topped == {
+        "customer_id": 1,
+        "amount": "100.00",
+        "balance": "100.00",
+        "currency": "USD",
+        "entry_id": 1,
+        "ref": None,
+        "duplicate": False,
+    }
     adjusted = await ok(await admin.post("/admin/customers/1/adjust", json={"amount": "-5.5"}))
     assert adjusted["balance"] == "94.50"
     tiny = await ok(await admin.post("/admin/customers/1/adjust", json={"amount": "0.000001"}))
@@ -407,14 +415,21 @@ async def test_services(
             f"/admin/services/{sid}/price", json={"rate": "0.000001", "allow_below_cost": True}
         )
     )
-    assert priced == {"service": sid, "changed": "fixed rate 0.000001 for everyone"}
+    assert priced == {
+        "service": sid,
+        "changed": "fixed rate 0.000001 for every customer without a price of their own:"
+        " 1 customer",
+        "applies_to": [{"id": 1, "name": "acme"}],
+        "not_applied_to": [],
+    }
     assert (await offered())[sid]["rate"] == "0.000001"
     mine = await ok(
         await admin.put(
             f"/admin/services/{sid}/price", json={"markup_percent": "100", "customer": "acme"}
         )
     )
-    assert mine["changed"] == "markup 100% for customer acme"
+    assert mine["changed"] == "markup 100% for customer 1 'acme' only"
+    assert mine["applies_to"] == [{"id": 1, "name": "acme"}]
     cost = svc["cost"]
     assert Decimal((await offered())[sid]["rate"]) == Decimal(cost) * 2
     cleared = await ok(await admin.delete(f"/admin/services/{sid}/price", params={"customer": "1"}))

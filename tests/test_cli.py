@@ -1,8 +1,10 @@
 """The operator's command line, run in-process with typer's CliRunner on a fresh SQLite file."""
 
+import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -10,9 +12,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+from conftest import POSTGRES_ADMIN_URL, SKIP_POSTGRES
 from helpers import free_port, simulator_on_port
 from typer.testing import CliRunner
 
@@ -25,13 +30,15 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def db_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test: its own SQLite file, no SMMGW_ settings from outside, no stray .env."""
+def db_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_template: Path) -> Path:
+    """Each test: its own migrated SQLite file, no SMMGW_ settings from outside, no stray .env.
+    (Only `migrate`, `serve` and `demo` create a schema: the others refuse a bare file.)"""
     for name in list(os.environ):
         if name.startswith("SMMGW_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "cli.db"
+    shutil.copyfile(sqlite_template, path)
     monkeypatch.setenv("SMMGW_DATABASE_URL", f"sqlite:///{path}")
     return path
 
@@ -242,6 +249,121 @@ def test_migrate() -> None:
     assert "database at head" in cli("migrate").stdout
 
 
+def test_only_migrate_creates_a_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every other command refuses a database that was never migrated, in one line naming it,
+    and leaves it as it was: not even a SQLite file appears."""
+    path = tmp_path / "fresh.db"
+    monkeypatch.setenv("SMMGW_DATABASE_URL", f"sqlite:///{path}")
+    for args in [
+        ("customers", "list"),
+        ("customers", "create", "--name", "acme"),
+        ("ledger", "verify"),
+        ("orders", "list"),
+        ("summary",),
+        ("report",),
+    ]:
+        err = one_line_error(cli(*args, code=1))
+        assert str(path) in err and "never migrated" in err, err
+        assert err.endswith("run `smm-gateway migrate`")
+    assert not path.exists()
+    cli("migrate")
+    assert cli_json("customers", "list") == []
+
+
+def test_an_empty_postgresql_database_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Say the `postgres` maintenance database by mistake: nothing is created in it."""
+    if SKIP_POSTGRES:
+        pytest.skip("SMMGW_TEST_SKIP_POSTGRES=1")
+    name = f"smmgw_bare_{os.getpid()}"
+
+    async def admin(sql: str) -> Any:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        url = f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+        monkeypatch.setenv("SMMGW_DATABASE_URL", url)
+        for args in [("customers", "list"), ("ledger", "topup", "1", "5"), ("sync", "--once")]:
+            err = one_line_error(cli(*args, code=1))
+            assert f"/{name} has no smm-gateway schema" in err and "smm-gateway migrate" in err
+
+        async def tables() -> int:
+            conn = await asyncpg.connect(url)
+            try:
+                sql = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                return await conn.fetchval(sql)
+            finally:
+                await conn.close()
+
+        assert asyncio.run(tables()) == 0
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# --- operators' inputs and mistakes -------------------------------------------------------------
+
+
+def test_a_top_up_beyond_what_a_balance_can_hold_is_refused() -> None:
+    """`ledger topup C 9000000000000` twice: the second is refused before anything is written."""
+    create("acme")
+    assert cli_json("ledger", "topup", "acme", "9000000000000")["balance"] == "9000000000000.00"
+    err = one_line_error(cli("ledger", "topup", "acme", "9000000000000", code=1))
+    assert "above the most one customer may hold" in err
+    assert "too large" in one_line_error(cli("ledger", "topup", "acme", "9000000000001", code=1))
+    assert cli_json("customers", "list")[0]["balance"] == "9000000000000.00"
+    assert len(cli_json("ledger", "history", "acme")) == 1
+    assert cli("ledger", "verify").stdout.strip() == "ledger clean"
+
+
+def test_a_repeated_ref_credits_nothing() -> None:
+    create("acme")
+    first = cli_json("ledger", "topup", "acme", "25", "--ref", "bank-2026-001")
+    assert (first["balance"], first["duplicate"]) == ("25.00", False)
+    again = cli("ledger", "topup", "acme", "25", "--ref", "bank-2026-001").stdout
+    assert "ref 'bank-2026-001' was posted already" in again and "nothing credited" in again
+    assert cli_json("ledger", "topup", "1", "25", "--ref", "bank-2026-001")["duplicate"] is True
+    err = one_line_error(cli("ledger", "topup", "acme", "30", "--ref", "bank-2026-001", code=1))
+    assert "was used already" in err
+    assert cli_json("ledger", "adjust", "acme", "-5", "--ref", "fee-1")["balance"] == "20.00"
+    assert cli_json("ledger", "adjust", "acme", "-5", "--ref", "fee-1")["duplicate"] is True
+    assert cli_json("customers", "show", "acme")["balance"] == "20.00"
+    assert "bad --ref" in one_line_error(cli("ledger", "topup", "1", "5", "--ref", "a b", code=1))
+    assert cli("ledger", "verify").stdout.strip() == "ledger clean"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("customers", "create", "--name", "x" * 201), "bad --name"),
+        (("customers", "create", "--name", "tab\there"), "bad --name"),
+        (("customers", "create", "--name", "x", "--markup", "1e30"), "bad --markup"),
+        (("customers", "create", "--name", "x", "--markup", "10001"), "bad --markup"),
+        (("customers", "set", "1", "--markup", "1e30"), "bad --markup"),
+        (("customers", "show", "¹"), "no customer '¹'"),
+        (("customers", "show", "99999999999999999999"), "no customer 99999999999999999999"),
+        (("ledger", "topup", "٥", "5"), "no customer '٥'"),
+        (("ledger", "topup", "1", "5", "--memo", "x" * 2001), "bad --memo"),
+        (("services", "price", "5", "--rate", "999999999999999"), "bad --rate"),
+        (("services", "price", "5", "--markup", "-99.5"), "bad --markup"),
+        (("services", "rename", "5", "--name", "x" * 201), "bad --name"),
+        (("report", "--since", "9999-12-31"), "bad --since"),
+        (("report", "--until", "9999-12-31"), "bad --until"),
+        (("orders", "resolve", "1", "--upstream-order", "99999999999999999999"), "bad"),
+        (("orders", "resolve", "1", "--upstream-order", "²"), "bad --upstream-order"),
+    ],
+)
+def test_hostile_operator_input_is_one_line(args: tuple[str, ...], needle: str) -> None:
+    create("acme")
+    err = one_line_error(cli(*args, code=1))
+    assert needle in err, err
+    assert cli_json("customers", "list")[0]["markup_percent"] is None
+    assert cli_json("ledger", "history", "acme") == []
+
+
 # --- services -----------------------------------------------------------------------------------
 
 
@@ -339,6 +461,20 @@ def test_services_sync_and_operator_choices(
     cli("services", "price", sid, "--markup", "50", "--customer", "acme")
     one_line_error(cli("services", "price", sid, "--markup", "50", "--customer", "42", code=1))
 
+    # A rate for everyone says whom it reaches, and who keeps their own price and why.
+    create("vip", "--markup", "5")
+    create("plain")
+    told = cli("services", "price", sid, "--rate", "1.50", "--allow-below-cost").stdout
+    assert "fixed rate 1.50 for every customer without a price of their own: 1 customer" in told
+    assert "not for 2 customers" in told
+    assert "'acme': their own price for this service comes first" in told
+    assert "'vip': their own markup of 5% comes first" in told
+    priced = cli_json("services", "price", sid, "--rate", "1.50", "--allow-below-cost")
+    assert [c["name"] for c in priced["applies_to"]] == ["plain"]
+    assert [c["name"] for c in priced["not_applied_to"]] == ["acme", "vip"]
+    alone = cli("services", "price", sid, "--markup", "20", "--customer", "vip").stdout
+    assert "for customer 2 'vip' only (before their own markup of 5%)" in alone
+
 
 # --- simulator and demo -------------------------------------------------------------------------
 
@@ -420,3 +556,35 @@ def test_demo_command_stops_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert (tmp_path / DEMO_DB).exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("orders", "show", "٥"),
+        ("orders", "show", "99999999999"),
+        ("orders", "resolve", "²", "--not-placed"),
+        ("services", "hide", "99999999999999999999"),
+        ("services", "price", "0", "--rate", "1"),
+        ("orders", "list", "--limit", "99999999999999999999"),
+        ("ledger", "history", "1", "--limit", "10001"),
+    ],
+)
+def test_ids_are_ascii_digits_within_the_columns(args: tuple[str, ...]) -> None:
+    """`orders resolve ٥` once resolved order 5; a huge id overflowed PostgreSQL's column."""
+    err = cli(*args, code=2).stderr
+    assert ("is not an id" in err or "10000" in err) and "Traceback" not in err
+
+
+def test_a_key_prefix_of_any_shape_is_one_line() -> None:
+    create("acme")
+    for prefix in ("\udcff", "x" * 300, "ab cd"):
+        assert "no live key" in one_line_error(cli("keys", "revoke", prefix, code=1))
+
+
+def test_serve_refuses_a_short_admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At start-up, in one line naming the variable, never echoing the token."""
+    monkeypatch.setenv("SMMGW_ADMIN_TOKEN", "hunter2")
+    for args in (("serve",), ("worker",), ("customers", "list")):
+        err = one_line_error(cli(*args, code=2))
+        assert "SMMGW_ADMIN_TOKEN" in err and "32" in err and "hunter2" not in err

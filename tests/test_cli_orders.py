@@ -217,7 +217,10 @@ def test_orders_list_show_resolve_and_the_loud_warning(sim_url: str) -> None:
     # Exists upstream: placed under its id, still charged.
     upstream_id = sim_order_id(sim_url, lost_link)
     text_out = cli("orders", "resolve", str(lost), "--upstream-order", str(upstream_id))
-    assert text_out.stdout.strip() == f"order {lost}: placed as upstream order {upstream_id}"
+    first, said = text_out.stdout.strip().splitlines()
+    assert first == f"order {lost}: placed as upstream order {upstream_id}"
+    # What the upstream says about that id is shown: it was asked before the verdict.
+    assert said.startswith(f"  the upstream on order {upstream_id}: status ")
     assert text_out.stderr == ""  # nothing awaits resolution any more
     resolved = order(lost)
     assert (resolved.state, resolved.upstream_order_id, resolved.refunded) == (
@@ -229,6 +232,38 @@ def test_orders_list_show_resolve_and_the_loud_warning(sim_url: str) -> None:
     assert "only unknown" in taken.stderr
     assert cli("ledger", "verify").stdout.strip() == "ledger clean"
     assert cli("orders", "list").stderr == ""
+
+
+def test_resolve_asks_the_upstream_and_a_verdict_can_be_corrected(sim_url: str) -> None:
+    """A typo in the upstream id is refused with what the upstream said; --force accepts it;
+    --correct then fixes the verdict, by an audited ledger entry, the ledger clean throughout."""
+    set_up()
+    link = "https://ig.test/sim:complete/sim:timeout/typo"
+    lost = place(link)
+    held = cli_json("customers", "show", "acme")["balance"]
+    typo = cli("orders", "resolve", str(lost), "--upstream-order", "999999", code=1).stderr
+    assert "upstream order 999999 (no such order) does not match" in typo and "--force" in typo
+    assert order(lost).state == "unknown"
+
+    forced = cli("orders", "resolve", str(lost), "--upstream-order", "999999", "--force").stdout
+    assert f"order {lost}: placed as upstream order 999999" in forced
+    assert "MISMATCH (accepted with --force): the upstream does not know it" in forced
+    assert cli_json("customers", "show", "acme")["balance"] == held
+
+    again = cli("orders", "resolve", str(lost), "--not-placed", code=1).stderr
+    assert "say --correct" in again
+    real = sim_order_id(sim_url, link)
+    moved = cli_json("orders", "resolve", str(lost), "--upstream-order", str(real), "--correct")
+    assert (moved["upstream_order_id"], moved["correction"]) == (real, f"correction:{lost}:1")
+    assert moved["upstream_check"]["mismatches"] == []
+
+    text = cli("orders", "resolve", str(lost), "--not-placed", "--correct", "--memo", "dup").stdout
+    assert f"order {lost}: not placed" in text and f"correction:{lost}:2" in text
+    after = Decimal(cli_json("customers", "show", "acme")["balance"])
+    assert after == Decimal(held) + Decimal(moved["charge"])
+    history = cli_json("ledger", "history", "acme")
+    assert history[0]["ref"] == f"correction:{lost}:2" and "dup" in history[0]["memo"]
+    assert cli("ledger", "verify").stdout.strip() == "ledger clean"
 
 
 # --- sync --once and report ---------------------------------------------------------------------

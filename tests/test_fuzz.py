@@ -15,6 +15,7 @@ limit. Schemathesis runs the app's lifespan itself, on its own event loop, at th
 """
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -32,9 +33,10 @@ from app.catalog import sync_catalog
 from app.main import Gateway, create_app
 from app.simulator import SimConfig, create_simulator_app
 
-ADMIN_TOKEN = "fuzz-admin-token"
+ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdef"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-MAX_EXAMPLES = 30
+# CI's budget; a deeper run now and then: SMMGW_FUZZ_EXAMPLES=300 pytest tests/test_fuzz.py
+MAX_EXAMPLES = int(os.environ.get("SMMGW_FUZZ_EXAMPLES", "30"))
 
 CHECKS = [
     schemathesis.checks.not_a_server_error,

@@ -55,6 +55,8 @@ INVALID = [
     ("max_body_bytes", "1MB"),
     ("max_ids_per_call", "101"),
     ("max_ids_per_call", "0"),
+    ("admin_token", "a"),
+    ("admin_token", "x" * 31),
 ]
 
 
@@ -151,3 +153,17 @@ def test_database_urls_are_normalised(
     settings = load_from_env(monkeypatch, database_url=given)
     assert settings.database_url == normalised
     assert settings.is_sqlite == normalised.startswith("sqlite")
+
+
+def test_admin_token_of_32_characters_or_blank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below 32 characters the token is refused at start-up (above); 32 is enough, and a blank
+    one means the admin API is off, as when it is unset."""
+    assert load_from_env(monkeypatch, admin_token="x" * 32).admin_token == "x" * 32
+    assert load_from_env(monkeypatch, admin_token="   ").admin_token == ""
+
+
+def test_a_short_admin_token_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_from_env(monkeypatch, admin_token="hunter2")
+    assert "hunter2" not in str(caught.value)
+    assert "SMMGW_ADMIN_TOKEN" in str(caught.value) and "32" in str(caught.value)

@@ -13,6 +13,7 @@ from app import catalog, customers, ledger
 from app.admin.schemas import (
     CatalogState,
     CatalogSyncOut,
+    CustomerBrief,
     CustomerCreated,
     CustomerDetail,
     CustomerOut,
@@ -21,9 +22,15 @@ from app.admin.schemas import (
     KeyOut,
     KeyRevoked,
     OrderOut,
+    Posting,
     PostingResult,
+    PriceChanged,
+    PriceExempt,
+    PriceRuleIn,
     ReportOut,
     ReportTotal,
+    ResolutionOut,
+    ResolveIn,
     ServiceChanged,
     ServiceOut,
     Summary,
@@ -37,6 +44,7 @@ from app.family import Family
 from app.money import bp_to_percent, render
 from app.orders import queries
 from app.orders.placing import STATES, UNKNOWN
+from app.orders.resolution import resolve_order
 from app.report import build_report
 from app.settings import Settings
 from app.sync import PassResult, sync_pass
@@ -45,10 +53,16 @@ from app.upstream import Ambiguous, Refused, UpstreamClient
 # --- naming things ------------------------------------------------------------------------------
 
 
+MAX_ROW_ID = 2**31 - 1  # the id columns' range: a larger id names nothing
+
+
 async def customer_id_for(db: Database, ref: str | int) -> int:
-    """A customer named by id or by exact name (ids win: a name of digits is reached by id)."""
+    """A customer named by id or by exact name (ids win: a name of digits is reached by id).
+    Only ASCII digits make an id ("¹" or "٥" are names, and name no one)."""
     ref = str(ref).strip()
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit():
+        if len(ref) > 10 or int(ref) > MAX_ROW_ID:
+            raise NotFound(f"no customer {ref}")
         return (await customers.get_customer(db, int(ref))).id
     for view in await customers.list_customers(db):
         if view.name == ref:
@@ -110,6 +124,8 @@ async def list_keys(db: Database, ref: str | int) -> list[KeyOut]:
 
 async def revoke_key(db: Database, prefix: str) -> KeyRevoked:
     prefix = prefix.strip()
+    if not (prefix.isascii() and prefix.isalnum() and len(prefix) <= customers.PREFIX_LENGTH):
+        raise NotFound(f"no live key with prefix {prefix!r}")  # not even the shape of one
     await customers.revoke_key(db, prefix)
     return KeyRevoked(prefix=prefix)
 
@@ -117,29 +133,47 @@ async def revoke_key(db: Database, prefix: str) -> KeyRevoked:
 # --- ledger -------------------------------------------------------------------------------------
 
 
-async def topup(
-    db: Database, settings: Settings, ref: str | int, amount: int, memo: str | None
-) -> PostingResult:
-    customer_id = await customer_id_for(db, ref)
-    balance = await ledger.topup(db, customer_id, amount, memo)
+def _posting(posted: ledger.Posted, ref: str | None, settings: Settings) -> PostingResult:
     return PostingResult(
-        customer_id=customer_id,
-        amount=render(amount),
-        balance=render(balance),
+        customer_id=posted.customer_id,
+        amount=render(posted.amount),
+        balance=render(posted.balance),
         currency=settings.currency,
+        entry_id=posted.entry_id,
+        ref=ref,
+        duplicate=posted.duplicate,
     )
 
 
-async def adjust(
-    db: Database, settings: Settings, ref: str | int, amount: int, memo: str | None
+async def topup(
+    db: Database, settings: Settings, customer: str | int, posting: Posting
 ) -> PostingResult:
-    customer_id = await customer_id_for(db, ref)
-    balance = await ledger.adjust(db, customer_id, amount, memo)
+    """Money the customer paid; a `ref` posted before answers the first top-up."""
+    return await _post(db, settings, customer, posting, ledger.TOPUP)
+
+
+async def adjust(
+    db: Database, settings: Settings, customer: str | int, posting: Posting
+) -> PostingResult:
+    """A signed correction; a `ref` posted before answers the first adjustment."""
+    return await _post(db, settings, customer, posting, ledger.ADJUSTMENT)
+
+
+async def _post(
+    db: Database, settings: Settings, customer: str | int, posting: Posting, kind: str
+) -> PostingResult:
+    customer_id = await customer_id_for(db, customer)
+    posted = await ledger.post_for_operator(
+        db, customer_id, posting.micros, kind, memo=posting.memo, ref=posting.ref
+    )
     return PostingResult(
-        customer_id=customer_id,
-        amount=render(amount),
-        balance=render(balance),
+        customer_id=posted.customer_id,
+        amount=render(posted.amount),
+        balance=render(posted.balance),
         currency=settings.currency,
+        entry_id=posted.entry_id,
+        ref=posting.ref,
+        duplicate=posted.duplicate,
     )
 
 
@@ -193,30 +227,58 @@ def _whom(customer: str | int | None) -> str:
     return "everyone" if customer is None else f"customer {customer}"
 
 
-async def set_price(
-    db: Database,
-    service_id: int,
-    *,
-    fixed_rate: int | None,
-    markup_bp: int | None,
-    customer: str | int | None = None,
-    below_cost_ok: bool = False,
-) -> ServiceChanged:
-    """A fixed rate or a markup (exactly one), for everyone or one customer (id or name)."""
-    customer_id = None if customer is None else await customer_id_for(db, customer)
+async def set_price(db: Database, service_id: int, rule: PriceRuleIn) -> PriceChanged:
+    """A fixed rate or a markup (exactly one), for everyone or one customer (id or name).
+    The reply says whom it reaches and who keeps a price of their own, and why."""
+    customer_id = None if rule.customer is None else await customer_id_for(db, rule.customer)
+    fixed_rate, markup_bp = rule.fixed_rate, rule.markup_bp
     await catalog.set_price(
         db,
         service_id,
         customer_id=customer_id,
         fixed_rate=fixed_rate,
         markup_bp=markup_bp,
-        below_cost_ok=below_cost_ok,
+        below_cost_ok=rule.allow_below_cost,
     )
-    if fixed_rate is not None:
-        message = f"fixed rate {render(fixed_rate)} for {_whom(customer)}"
-    else:
-        message = f"markup {bp_to_percent(markup_bp or 0)}% for {_whom(customer)}"
-    return ServiceChanged(service=service_id, changed=message)
+    price = (
+        f"fixed rate {render(fixed_rate)}"
+        if fixed_rate is not None
+        else f"markup {bp_to_percent(markup_bp or 0)}%"
+    )
+    personal = await catalog.personal_rules(db, service_id)
+    everyone = await customers.list_customers(db)
+    applies: list[CustomerBrief] = []
+    exempt: list[PriceExempt] = []
+    if customer_id is not None:
+        view = next(v for v in everyone if v.id == customer_id)
+        applies.append(CustomerBrief(id=view.id, name=view.name))
+        message = f"{price} for customer {view.id} {view.name!r} only"
+        if view.markup_bp is not None:
+            message += f" (before their own markup of {bp_to_percent(view.markup_bp)}%)"
+        return PriceChanged(
+            service=service_id, changed=message, applies_to=applies, not_applied_to=exempt
+        )
+    for view in everyone:
+        if view.id in personal:
+            reason = "their own price for this service comes first"
+        elif view.markup_bp is not None:
+            reason = f"their own markup of {bp_to_percent(view.markup_bp)}% comes first"
+        else:
+            applies.append(CustomerBrief(id=view.id, name=view.name))
+            continue
+        exempt.append(PriceExempt(id=view.id, name=view.name, reason=reason))
+    message = f"{price} for every customer without a price of their own: {_count(applies)}"
+    if exempt:
+        shown = "; ".join(f"{e.id} {e.name!r}: {e.reason}" for e in exempt[:5])
+        more = f"; and {len(exempt) - 5} more" if len(exempt) > 5 else ""
+        message += f"; not for {_count(exempt)} ({shown}{more})"
+    return PriceChanged(
+        service=service_id, changed=message, applies_to=applies, not_applied_to=exempt
+    )
+
+
+def _count(items: list) -> str:  # type: ignore[type-arg]
+    return f"{len(items)} customer{'' if len(items) == 1 else 's'}"
 
 
 async def clear_price(
@@ -250,12 +312,21 @@ async def get_order(db: Database, order_id: int) -> OrderOut:
 
 
 async def resolve(
-    db: Database, order_id: int, *, upstream_order_id: int | None, not_placed: bool
-) -> OrderOut:
-    view = await queries.resolve(
-        db, order_id, upstream_order_id=upstream_order_id, not_placed=not_placed
+    db: Database, upstream: UpstreamClient, order_id: int, verdict: ResolveIn
+) -> ResolutionOut:
+    """The verdict on an `unknown` order, checked with its upstream first; with `correct`, the
+    correction of an earlier verdict (an audited ledger entry)."""
+    done = await resolve_order(
+        db,
+        upstream,
+        order_id,
+        upstream_order_id=verdict.upstream_order_id,
+        not_placed=verdict.not_placed,
+        force=verdict.force,
+        correct=verdict.correct,
+        memo=verdict.memo,
     )
-    return OrderOut.of(view)
+    return ResolutionOut.of_resolution(done)
 
 
 async def unresolved(db: Database) -> int:

@@ -12,12 +12,17 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.admin import ops
 from app.admin.schemas import (
+    FIRST_DAY,
+    LAST_DAY,
+    NAME_MAX,
     CatalogSyncOut,
     CustomerCreate,
     CustomerCreated,
@@ -32,8 +37,10 @@ from app.admin.schemas import (
     OrderOut,
     Posting,
     PostingResult,
+    PriceChanged,
     PriceRuleIn,
     ReportOut,
+    ResolutionOut,
     ResolveIn,
     ServiceChanged,
     ServiceOut,
@@ -88,12 +95,28 @@ class AdminRoute(APIRoute):
             _check_token(request, await _bearer(request))
             try:
                 return await handler(request)
+            except RequestValidationError as exc:
+                # FastAPI's own 422, but showable whatever was sent: the errors echo the input,
+                # and a lone surrogate in it cannot be encoded as UTF-8.
+                return JSONResponse({"detail": _showable(exc.errors())}, status_code=422)
             except NotFound as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=404)
             except OperatorError as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=400)
 
         return route
+
+
+def _showable(value: Any) -> Any:
+    """JSON-ready, with any text that is not valid Unicode escaped (`\\udc80`)."""
+    value = jsonable_encoder(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_showable(item) for item in value]
+    if isinstance(value, dict):
+        return {_showable(k): _showable(v) for k, v in value.items()}
+    return value
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -130,7 +153,10 @@ def _upstream(request: Request) -> UpstreamClient:
 Db = Annotated[Database, Depends(_db)]
 Config = Annotated[Settings, Depends(_settings)]
 Upstream = Annotated[UpstreamClient, Depends(_upstream)]
-CustomerRef = Annotated[str, Path(description="Customer id or exact name.")]
+CustomerRef = Annotated[str, Path(max_length=NAME_MAX, description="Customer id or exact name.")]
+CustomerQuery = Annotated[
+    str | None, Query(max_length=NAME_MAX, description="Customer id or name.")
+]
 Limit = Annotated[int, Query(ge=1, le=10_000, description="How many, newest first.")]
 
 
@@ -195,13 +221,13 @@ async def revoke_key(prefix: str, db: Db) -> KeyRevoked:
 @router.post("/customers/{customer}/topup")
 async def topup(customer: CustomerRef, body: Posting, db: Db, settings: Config) -> PostingResult:
     """Add money the customer paid (positive)."""
-    return await ops.topup(db, settings, customer, body.micros, body.memo)
+    return await ops.topup(db, settings, customer, body)
 
 
 @router.post("/customers/{customer}/adjust")
 async def adjust(customer: CustomerRef, body: Posting, db: Db, settings: Config) -> PostingResult:
     """A signed correction (never below a zero balance)."""
-    return await ops.adjust(db, settings, customer, body.micros, body.memo)
+    return await ops.adjust(db, settings, customer, body)
 
 
 @router.get("/customers/{customer}/ledger")
@@ -257,23 +283,17 @@ async def rename_service(service_id: RowId, body: ServiceRename, db: Db) -> Serv
 
 
 @router.put("/services/{service_id}/price")
-async def set_price(service_id: RowId, body: PriceRuleIn, db: Db) -> ServiceChanged:
-    """A fixed `rate` or a `markup_percent`, for everyone or one `customer`."""
-    return await ops.set_price(
-        db,
-        service_id,
-        fixed_rate=body.fixed_rate,
-        markup_bp=body.markup_bp,
-        customer=body.customer,
-        below_cost_ok=body.allow_below_cost,
-    )
+async def set_price(service_id: RowId, body: PriceRuleIn, db: Db) -> PriceChanged:
+    """A fixed `rate` or a `markup_percent`, for everyone or one `customer`. The reply lists
+    whom it reaches and who keeps a price of their own (a markup or a rule), and why."""
+    return await ops.set_price(db, service_id, body)
 
 
 @router.delete("/services/{service_id}/price")
 async def clear_price(
     service_id: RowId,
     db: Db,
-    customer: Annotated[str | None, Query(description="Customer id or name.")] = None,
+    customer: CustomerQuery = None,
 ) -> ServiceChanged:
     """Remove the price rule for everyone, or for one customer."""
     return await ops.clear_price(db, service_id, customer)
@@ -286,7 +306,7 @@ async def clear_price(
 async def list_orders(
     db: Db,
     state: Literal["sending", "placed", "rejected", "unknown"] | None = None,
-    customer: Annotated[str | None, Query(description="Customer id or name.")] = None,
+    customer: CustomerQuery = None,
     limit: Limit = 50,
 ) -> list[OrderOut]:
     """Orders, newest first; `state=unknown` lists those awaiting resolution."""
@@ -299,12 +319,13 @@ async def show_order(order_id: RowId, db: Db) -> OrderOut:
 
 
 @router.post("/orders/{order_id}/resolve")
-async def resolve_order(order_id: RowId, body: Annotated[ResolveIn, Body()], db: Db) -> OrderOut:
-    """The verdict on an `unknown` order: it exists upstream as `upstream_order_id` (placed),
-    or it was `not_placed` (refunded in full)."""
-    return await ops.resolve(
-        db, order_id, upstream_order_id=body.upstream_order_id, not_placed=body.not_placed
-    )
+async def resolve_order(
+    order_id: RowId, body: Annotated[ResolveIn, Body()], db: Db, upstream: Upstream
+) -> ResolutionOut:
+    """The verdict on an `unknown` order: it exists upstream as `upstream_order_id` (placed,
+    once the upstream confirms that id matches the order, or with `force`), or it was
+    `not_placed` (refunded in full). With `correct`, an earlier verdict is corrected."""
+    return await ops.resolve(db, upstream, order_id, body)
 
 
 @router.post("/sync")
@@ -320,8 +341,12 @@ async def sync_pass(db: Db, upstream: Upstream, settings: Config) -> SyncPassOut
 async def report(
     db: Db,
     settings: Config,
-    since: Annotated[date | None, Query(description="First day included (UTC).")] = None,
-    until: Annotated[date | None, Query(description="Last day included (UTC).")] = None,
+    since: Annotated[
+        date | None, Query(ge=FIRST_DAY, le=LAST_DAY, description="First day included (UTC).")
+    ] = None,
+    until: Annotated[
+        date | None, Query(ge=FIRST_DAY, le=LAST_DAY, description="Last day included (UTC).")
+    ] = None,
 ) -> ReportOut:
     """Revenue, upstream cost and margin per customer and per service, with totals."""
     return await ops.report(db, settings, since, until)

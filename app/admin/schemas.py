@@ -6,7 +6,8 @@ UTC, ISO 8601. `model_dump(mode="json")` is exactly the API's reply body, so a s
 same JSON from `smm-gateway … --json` and from `/admin/…`.
 """
 
-from datetime import datetime
+import re
+from datetime import date, datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -21,10 +22,11 @@ from pydantic import (
 
 from app.catalog import ServiceView, SyncResult
 from app.customers import CustomerView, KeyView
-from app.ledger import EntryView
+from app.ledger import MAX_OPERATOR_REF, EntryView
 from app.models import as_utc
-from app.money import bp_to_percent, parse_micros, percent_to_bp, render
+from app.money import MAX_RATE, bp_to_percent, parse_micros, percent_to_bp, render
 from app.orders.queries import OrderView
+from app.orders.resolution import Resolution
 from app.report import Report, ReportLine
 from app.sync import PassResult
 
@@ -41,11 +43,84 @@ Timestamp = Annotated[datetime, AfterValidator(as_utc)]
 """Always UTC-aware (SQLite hands datetimes back without a zone)."""
 
 
+# --- what operators send: every value checked here, once, for the admin API and the CLI -------
+# (the CLI builds these same models from its options; a ValidationError is its one-line error)
+
+NAME_MAX = 200
+MEMO_MAX = 2000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_MEMO_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # tabs and new lines are fine
+_REF = re.compile(rf"[\x21-\x7e]{{1,{MAX_OPERATOR_REF}}}")
+
+
+def _storable(text: str, control: re.Pattern[str]) -> str:
+    """Text a database can store and a log line can show: valid Unicode (no lone surrogate,
+    which neither UTF-8 nor PostgreSQL can hold) and no control characters."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate?)") from None
+    if control.search(text):
+        raise ValueError("control characters are not allowed")
+    return text
+
+
+def _name_text(value: str) -> str:
+    return _storable(value, _CONTROL).strip()
+
+
+def _memo_text(value: str) -> str:
+    return _storable(value, _MEMO_CONTROL)
+
+
+def _ref_text(value: str) -> str:
+    if not _REF.fullmatch(value):
+        raise ValueError(
+            f"a ref is 1 to {MAX_OPERATOR_REF} printable ASCII characters without spaces"
+            " (a payment or ticket id)"
+        )
+    return value
+
+
+NameIn = Annotated[str, AfterValidator(_name_text), Field(min_length=1, max_length=NAME_MAX)]
+"""A customer's name: 1 to 200 characters of text, no control characters."""
+
+LabelIn = Annotated[str, AfterValidator(_name_text), Field(max_length=NAME_MAX)]
+"""A service's name or category as customers see it ('' = the upstream's)."""
+
+MemoIn = Annotated[str, AfterValidator(_memo_text), Field(max_length=MEMO_MAX)]
+
+RefIn = Annotated[
+    str,
+    AfterValidator(_ref_text),
+    Field(
+        min_length=1,
+        max_length=MAX_OPERATOR_REF,
+        pattern=rf"^[!-~]{{1,{MAX_OPERATOR_REF}}}$",
+        description="Your reference (a payment id): the same ref again credits nothing.",
+        examples=["stripe:pi_3Nq2"],
+    ),
+]
+
+FIRST_DAY = date(1900, 1, 1)
+LAST_DAY = date(9998, 12, 31)  # the day after it must still be a date
+DayIn = Annotated[date, Field(ge=FIRST_DAY, le=LAST_DAY, description="A day (UTC), YYYY-MM-DD.")]
+
+UpstreamOrderId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
 def _amount_text(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError('give the amount as a decimal string, e.g. "12.50"')
     text = str(value).strip()
     parse_micros(text)  # MoneyError is a ValueError: a 422 naming the field
+    return text
+
+
+def _rate_text(text: str) -> str:
+    micros = parse_micros(text)
+    if not 0 < micros <= MAX_RATE:
+        raise ValueError(f"a rate per 1000 must be above 0 and at most {render(MAX_RATE, 0)}")
     return text
 
 
@@ -72,6 +147,9 @@ AmountIn = Annotated[
     ),
 ]
 """A decimal string ("12.50"; at most 6 decimals; an integer is accepted, a float never)."""
+
+RateIn = Annotated[AmountIn, AfterValidator(_rate_text)]
+"""A rate per 1000 units: above 0, at most 1,000,000."""
 
 MarkupIn = Annotated[
     str,
@@ -186,7 +264,7 @@ class KeyRevoked(_Out):
 
 
 class CustomerCreate(_In):
-    name: str = Field(min_length=1, max_length=200)
+    name: NameIn
     markup_percent: CustomerMarkupIn | None = Field(
         None, description="Markup in percent; absent or null: the default markup."
     )
@@ -200,7 +278,7 @@ class CustomerCreate(_In):
 class CustomerPatch(_In):
     """Only the fields given change; `"markup_percent": null` returns to the default markup."""
 
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: NameIn | None = None
     markup_percent: CustomerMarkupIn | None = None
     dialect: Dialect | None = None
     disabled: bool | None = None
@@ -247,7 +325,8 @@ class EntryOut(_Out):
 
 class Posting(_In):
     amount: AmountIn = Field(description="A top-up: positive. An adjustment: signed, not zero.")
-    memo: str | None = Field(None, max_length=2000)
+    memo: MemoIn | None = None
+    ref: RefIn | None = None
 
     @property
     def micros(self) -> int:
@@ -255,12 +334,16 @@ class Posting(_In):
 
 
 class PostingResult(_Out):
-    """A top-up or an adjustment done: the amount and the balance after it."""
+    """A top-up or an adjustment done: the amount and the balance now. With a ref posted
+    before (`duplicate`), nothing moved: the first posting's entry and amount."""
 
     customer_id: int
     amount: Money
     balance: Money
     currency: str
+    entry_id: int
+    ref: str | None = None
+    duplicate: bool = False
 
 
 class VerifyResult(_Out):
@@ -326,20 +409,43 @@ class ServiceChanged(_Out):
     changed: str
 
 
+class CustomerBrief(_Out):
+    id: int
+    name: str
+
+
+class PriceExempt(CustomerBrief):
+    """A customer a rule for everyone does not reach, and why: their own price comes first."""
+
+    reason: str
+
+
+class PriceChanged(ServiceChanged):
+    """A price rule set: whom it reaches now, and who keeps a price of their own (DESIGN.md's
+    order: the customer's rule for the service, the customer's markup, the rule for everyone)."""
+
+    applies_to: list[CustomerBrief] = Field(description="Customers now priced by this rule.")
+    not_applied_to: list[PriceExempt] = Field(
+        description="Customers this rule does not reach, each with the reason."
+    )
+
+
 class ServiceRename(_In):
     """The names customers see; an empty string returns to the upstream's."""
 
-    name: str | None = None
-    category: str | None = None
+    name: LabelIn | None = None
+    category: LabelIn | None = None
 
 
 class PriceRuleIn(_In):
     """A price for one service: exactly one of a fixed `rate` per 1000 or a `markup_percent`,
     for everyone or for one `customer` (id or exact name)."""
 
-    rate: AmountIn | None = None
+    rate: RateIn | None = None
     markup_percent: MarkupIn | None = None
-    customer: str | None = Field(None, description="Customer id or exact name; absent: everyone.")
+    customer: str | None = Field(
+        None, max_length=NAME_MAX, description="Customer id or exact name; absent: everyone."
+    )
     allow_below_cost: bool = False
 
     @model_validator(mode="after")
@@ -427,12 +533,18 @@ class OrderOut(_Out):
 
 
 class ResolveIn(_In):
-    """The operator's verdict on an `unknown` order: exactly one of the two."""
+    """The operator's verdict on an `unknown` order: exactly one of the two. The upstream is
+    asked about `upstream_order_id` first; an id it does not know, or one whose link or service
+    differ from the order's, is refused unless `force`. With `correct`, a verdict already given
+    (placed, or not placed) is corrected, money included, by an audited ledger entry."""
 
-    upstream_order_id: int | None = Field(
-        None, ge=1, description="It exists upstream under this id: the order is placed."
+    upstream_order_id: UpstreamOrderId | None = Field(
+        None, description="It exists upstream under this id: the order is placed."
     )
     not_placed: bool = Field(False, description="It never reached the upstream: refund in full.")
+    force: bool = Field(False, description="Accept the id though the upstream's answer differs.")
+    correct: bool = Field(False, description="Correct an order resolved (or placed) before.")
+    memo: MemoIn | None = Field(None, description="Why: kept with the correction's entry.")
 
     @model_validator(mode="after")
     def _one_verdict(self) -> Self:
@@ -441,7 +553,56 @@ class ResolveIn(_In):
         return self
 
 
+class UpstreamCheck(_Out):
+    """What the order's upstream says about the id given, and how it differs from the order."""
+
+    upstream_order_id: int
+    found: bool = Field(description="False: the upstream does not know this id (or no answer).")
+    status: str | None
+    charge: Money | None = Field(description="The upstream's charge for it.")
+    expected_charge: Money = Field(description="What the order should cost there (its cost).")
+    link: str | None = Field(description="Its link, where the upstream tells it.")
+    service: int | None = Field(description="Its service, where the upstream tells it.")
+    mismatches: list[str] = Field(description="Each way it differs from the order; [] = none.")
+    forced: bool = Field(description="Accepted despite the mismatches (force).")
+
+
+class ResolutionOut(OrderOut):
+    """The order after the verdict, with what the upstream said and any correction entry."""
+
+    upstream_check: UpstreamCheck | None
+    correction: str | None = Field(description="The ledger ref of the correction, if any.")
+
+    @classmethod
+    def of_resolution(cls, done: Resolution) -> Self:
+        check = done.check
+        return cls(
+            **OrderOut.of(done.order).model_dump(),
+            upstream_check=None
+            if check is None
+            else UpstreamCheck(
+                upstream_order_id=check.upstream_order_id,
+                found=check.found,
+                status=check.status,
+                charge=_money(check.charge),
+                expected_charge=render(check.expected_charge),
+                link=check.link,
+                service=check.service,
+                mismatches=list(check.mismatches),
+                forced=check.forced,
+            ),
+            correction=done.correction_ref,
+        )
+
+
 # --- sync, report, summary ----------------------------------------------------------------------
+
+
+class ReportPeriod(_In):
+    """The days a report covers (both included, UTC)."""
+
+    since: DayIn | None = None
+    until: DayIn | None = None
 
 
 class SyncPassOut(_Out):

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 
-from app.db import Database
+from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
 from app.models import Order, utcnow
 from app.orders.placing import PLACED, REJECTED, SENDING, UNKNOWN, reject_and_refund
@@ -135,6 +135,19 @@ async def count_by_state(db: Database) -> dict[str, int]:
         return {state: count for state, count in rows}
 
 
+async def refuse_taken(conn: Conn, upstream_order_id: int, order_id: int) -> None:
+    """An upstream order belongs to one of our orders at most (a rejected one let it go)."""
+    taken = await conn.scalar(
+        select(Order.id).where(
+            Order.upstream_order_id == upstream_order_id,
+            Order.id != order_id,
+            Order.state != REJECTED,
+        )
+    )
+    if taken is not None:
+        raise OperatorError(f"upstream order {upstream_order_id} belongs to order {taken}")
+
+
 async def resolve(
     db: Database, order_id: int, *, upstream_order_id: int | None = None, not_placed: bool = False
 ) -> OrderView:
@@ -152,15 +165,7 @@ async def resolve(
             raise OperatorError(f"order {order_id} changed meanwhile; look again")
         return await get_order(db, order_id)
     async with db.write() as conn:
-        taken = await conn.scalar(
-            select(Order.id).where(
-                Order.upstream_order_id == upstream_order_id,
-                Order.id != order_id,
-                Order.state != REJECTED,
-            )
-        )
-        if taken is not None:
-            raise OperatorError(f"upstream order {upstream_order_id} belongs to order {taken}")
+        await refuse_taken(conn, upstream_order_id, order_id)
         result = await conn.execute(
             update(Order)
             .where(Order.id == order_id, Order.state == UNKNOWN)
