@@ -6,6 +6,7 @@ keys are a different thing and never do). Operator errors are 400, unknown thing
 `{"detail": "…"}`; the JSON of each reply is the CLI's `--json` output of the same operation.
 """
 
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import date
@@ -112,6 +113,8 @@ def _showable(value: Any) -> Any:
     value = jsonable_encoder(value)
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no inf or nan: echo them as text
     if isinstance(value, list):
         return [_showable(item) for item in value]
     if isinstance(value, dict):
