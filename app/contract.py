@@ -128,3 +128,13 @@ def canonical_type(raw: object) -> str | None:
 
 # Types charged their flat rate per order rather than per 1000 units.
 PACKAGE_TYPES = frozenset({"Package", "Custom Comments Package"})
+
+# How a Partial settles (DESIGN.md "Status and settlement"), fixed on the order at intent:
+# by the upstream's `remains`, or by the upstream's own charge ratio where it reports none.
+SETTLE_BY_REMAINS = "remains"
+SETTLE_BY_CHARGE_RATIO = "charge_ratio"
+
+
+def settle_by(service_type: str) -> str:
+    flat = service_type in PACKAGE_TYPES or service_type == "Subscriptions"
+    return SETTLE_BY_CHARGE_RATIO if flat else SETTLE_BY_REMAINS

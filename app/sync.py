@@ -23,11 +23,11 @@ from app.contract import (
     EXPIRED,
     FINAL_STATUSES,
     IN_PROGRESS,
-    PACKAGE_TYPES,
     PARTIAL,
+    SETTLE_BY_REMAINS,
 )
 from app.db import Database
-from app.models import Order, Service, utcnow
+from app.models import Order, utcnow
 from app.orders.placing import PLACED, recover_stale_sending
 from app.upstream import Refused, UpstreamClient, UpstreamOrderStatus
 
@@ -52,7 +52,7 @@ class _Claimed:
     id: int
     customer_id: int
     upstream_order_id: int
-    service_type: str
+    settle_by: str  # snapshotted at intent (DESIGN.md): never the catalog's current type
     quantity: int
     charge: int
     cost: int
@@ -88,13 +88,11 @@ async def _claim_batch(
                 Order.id,
                 Order.customer_id,
                 Order.upstream_order_id,
-                Service.type,
+                Order.settle_by,
                 Order.quantity,
                 Order.charge,
                 Order.cost,
-            )
-            .join(Service, Service.id == Order.service_id)
-            .where(Order.id.in_(ids))
+            ).where(Order.id.in_(ids))
         )
         return [_Claimed(*row) for row in rows]
 
@@ -105,8 +103,8 @@ def settlement_refund(order: _Claimed, status: str, heard: UpstreamOrderStatus) 
         return 0
     if status == CANCELED:
         return order.charge
-    flat = order.service_type in PACKAGE_TYPES or order.service_type == "Subscriptions"
-    if status == PARTIAL and heard.remains is not None and not flat and not heard.child_orders:
+    by_remains = order.settle_by == SETTLE_BY_REMAINS
+    if status == PARTIAL and heard.remains is not None and by_remains and not heard.child_orders:
         remains = min(max(heard.remains, 0), order.quantity)
         return order.charge * remains // order.quantity
     # No usable remains: the customer keeps paying the fraction the upstream keeps of its own.

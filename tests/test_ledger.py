@@ -64,6 +64,8 @@ async def place_order(db: Database, customer_id: int, service_id: int, charge: i
                     rate=charge,
                     charge=charge,
                     cost=charge,
+                    service_type="Default",
+                    settle_by="remains",
                 )
             )
             order_id = result.inserted_primary_key[0]

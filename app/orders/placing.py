@@ -19,7 +19,13 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app import ledger
-from app.contract import NOT_ENOUGH_FUNDS, PENDING, TEMPORARILY_UNAVAILABLE, ContractError
+from app.contract import (
+    NOT_ENOUGH_FUNDS,
+    PENDING,
+    TEMPORARILY_UNAVAILABLE,
+    ContractError,
+    settle_by,
+)
 from app.db import Database
 from app.models import Order, as_utc, utcnow
 from app.orders.validation import OrderRequest
@@ -147,6 +153,8 @@ async def commit_intent(
                     "rate": request.rate,
                     "charge": request.charge,
                     "cost": request.cost,
+                    "service_type": request.service_type,
+                    "settle_by": settle_by(request.service_type),
                     "refunded": 0,
                     "announced": False,
                     "idempotency_key": idempotency_key or None,
