@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app import ledger
@@ -56,6 +56,7 @@ class _Claimed:
     quantity: int
     charge: int
     cost: int
+    first_charge: int | None  # the upstream's own charge as first reported while live
 
 
 async def _claim_batch(
@@ -92,13 +93,15 @@ async def _claim_batch(
                 Order.quantity,
                 Order.charge,
                 Order.cost,
+                Order.upstream_first_charge,
             ).where(Order.id.in_(ids))
         )
         return [_Claimed(*row) for row in rows]
 
 
-def settlement_refund(order: _Claimed, status: str, heard: UpstreamOrderStatus) -> int:
-    """How much of the charge goes back to the customer for a final status (DESIGN.md)."""
+def settlement_refund(order: _Claimed, status: str, heard: UpstreamOrderStatus) -> int | None:
+    """How much of the charge goes back to the customer for a final status (DESIGN.md);
+    None when the upstream gave no figure the formula needs: the settlement is held."""
     if status == COMPLETED:
         return 0
     if status == CANCELED:
@@ -107,11 +110,20 @@ def settlement_refund(order: _Claimed, status: str, heard: UpstreamOrderStatus) 
     if status == PARTIAL and heard.remains is not None and by_remains and not heard.child_orders:
         remains = min(max(heard.remains, 0), order.quantity)
         return order.charge * remains // order.quantity
-    # No usable remains: the customer keeps paying the fraction the upstream keeps of its own.
-    if heard.charge_micros is None or order.cost <= 0:
+    if heard.charge_micros is None:
+        return None
+    return ratio_refund(order.charge, heard.charge_micros, order.first_charge, order.cost)
+
+
+def ratio_refund(charge: int, kept: int, first_charge: int | None, cost: int) -> int:
+    """No usable remains: the customer keeps paying the fraction the upstream keeps of its own
+    first charge (our catalog estimate `cost` only when it never reported one while live),
+    rounded in the reseller's favour by at most one micro-unit."""
+    base = first_charge if first_charge is not None and first_charge > 0 else cost
+    if base <= 0:
         return 0
-    kept = min(heard.charge_micros, order.cost)
-    return order.charge - -(-order.charge * kept // order.cost)
+    kept = min(max(kept, 0), base)
+    return charge - -(-charge * kept // base)
 
 
 async def _apply(
@@ -135,15 +147,28 @@ async def _apply(
         values["start_count"] = heard.start_count
     if heard.remains is not None:
         values["remains"] = min(heard.remains, order.quantity)
+    final = status in FINAL_STATUSES or status == EXPIRED
     if heard.charge_micros is not None:
         values["upstream_charge"] = heard.charge_micros
-    final = status in FINAL_STATUSES or status == EXPIRED
+        if not final:  # a final charge is what the upstream keeps, not what it first charged
+            values["upstream_first_charge"] = func.coalesce(
+                Order.upstream_first_charge, heard.charge_micros
+            )
+    refund = settlement_refund(order, status, heard) if final else None
+    if final and refund is None:
+        # Held, not guessed (DESIGN.md): the status shown stays what it was, the order stays
+        # in the sync, and the operator sees it (CLI warning, smmgw_settlements_held).
+        log.warning("order %s: %s without remains or charge; settlement held", order.id, status)
+        del values["status"]
+        values["held"] = f"{status} reported without remains or charge"
+        final = False
     try:
         async with db.write() as conn:
             if not final:
                 await conn.execute(update(Order).where(Order.id == order.id).values(**values))
                 return
-            refund = settlement_refund(order, status, heard)
+            assert refund is not None
+            values["held"] = None
             # Only the first settler gets past this guard; the unique ref backs it up.
             settled = await conn.execute(
                 update(Order)
@@ -247,10 +272,15 @@ async def _with_child_charges(
         if isinstance(item, UpstreamOrderStatus)
         and item.status in (PARTIAL, EXPIRED)
         and item.charge_micros is None
-        and item.child_orders is not None  # an empty list: nothing delivered, nothing kept
+        and item.child_orders is not None
     }
+    completed: dict[int, UpstreamOrderStatus | Refused | None] = dict(heard)
+    for uid, (item, kids) in list(parents.items()):
+        if not kids:  # no run ever started: nothing delivered, nothing kept
+            completed[uid] = replace(item, charge_micros=0)
+            del parents[uid]
     if not parents:
-        return dict(heard)
+        return completed
     children = sorted({child for _, kids in parents.values() for child in kids})
     runs: dict[int, UpstreamOrderStatus] = {}
     for start in range(0, len(children), BATCH_SIZE):
@@ -260,7 +290,6 @@ async def _with_child_charges(
             for cid, item in part.items():
                 if isinstance(item, UpstreamOrderStatus) and item.charge_micros is not None:
                     runs[cid] = item
-    completed: dict[int, UpstreamOrderStatus | Refused | None] = dict(heard)
     for uid, (item, kids) in parents.items():
         if all(kid in runs for kid in kids):
             charge = sum(runs[kid].charge_micros or 0 for kid in kids)

@@ -7,7 +7,12 @@ refunds are DESIGN.md's formulas, computed here from what the simulator itself r
 
 from typing import Any
 
-from sync_helpers import Harness, ratio_refund
+import httpx
+from sync_helpers import Harness, UpstreamTap, partial_refund, ratio_refund, upstream_cost
+
+from app.metrics import read_state
+from app.orders.queries import held_settlements
+from app.upstream import UpstreamClient
 
 
 async def edit_sim_catalog(h: Harness, changes: dict[str, Any]) -> None:
@@ -44,4 +49,83 @@ async def test_a_package_relisted_as_default_still_settles_by_the_charge_ratio(
     kept, first = sim["charge_micros"], sim["initial_charge_micros"]
     assert 0 < kept < first
     assert order.refunded == ratio_refund(order.charge, kept, first)
+    await h.assert_clean()
+
+
+# --- item 3: the charge ratio's base is the upstream's own first charge ------------------------
+
+
+async def test_the_charge_ratio_divides_by_the_upstreams_first_charge(harness: Harness) -> None:
+    h = harness
+    bob = await h.customer(markup_bp=2500)
+    # The upstream halves its price after our catalog sync: it charges less than we estimate.
+    await edit_sim_catalog(h, {"102": {"rate": "6.25"}})
+    oid = await h.add(bob, service=102, link="https://ig.test/sim:partial")
+    await settle_all(h)
+
+    order = await h.order(oid)
+    sim = (await h.sim_orders())[order.upstream_order_id]
+    first, kept = sim["initial_charge_micros"], sim["charge_micros"]
+    assert first * 2 == upstream_cost(102, 1) and 0 < kept < first  # we estimated double
+    assert order.upstream_first_charge == first  # kept, not overwritten by the final charge
+    assert order.upstream_charge == kept
+    assert order.refunded == ratio_refund(order.charge, kept, first)
+    await h.assert_clean()
+
+
+# --- item 4: a drip-feed parent whose runs never started ---------------------------------------
+
+
+async def test_a_dripfeed_parent_with_no_runs_is_refunded_in_full(harness: Harness) -> None:
+    h = harness
+    bob = await h.customer()
+    params = {"service": 5, "quantity": 500, "runs": 2, "interval": 5}
+    partial = await h.add(bob, link="https://ig.test/sim:norun/a", **params)
+    expired = await h.add(bob, link="https://ig.test/sim:norun/b", **params)
+    # The same parent answered Expired (another panel's word for it), through a tap.
+    tap = UpstreamTap(h.simulator, {(await h.order(expired)).upstream_order_id: "Expired"})
+    client = UpstreamClient.from_settings(h.gw.settings, transport=httpx.ASGITransport(app=tap))
+    try:
+        h.clock.advance(3 * h.tick)
+        assert (await h.sync(client)).settled == 2
+    finally:
+        await client.aclose()
+    for oid, status in ((partial, "Partial"), (expired, "Expired")):
+        order = await h.order(oid)
+        assert (order.status, order.refunded) == (status, order.charge)
+    sim = await h.sim_orders()
+    assert sim[(await h.order(partial)).upstream_order_id]["charge_micros"] == 0
+    await h.assert_clean()
+
+
+# --- item 7: a final status without the figures its formula needs is held ---------------------
+
+
+async def test_a_partial_without_remains_or_charge_is_held_until_figures_arrive(
+    harness: Harness,
+) -> None:
+    h = harness
+    bob = await h.customer()
+    oid = await h.add(
+        bob, service=14, link="https://ig.test/sim:partial/sim:late-figures", quantity=400
+    )
+    h.clock.advance(h.tick)
+    await h.sync()
+    before = await h.books()
+    h.clock.advance(2 * h.tick)  # final upstream, but reported without remains and charge
+    assert (await h.sync()).settled == 0
+    order = await h.order(oid)
+    assert order.settled_at is None and order.refunded == 0 and order.held
+    assert order.status == "In progress"  # still what the customer last saw
+    assert await h.books() == before
+    assert await held_settlements(h.db) == [oid]
+    assert (await read_state(h.db)).held == 1  # the smmgw_settlements_held gauge
+
+    h.clock.advance(2 * h.tick)  # the figures arrive: settled by the formula
+    assert (await h.sync()).settled == 1
+    order = await h.order(oid)
+    heard = await h.sim_status(order.upstream_order_id)
+    assert order.status == "Partial" and order.held is None
+    assert order.refunded == partial_refund(order.charge, int(heard["remains"]), 400) > 0
+    assert await held_settlements(h.db) == []
     await h.assert_clean()

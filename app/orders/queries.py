@@ -32,6 +32,9 @@ class OrderView:
     params: dict[str, str]
     created_at: datetime
     refreshed_at: datetime | None
+    upstream_first_charge: int | None = None
+    held: str | None = None  # why its settlement waits (a final status without its figures)
+    settled_at: datetime | None = None
 
     @property
     def current_charge(self) -> int:
@@ -58,6 +61,9 @@ _COLUMNS = (
     Order.params,
     Order.created_at,
     Order.refreshed_at,
+    Order.upstream_first_charge,
+    Order.held,
+    Order.settled_at,
 )
 
 
@@ -65,6 +71,16 @@ def _view(row: tuple) -> OrderView:
     values = list(row)
     values[15] = json.loads(values[15])
     return OrderView(*values)
+
+
+async def held_settlements(db: Database) -> list[int]:
+    """Orders whose final status came without the figures to settle it: the operator's to see
+    (a CLI warning, `ledger verify`, the smmgw_settlements_held gauge) until they arrive."""
+    async with db.read() as conn:
+        rows = await conn.execute(
+            select(Order.id).where(Order.held.is_not(None), Order.settled_at.is_(None))
+        )
+        return sorted(rows.scalars())
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,14 @@ def shown_status(status: str) -> str:
 
 
 def status_payload(sim: Simulator, dialect: Dialect, order: Order) -> dict[str, object]:
+    payload = _status_payload(sim, dialect, order)
+    if sim.withholds_figures(order):
+        payload.pop("charge", None)
+        payload.pop("remains", None)
+    return payload
+
+
+def _status_payload(sim: Simulator, dialect: Dialect, order: Order) -> dict[str, object]:
     view = sim.view(order)
     status = shown_status(view.status)
     if dialect == "smartpanel":

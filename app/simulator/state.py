@@ -131,6 +131,12 @@ def count_lines(text: str) -> int:
     return sum(1 for line in re.split(r"\r?\n", text) if line.strip())
 
 
+def runs_never_start(link: str) -> bool:
+    """Link marker sim:norun: a drip-feed order whose runs never start; it ends Partial with
+    an empty run list and the panel refunds all of it."""
+    return "sim:norun" in link
+
+
 def split_charge(total: int, parts: int) -> list[int]:
     """`total` micro-units in `parts` shares that add up exactly."""
     return [total * (k + 1) // parts - total * k // parts for k in range(parts)]
@@ -454,11 +460,20 @@ class Simulator:
                          runs: int, charge: int, fate: str, hang: bool, now: float) -> Order:
         parent = self._new_order(service, dict(params), "dripfeed", quantity * runs, 0, now, fate)
         parent.hang, parent.runs, parent.initial_charge = hang, runs, charge
+        if runs_never_start(params.get("link", "")):
+            parent.charge, parent.fate = charge, PARTIAL  # held, then all of it refunded
+            return self._record(parent)
         for k, share in enumerate(split_charge(charge, runs)):  # run k starts k ticks later
             child = self._new_order(service, {}, "plain", quantity, share, self._at(now, k), fate)
             self._adopt(parent, child)
         parent.due_at = max(c.due_at for c in parent.children)
         return self._record(parent)
+
+    def withholds_figures(self, order: Order) -> bool:
+        """Link marker sim:late-figures: a final status first comes without `charge` and
+        `remains` (the panel computes them later), for two ticks past the final one."""
+        return ("sim:late-figures" in order.params.get("link", "")
+                and self.now() < self._at(order.due_at, 2))
 
     def _fate(self, marked: str) -> tuple[str, bool]:
         """Random by seed, unless the link names one; drawn always so markers don't shift it."""
