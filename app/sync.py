@@ -9,6 +9,7 @@ ledger ref `refund:<order>` stops a second settlement even if a lease were ever 
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -57,6 +58,15 @@ class _Claimed:
     charge: int
     cost: int
     first_charge: int | None  # the upstream's own charge as first reported while live
+    # The claim's token: every write of the pass names it, so one that lost its lease (and
+    # whose order another instance now holds, or settled) writes nothing.
+    lease_owner: str | None = None
+
+
+def _owned(order: _Claimed) -> tuple:  # type: ignore[type-arg]
+    """The WHERE of every write of a pass: still this pass's lease, and not settled."""
+    held = () if order.lease_owner is None else (Order.lease_owner == order.lease_owner,)
+    return (Order.id == order.id, Order.settled_at.is_(None), *held)
 
 
 async def _claim_batch(
@@ -65,6 +75,7 @@ async def _claim_batch(
     """Lease up to `limit` active orders last refreshed before `refreshed_before` (so not in
     this pass, nor just now by another instance), oldest first."""
     now = utcnow()
+    owner = uuid.uuid4().hex
     due = (
         select(Order.id)
         .where(
@@ -83,7 +94,11 @@ async def _claim_batch(
         ids = list((await conn.execute(due)).scalars())
         if not ids:
             return []
-        await conn.execute(update(Order).where(Order.id.in_(ids)).values(lease_until=now + lease))
+        await conn.execute(
+            update(Order)
+            .where(Order.id.in_(ids))
+            .values(lease_until=now + lease, lease_owner=owner)
+        )
         rows = await conn.execute(
             select(
                 Order.id,
@@ -96,7 +111,30 @@ async def _claim_batch(
                 Order.upstream_first_charge,
             ).where(Order.id.in_(ids))
         )
-        return [_Claimed(*row) for row in rows]
+        return [_Claimed(*row, lease_owner=owner) for row in rows]
+
+
+async def _renew(db: Database, batch: list[_Claimed], lease: timedelta) -> list[_Claimed]:
+    """Before another upstream call: extend the lease on what this pass still holds."""
+    if not batch:
+        return []
+    owner = batch[0].lease_owner
+    async with db.write() as conn:
+        kept = set(
+            (
+                await conn.execute(
+                    update(Order)
+                    .where(
+                        Order.id.in_([o.id for o in batch]),
+                        Order.lease_owner == owner,
+                        Order.settled_at.is_(None),
+                    )
+                    .values(lease_until=utcnow() + lease)
+                    .returning(Order.id)
+                )
+            ).scalars()
+        )
+    return [o for o in batch if o.id in kept]
 
 
 def settlement_refund(order: _Claimed, status: str, heard: UpstreamOrderStatus) -> int | None:
@@ -141,6 +179,7 @@ async def _apply(
         "upstream_status": (heard.raw_status or "")[:32] or None,
         "refreshed_at": now,
         "lease_until": None,
+        "lease_owner": None,
         "updated_at": now,
     }
     if heard.start_count is not None:
@@ -165,14 +204,14 @@ async def _apply(
     try:
         async with db.write() as conn:
             if not final:
-                await conn.execute(update(Order).where(Order.id == order.id).values(**values))
+                await conn.execute(update(Order).where(*_owned(order)).values(**values))
                 return
             assert refund is not None
             values["held"] = None
             # Only the first settler gets past this guard; the unique ref backs it up.
             settled = await conn.execute(
                 update(Order)
-                .where(Order.id == order.id, Order.settled_at.is_(None))
+                .where(*_owned(order))
                 .values(settled_at=now, refunded=refund, **values)
             )
             if settled.rowcount != 1:
@@ -197,19 +236,31 @@ async def _missing(db: Database, order: _Claimed, refusal: Refused, result: Pass
     async with db.write() as conn:
         await conn.execute(
             update(Order)
-            .where(Order.id == order.id)
+            .where(*_owned(order))
             .values(
                 error=f"upstream: {refusal.message}"[:500],
                 refreshed_at=now,
                 lease_until=None,
+                lease_owner=None,
                 updated_at=now,
             )
         )
 
 
-async def _release(db: Database, ids: list[int]) -> None:
+async def _release(db: Database, batch: list[_Claimed], **values: object) -> None:
+    """Give back what this pass still holds of `batch` (and set `values` on it)."""
+    if not batch:
+        return
     async with db.write() as conn:
-        await conn.execute(update(Order).where(Order.id.in_(ids)).values(lease_until=None))
+        await conn.execute(
+            update(Order)
+            .where(
+                Order.id.in_([o.id for o in batch]),
+                Order.lease_owner == batch[0].lease_owner,
+                Order.settled_at.is_(None),
+            )
+            .values(lease_until=None, lease_owner=None, **values)
+        )
 
 
 async def sync_pass(
@@ -231,15 +282,19 @@ async def sync_pass(
     result = PassResult()
     await recover_stale_sending(db, sending_grace_seconds)
     refreshed_before = utcnow() - timedelta(seconds=min_age_seconds)
-    lease = timedelta(seconds=lease_seconds)
+    # A lease outlasts the upstream call it covers (renewed before each one): another instance
+    # never polls an order while this pass waits on the upstream about it.
+    lease = timedelta(seconds=lease_seconds + upstream.max_call_seconds)
     while batch := await _claim_batch(db, refreshed_before, batch_size, lease):
         result.upstream_calls += 1
         heard = await upstream.status_many([o.upstream_order_id for o in batch])
         if not isinstance(heard, dict):
             log.warning("sync: status batch failed (%s); will retry next pass", heard.reason)
             result.failed_batches += 1
-            await _release(db, [o.id for o in batch])
+            await _release(db, batch)
             break
+        if _has_parents(heard):
+            batch = await _renew(db, batch, lease)
         heard = await _with_child_charges(upstream, heard, result)
         unanswered = []
         for order in batch:
@@ -249,13 +304,28 @@ async def sync_pass(
             elif isinstance(item, Refused):
                 await _missing(db, order, item, result)
             else:
-                unanswered.append(order.id)
+                unanswered.append(order)
         if unanswered:
-            await _mark_refreshed(db, unanswered)
+            # No news for these: try them again next pass, after the others.
+            await _release(db, unanswered, refreshed_at=utcnow())
         result.polled += len(batch)
         if on_batch is not None:
             on_batch(result)
     return result
+
+
+def _parent(item: object) -> bool:
+    """A final drip-feed parent that reports its runs instead of its charge."""
+    return (
+        isinstance(item, UpstreamOrderStatus)
+        and item.status in (PARTIAL, EXPIRED)
+        and item.charge_micros is None
+        and item.child_orders is not None
+    )
+
+
+def _has_parents(heard: dict[int, UpstreamOrderStatus | Refused]) -> bool:
+    return any(_parent(item) for item in heard.values())
 
 
 async def _with_child_charges(
@@ -267,12 +337,9 @@ async def _with_child_charges(
     charge is the sum of theirs, asked in the same batches of 100 (only for such parents).
     A parent whose runs cannot be read now is left for the next pass (None)."""
     parents = {
-        uid: (item, item.child_orders)
+        uid: (item, item.child_orders or [])
         for uid, item in heard.items()
-        if isinstance(item, UpstreamOrderStatus)
-        and item.status in (PARTIAL, EXPIRED)
-        and item.charge_micros is None
-        and item.child_orders is not None
+        if isinstance(item, UpstreamOrderStatus) and _parent(item)
     }
     completed: dict[int, UpstreamOrderStatus | Refused | None] = dict(heard)
     for uid, (item, kids) in list(parents.items()):
@@ -300,15 +367,6 @@ async def _with_child_charges(
         else:
             completed[uid] = None
     return completed
-
-
-async def _mark_refreshed(db: Database, ids: list[int]) -> None:
-    """No news for these: try them again next pass, after the others."""
-    now = utcnow()
-    async with db.write() as conn:
-        await conn.execute(
-            update(Order).where(Order.id.in_(ids)).values(refreshed_at=now, lease_until=None)
-        )
 
 
 async def sync_forever(

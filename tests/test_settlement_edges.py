@@ -5,13 +5,17 @@ latency knobs), on SQLite and PostgreSQL, and checks the ledger after the fact. 
 refunds are DESIGN.md's formulas, computed here from what the simulator itself reports.
 """
 
+import asyncio
 from typing import Any
 
 import httpx
 from sync_helpers import Harness, UpstreamTap, partial_refund, ratio_refund, upstream_cost
 
+from app.contract import FINAL_STATUSES
+from app.db import Database
 from app.metrics import read_state
 from app.orders.queries import held_settlements
+from app.sync import sync_pass
 from app.upstream import UpstreamClient
 
 
@@ -128,4 +132,48 @@ async def test_a_partial_without_remains_or_charge_is_held_until_figures_arrive(
     assert order.status == "Partial" and order.held is None
     assert order.refunded == partial_refund(order.charge, int(heard["remains"]), 400) > 0
     assert await held_settlements(h.db) == []
+    await h.assert_clean()
+
+
+# --- item 6: two instances, a lease that would expire while the upstream answers ------------
+
+
+async def test_two_instances_never_poll_one_order_twice_nor_unsettle_it(
+    harness: Harness, database_url: str
+) -> None:
+    h = harness
+    bob = await h.customer()
+    oid = await h.add(bob, service=14, link="https://ig.test/sim:cancel", quantity=400)
+    upstream_id = (await h.order(oid)).upstream_order_id
+    h.clock.advance(h.tick)
+    sim = h.simulator.state.sim
+    taps = [UpstreamTap(h.simulator), UpstreamTap(h.simulator)]
+    clients = [
+        UpstreamClient.from_settings(h.gw.settings, transport=httpx.ASGITransport(app=tap))
+        for tap in taps
+    ]
+    second = Database(database_url)  # the other instance: its own engine and pool
+    try:
+        # Instance A asks; its answer ("In progress") is computed at once, delivered late.
+        sim.config.reply_delay_ms = 600
+        a = asyncio.create_task(h.sync(clients[0], lease_seconds=0.1))
+        await asyncio.sleep(0.25)  # A's own lease time is over, its upstream call is not
+        sim.config.reply_delay_ms = 0
+        h.clock.advance(3 * h.tick)  # upstream: Canceled now
+        await sync_pass(second, clients[1], sending_grace_seconds=h.grace, lease_seconds=0.1)
+        await a
+    finally:
+        sim.config.reply_delay_ms = 0
+        for client in clients:
+            await client.aclose()
+        await second.dispose()
+    polled = [[uid for call in tap.status_calls for uid in call] for tap in taps]
+    assert polled[0].count(upstream_id) + polled[1].count(upstream_id) == 1, polled
+
+    order = await h.order(oid)
+    assert (order.settled_at is None) == (order.status not in FINAL_STATUSES), order
+    await h.sync()  # whatever A left, the next pass settles it, once
+    order = await h.order(oid)
+    assert (order.status, order.refunded) == ("Canceled", order.charge)
+    assert [e[2] for e in await h.entries(kind="refund")] == [oid]
     await h.assert_clean()

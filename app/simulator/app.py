@@ -508,6 +508,11 @@ def _quiet_drop_logs() -> None:
 # ----- endpoints ---------------------------------------------------------------------------------
 
 
+async def _delay_reply(sim: Simulator) -> None:
+    if sim.config.reply_delay_ms > 0:
+        await asyncio.sleep(sim.config.reply_delay_ms / 1000)
+
+
 async def panel_api(request: Request) -> Response:
     sim: Simulator = request.app.state.sim
     dialect = sim.config.dialect
@@ -529,6 +534,7 @@ async def panel_api(request: Request) -> Response:
     except SimError as err:
         payload, hang = error_payload(dialect, err), False
     response = reply(dialect, payload)
+    await _delay_reply(sim)
     if dialect == "smartpanel" and SESSION_COOKIE not in request.cookies:
         sim.sessions += 1  # a row in the panel's session table, for every cookie-less call
         response.set_cookie(SESSION_COOKIE, secrets.token_hex(20), path="/", httponly=True)

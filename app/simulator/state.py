@@ -77,6 +77,9 @@ class SimConfig:
     dialect: Dialect = "smartpanel"
     tick_seconds: float = 1.0  # time between two lifecycle steps of an order
     latency_ms: int = 0
+    # Time between computing an answer and sending it: a reply that arrives late says what was
+    # true when it was computed (a slow link back, a busy panel's output buffer).
+    reply_delay_ms: int = 0
     faults: dict[str, float] = field(default_factory=dict)  # KIND -> rate in [0, 1]
     seed: int | None = None
     currency: str = "USD"
