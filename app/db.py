@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Executable, create_engine, event
+from sqlalchemy import Executable, create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -228,6 +228,39 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def _upgrade_head(connection: Connection) -> None:
     command.upgrade(alembic_config(connection), "head")
+    ensure_unique_upstream_ids(connection)
+
+
+UPSTREAM_ID_INDEX = "uq_orders_upstream_order_id"
+SHARED_UPSTREAM_IDS = (
+    "SELECT upstream_order_id, MIN(id), MAX(id), COUNT(*) FROM orders"
+    " WHERE upstream_order_id IS NOT NULL AND state <> 'rejected'"
+    " GROUP BY upstream_order_id HAVING COUNT(*) > 1 ORDER BY upstream_order_id"
+)
+
+
+def ensure_unique_upstream_ids(connection: Connection) -> bool:
+    """Make the database refuse a second order on one upstream order, when its data allows:
+    a database where two orders already share one keeps a plain index (so a migration never
+    fails on old data), `ledger verify` lists them, and the next `migrate` after they are
+    fixed makes the index unique. Returns whether it is unique now."""
+    found = {i["name"]: i for i in inspect(connection).get_indexes("orders")}
+    current = found.get(UPSTREAM_ID_INDEX)
+    if current is not None and current["unique"]:
+        return True
+    shared = connection.execute(text(SHARED_UPSTREAM_IDS)).first() is not None
+    if current is not None and shared:
+        return False
+    if current is not None:
+        connection.execute(text(f"DROP INDEX {UPSTREAM_ID_INDEX}"))
+    unique = "" if shared else "UNIQUE "
+    connection.execute(
+        text(
+            f"CREATE {unique}INDEX {UPSTREAM_ID_INDEX} ON orders (upstream_order_id)"
+            " WHERE state <> 'rejected'"
+        )
+    )
+    return not shared
 
 
 def _sqlite_file_missing(url: str) -> bool:

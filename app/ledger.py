@@ -8,10 +8,10 @@ order, whichever process tries.
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, bindparam, case, cast, func, insert, select, update
+from sqlalchemy import BigInteger, bindparam, case, cast, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from app.db import Conn, Database
+from app.db import SHARED_UPSTREAM_IDS, Conn, Database
 from app.errors import NotFound, OperatorError
 from app.models import Customer, LedgerEntry, Order, utcnow
 from app.money import MAX_AMOUNT, render
@@ -383,4 +383,14 @@ async def verify(db: Database) -> list[str]:
                 problems.append(f"order {oid}: refunds {refund_sum} but the order says {refunded}")
             if min_c != cid or max_c != cid:
                 problems.append(f"order {oid}: entries belong to another customer")
+        problems += await _shared_upstream_ids(conn)
     return problems
+
+
+async def _shared_upstream_ids(conn: Conn) -> list[str]:
+    """One upstream order, one order of ours (a database migrated with older data may have
+    more: its index stayed plain, app.db.ensure_unique_upstream_ids)."""
+    return [
+        f"upstream order {uid} is attached to {count} orders ({first} … {last})"
+        for uid, first, last, count in await conn.execute(text(SHARED_UPSTREAM_IDS))
+    ]

@@ -127,9 +127,16 @@ class Order(Base):
     __table_args__ = (
         UniqueConstraint("customer_id", "idempotency_key"),
         Index("ix_orders_state_refreshed", "state", "refreshed_at"),
-        # One upstream order belongs to one of ours. Today there is one upstream; with a
-        # provider column this becomes (provider, upstream_order_id).
-        Index("uq_orders_upstream_order_id", "upstream_order_id", unique=True),
+        # One upstream order belongs to one of ours at most (a rejected one let it go: an
+        # operator's correction keeps the id it was wrongly given, for the audit). Today there
+        # is one upstream; with a provider column this becomes (provider, upstream_order_id).
+        Index(
+            "uq_orders_upstream_order_id",
+            "upstream_order_id",
+            unique=True,
+            sqlite_where=text("state <> 'rejected'"),
+            postgresql_where=text("state <> 'rejected'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -9,12 +9,18 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
+from sqlalchemy import text, update
 from sync_helpers import Harness, UpstreamTap, partial_refund, ratio_refund, upstream_cost
 
+from app import ledger
 from app.contract import FINAL_STATUSES
-from app.db import Database
+from app.db import UPSTREAM_ID_INDEX, Database, ensure_unique_upstream_ids
+from app.errors import OperatorError
 from app.metrics import read_state
+from app.models import Order
 from app.orders.queries import held_settlements
+from app.orders.resolution import resolve_order
 from app.sync import sync_pass
 from app.upstream import UpstreamClient
 
@@ -176,4 +182,61 @@ async def test_two_instances_never_poll_one_order_twice_nor_unsettle_it(
     order = await h.order(oid)
     assert (order.status, order.refunded) == ("Canceled", order.charge)
     assert [e[2] for e in await h.entries(kind="refund")] == [oid]
+    await h.assert_clean()
+
+
+# --- item 12: one upstream order belongs to one of ours ---------------------------------------
+
+
+async def test_an_early_resolve_cannot_give_one_upstream_order_two_owners(
+    harness: Harness,
+) -> None:
+    h = harness
+    bob = await h.customer()
+    params = {"service": 14, "quantity": 400}
+    await h.faults(error5xx=1.0)  # the upstream never got A: ambiguous, unknown
+    first = await h.add(bob, link="https://ig.test/a", **params)
+    await h.faults(error5xx=0.0)
+    assert (await h.order(first)).state == "unknown"
+    # B's `add` is accepted upstream; its reply is on its way, slowly.
+    h.simulator.state.sim.config.reply_delay_ms = 800
+    second = asyncio.create_task(h.add(bob, link="https://ig.test/a", **params))
+    await asyncio.sleep(0.3)
+    h.simulator.state.sim.config.reply_delay_ms = 0
+    [theirs] = (await h.sim_orders()).values()
+    # The operator sees that upstream order in the panel and attaches it to A, too early.
+    await resolve_order(h.db, h.gw.upstream, first, upstream_order_id=theirs["id"])
+    second_id = await second  # B is answered its order id, not an error
+
+    owners = [o for o in await h.placed_orders() if o.upstream_order_id == theirs["id"]]
+    assert [o.id for o in owners] == [first]
+    assert (await h.order(second_id)).state == "unknown"  # the operator's to sort out
+    with pytest.raises(OperatorError, match=f"upstream order {theirs['id']} belongs to order"):
+        await resolve_order(h.db, h.gw.upstream, second_id, upstream_order_id=theirs["id"])
+    await h.assert_clean()
+
+
+async def test_verify_lists_shared_upstream_ids_of_a_database_migrated_with_them(
+    harness: Harness,
+) -> None:
+    h = harness
+    bob = await h.customer()
+    one = await h.add(bob, service=14, link="https://ig.test/1", quantity=400)
+    two = await h.add(bob, service=14, link="https://ig.test/2", quantity=400)
+    shared = (await h.order(one)).upstream_order_id
+    async with h.db.write() as conn:  # an old database: no unique index, bad data
+        await conn.execute(text(f"DROP INDEX {UPSTREAM_ID_INDEX}"))
+        await conn.execute(update(Order).where(Order.id == two).values(upstream_order_id=shared))
+    try:
+        async with h.db.write() as conn:  # what a migration does on it: no failure
+            assert await conn.run_sync(ensure_unique_upstream_ids) is False
+        assert await ledger.verify(h.db) == [
+            f"upstream order {shared} is attached to 2 orders ({one} … {two})"
+        ]
+    finally:
+        async with h.db.write() as conn:  # the operator's fix, then `migrate` again
+            await conn.execute(update(Order).where(Order.id == two).values(upstream_order_id=None))
+        await h.db.migrate()
+    async with h.db.write() as conn:
+        assert await conn.run_sync(ensure_unique_upstream_ids) is True
     await h.assert_clean()

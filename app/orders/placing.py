@@ -175,15 +175,19 @@ async def commit_outcome(
     """Phase 3: record what the upstream's `add` said (phase 1 committed the intent)."""
     if isinstance(outcome, int):
         # Also from `unknown`: a slow reply the recovery gave up on is still the truth.
-        if not await _mark(
-            db,
-            order_id,
-            PLACED,
-            (SENDING, UNKNOWN),
-            upstream_order_id=outcome,
-            error=None,
-            announced=True,
-        ) and not await _placed_as(db, order_id, outcome):
+        try:
+            marked = await _mark(
+                db,
+                order_id,
+                PLACED,
+                (SENDING, UNKNOWN),
+                upstream_order_id=outcome,
+                error=None,
+                announced=True,
+            )
+        except IntegrityError:
+            return await _taken_meanwhile(db, order_id, outcome)
+        if not marked and not await _placed_as(db, order_id, outcome):
             # Already refunded as not placed, yet the upstream runs it: the reseller pays.
             log.critical(
                 "order %s was refunded, but the upstream placed it as %s: cancel it there",
@@ -204,6 +208,27 @@ async def commit_outcome(
     error = _customer_error(outcome)
     await reject_and_refund(db, order_id, error=error, note=f"refused: {outcome.reason}")
     return Placement(None, error)
+
+
+async def _taken_meanwhile(db: Database, order_id: int, upstream_order_id: int) -> Placement:
+    """The upstream placed this order as an id an operator had already given another order
+    (an early resolve): the database refuses a second owner, so this one waits in `unknown`
+    with the id in its error, for the operator to correct the other verdict."""
+    log.critical(
+        "order %s was placed upstream as %s, which an operator attached to another order:"
+        " left unknown; correct that resolution",
+        order_id,
+        upstream_order_id,
+    )
+    await _mark(
+        db,
+        order_id,
+        UNKNOWN,
+        (SENDING, UNKNOWN),
+        error=f"placed upstream as {upstream_order_id}, attached to another order",
+        announced=True,
+    )
+    return Placement(order_id)
 
 
 def _customer_error(refusal: Refused) -> str:

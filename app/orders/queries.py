@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
@@ -180,15 +181,23 @@ async def resolve(
         ):
             raise OperatorError(f"order {order_id} changed meanwhile; look again")
         return await get_order(db, order_id)
-    async with db.write() as conn:
-        await refuse_taken(conn, upstream_order_id, order_id)
-        result = await conn.execute(
-            update(Order)
-            .where(Order.id == order_id, Order.state == UNKNOWN)
-            .values(
-                state=PLACED, upstream_order_id=upstream_order_id, error=None, updated_at=utcnow()
+    try:
+        async with db.write() as conn:
+            await refuse_taken(conn, upstream_order_id, order_id)
+            result = await conn.execute(
+                update(Order)
+                .where(Order.id == order_id, Order.state == UNKNOWN)
+                .values(
+                    state=PLACED,
+                    upstream_order_id=upstream_order_id,
+                    error=None,
+                    updated_at=utcnow(),
+                )
             )
-        )
-        if result.rowcount != 1:
-            raise OperatorError(f"order {order_id} changed meanwhile; look again")
+            if result.rowcount != 1:
+                raise OperatorError(f"order {order_id} changed meanwhile; look again")
+    except IntegrityError:  # another order took it between the check and the write
+        raise OperatorError(
+            f"upstream order {upstream_order_id} belongs to another order"
+        ) from None
     return await get_order(db, order_id)
