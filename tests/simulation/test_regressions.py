@@ -40,6 +40,7 @@ async def replay(
                 database_url=f"sqlite+aiosqlite:///{path}",
                 tolerate=frozenset() if expect else KNOWN_BUGS,
                 weights={**WEIGHTS, **weights},
+                faults=frozenset(),  # recorded before the wider fault classes
             )
         )
     except SimulationFailure as failure:
