@@ -28,6 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import asyncpg  # noqa: E402
 from simulation.harness import (  # noqa: E402
+    FAULT_CLASSES,
     KNOWN_BUGS,
     WEIGHTS,
     Options,
@@ -81,6 +82,7 @@ async def main(args: argparse.Namespace) -> int:
                 progress_every=args.progress_every,
                 tolerate=frozenset() if args.strict else KNOWN_BUGS,
                 weights=weights(args.weight),
+                faults=fault_classes(args.faults),
             )
             try:
                 report = await run_simulation(options)
@@ -95,6 +97,7 @@ async def main(args: argparse.Namespace) -> int:
         "steps": report.steps,
         "db": report.db,
         "dialect": report.dialect,
+        "faults": sorted(options.faults),
         "orders": report.orders,
         "upstream_orders": report.upstream_orders,
         "crashes": report.crashes,
@@ -128,6 +131,17 @@ def weights(changes: list[str]) -> dict[str, int]:
     return table
 
 
+def fault_classes(text: str) -> frozenset[str]:
+    """--faults all | none | CLASS,CLASS,... (the wider classes of tests/simulation/wide.py)."""
+    if text == "all":
+        return frozenset(FAULT_CLASSES)
+    chosen = frozenset(c for c in text.split(",") if c and c != "none")
+    unknown = chosen - set(FAULT_CLASSES)
+    if unknown:
+        raise SystemExit(f"--faults: unknown {sorted(unknown)}; known: {', '.join(FAULT_CLASSES)}")
+    return chosen
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=1)
@@ -141,6 +155,9 @@ def parse_args() -> argparse.Namespace:
                         help="fail on known bugs too (harness.KNOWN_BUGS) instead of counting them")
     parser.add_argument("--weight", action="append", default=[], metavar="KIND=N",
                         help="change one step kind's weight (replays of runs that changed them)")
+    parser.add_argument("--faults", default="all",
+                        help="the wider fault classes on: all, none, or a comma list of "
+                        + ", ".join(FAULT_CLASSES))
     parser.add_argument("--progress-every", type=int, default=1000)
     parser.add_argument("--log", help="write the whole step log to this file")
     return parser.parse_args()

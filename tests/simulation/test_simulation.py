@@ -32,6 +32,10 @@ async def test_seeded_simulation(db: Database, database_url: str, seed: int) -> 
     assert report.crashes > 0, _summary(report)
     assert report.kinds["add"] > 0 and report.kinds["sync"] > 0
     assert report.orders > 0 and report.upstream_orders > 0
+    # Every wider fault class of issue 10 (tests/simulation/wide.py) was generated.
+    for kind in ("catalog_change", "poison", "unknown_status", "db_fault", "lease_race"):
+        assert report.kinds[kind] > 0, (kind, _summary(report))
+    assert report.outcomes["charge:differs"] > 0, _summary(report)
     # Known bugs are counted, not hidden: the regression tests name each one.
     assert set(report.tolerated) <= KNOWN_BUGS
 

@@ -104,6 +104,7 @@ class WideSteps:
 
     def charge_marker(self: Simulation) -> str:
         if "charge" in self.opts.faults and self.rng.random() < 0.25:
+            self.outcomes["charge:differs"] += 1
             return f"/sim:charge={self.rng.choice(CHARGE_PERCENTS)}"
         return ""
 
@@ -136,6 +137,7 @@ class WideSteps:
         response = await self.sim_client.post("/_sim/catalog", json={str(svc.id): change})
         assert response.status_code == 200, response.text
         self.note(f"catalog change: service {svc.id} {what}")
+        self.outcomes[f"catalog:{what.split(' ')[0]}"] += 1
         if self.rng.random() < 0.5:
             await self.step_catalog_sync()
 
@@ -193,6 +195,7 @@ class WideSteps:
                 self.poisoned_services[svc.id] = {name: value}
                 await self.override("services", svc.id, {name: value})
                 self.note(f"poison: service {svc.id} answers {name}={value!r}")
+                self.outcomes["poison:service"] += 1
             await self.step_catalog_sync()
             return
         live = self.live_upstream_ids()
@@ -205,6 +208,7 @@ class WideSteps:
         self.poisoned[upstream_id] = fields
         await self.override("status", upstream_id, fields)
         self.note(f"poison: upstream {upstream_id} answers {fields}")
+        self.outcomes["poison:order"] += 1
         await self.step_sync()
 
     async def step_unknown_status(self: Simulation) -> None:
@@ -219,6 +223,7 @@ class WideSteps:
         self.poisoned[upstream_id] = fields
         await self.override("status", upstream_id, fields)
         self.note(f"unknown status: upstream {upstream_id} answers {fields}")
+        self.outcomes["poison:status-word"] += 1
         await self.step_sync()
 
     async def heal_all(self: Simulation) -> None:
@@ -254,7 +259,8 @@ class WideSteps:
                 and (rec.first_charge != sim_order.initial_charge)
             ):
                 self.fail(
-                    f"{where} keeps {rec.first_charge} as the upstream's first charge;"
+                    f"{where} keeps {rec.first_charge} as upstream {rec.upstream_order_id}'s"
+                    " first charge;"
                     f" the upstream first charged {sim_order.initial_charge}",
                     bug="first-charge-lost",
                 )
@@ -344,6 +350,7 @@ class WideSteps:
             self.wire.hook = None
             await self.join_locks()
         self.note(f"  (db fault {phase})")
+        self.outcomes[f"db-fault:{phase}"] += 1
 
     async def db_fault_phase(self: Simulation, action: str) -> None:
         if action == "add":
@@ -381,6 +388,8 @@ class WideSteps:
                 lease_seconds=self.grace,
             )
             self.note(f"  instance 2 meanwhile: polled {result.polled}, settled {result.settled}")
+            if result.settled:
+                self.outcomes["lease-race:settled-under-a-late-reply"] += 1
 
         self.wire.hook = Hook("status", "after", 1, the_other_instance)
         try:
