@@ -299,3 +299,31 @@ async def test_a_write_lock_held_elsewhere_never_blocks_the_event_loop(
     assert max(stalls) < 0.3, max(stalls)
     assert (await h.order(oid)).state == "placed"
     await h.assert_clean()
+
+
+# --- "Done means" 3: verify recomputes settlements from what the database stores -------------
+
+
+async def test_verify_recomputes_settlements_from_the_stored_upstream_figures(
+    harness: Harness,
+) -> None:
+    h = harness
+    bob = await h.customer()
+    partial = await h.add(bob, service=14, link="https://ig.test/sim:partial", quantity=400)
+    canceled = await h.add(bob, service=14, link="https://ig.test/sim:cancel", quantity=400)
+    await settle_all(h)
+    await h.assert_clean()
+    order = await h.order(partial)
+    async with h.db.write() as conn:
+        # Money that agrees with itself, but not with DESIGN.md: one micro-unit too much back.
+        await ledger.post(conn, bob.id, 1, ledger.REFUND, order_id=partial, ref="tamper:1")
+        await conn.execute(
+            update(Order).where(Order.id == partial).values(refunded=Order.refunded + 1)
+        )
+        # A settled order shown as live again (the stale write of item 6).
+        await conn.execute(update(Order).where(Order.id == canceled).values(status="In progress"))
+    expected = partial_refund(order.charge, order.remains, 400)
+    assert await ledger.verify(h.db) == [
+        f"order {partial}: refund {expected + 1} for Partial, DESIGN.md's formula says {expected}",
+        f"order {canceled}: settled, yet its status is In progress",
+    ]
