@@ -26,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app.simulator import words
 from app.simulator.amounts import padded, to_micros, unpadded
 from app.simulator.catalog import Service
+from app.simulator.overrides import get_overrides, set_overrides
 from app.simulator.state import (
     E_ACTION,
     E_DRIPFEED,
@@ -263,6 +264,10 @@ def shown_status(status: str) -> str:
 
 
 def status_payload(sim: Simulator, dialect: Dialect, order: Order) -> dict[str, object]:
+    return sim.overrides.apply("status", order.id, _status_payload(sim, dialect, order))
+
+
+def _status_payload(sim: Simulator, dialect: Dialect, order: Order) -> dict[str, object]:
     view = sim.view(order)
     status = shown_status(view.status)
     if dialect == "smartpanel":
@@ -302,7 +307,8 @@ def _id_value(piece: str) -> int | str:
 
 
 def do_services(sim: Simulator, dialect: Dialect, params: Mapping[str, str]) -> Outcome:
-    return [service_payload(s, dialect) for s in sim.listed_services()], False
+    return [sim.overrides.apply("services", s.id, service_payload(s, dialect))
+            for s in sim.listed_services()], False
 
 
 def do_balance(sim: Simulator, dialect: Dialect, params: Mapping[str, str]) -> Outcome:
@@ -614,5 +620,7 @@ def create_simulator_app(config: SimConfig,
     app.add_route("/_sim/balance", set_balance, methods=["POST"])
     app.add_route("/_sim/catalog", get_catalog, methods=["GET"])
     app.add_route("/_sim/catalog", edit_catalog, methods=["POST"])
+    app.add_route("/_sim/overrides", get_overrides, methods=["GET"])
+    app.add_route("/_sim/overrides", set_overrides, methods=["POST"])
     _quiet_drop_logs()
     return app
