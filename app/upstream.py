@@ -461,9 +461,10 @@ class UpstreamClient:
         value = data.get("status") if isinstance(data, dict) else None
         if (message := _error_message(value)) is not None:  # {"status": {"error": ...}}
             return Refused(self._scrub(message), "error_reply")
-        status = contract.normalize_status(value)
+        status = contract.normalize_refill_status(value)
         if status is None:
             log.warning("upstream refill_status: unknown status %r", _short(value))
+            metrics.count_unusable("status", "refill")
             return Ambiguous("unknown_status")
         return status
 
@@ -708,6 +709,9 @@ def parse_order_status(item: object) -> UpstreamOrderStatus | None:
         return None
     raw = item.get("status")
     raw_status = raw.strip() if isinstance(raw, str) else (None if raw is None else _short(raw))
+    status = contract.normalize_order_status(raw)
+    if status is None:  # shown In progress by the caller; never settles the order
+        metrics.count_unusable("status", "order")
     children = item.get("orders")
     child_orders = None
     if isinstance(children, list):
@@ -716,7 +720,7 @@ def parse_order_status(item: object) -> UpstreamOrderStatus | None:
     try:
         remains, overdelivered = _remains(item)
         return UpstreamOrderStatus(
-            status=contract.normalize_status(raw),
+            status=status,
             raw_status=raw_status,
             charge_micros=_bounded(item, "charge", MAX_AMOUNT, money=True),
             start_count=_bounded(item, "start_count", MAX_COUNT),

@@ -113,3 +113,38 @@ async def test_a_poison_catalog_entry_does_not_stop_a_price_rise(
     assert rate == parse_micros("9.5")
     assert kept == SERVICES[5].rate_micros  # the unusable entry leaves ours as it was
     assert unusable_count("services", "entry") == before + 1
+
+
+# --- item 8: order and refill statuses are separate vocabularies ----------------------------
+
+
+@pytest.mark.parametrize("word", ["Rejected", "rejected", "Fraud", "On hold"])
+async def test_an_unknown_order_status_is_shown_in_progress_and_never_settles(
+    harness: Harness, word: str
+) -> None:
+    h = harness
+    alice = await h.customer(markup_bp=2500)
+    oid = await h.add(alice, service=5, link="https://ig.test/sim:cancel", quantity=1000)
+    await override(h, status={(await h.order(oid)).upstream_order_id: {"status": word}})
+    before = unusable_count("status", "order")
+    charge = expected_charge(5, 1000, alice.markup_bp)
+
+    h.clock.advance(3 * h.tick)
+    result = await h.sync()
+    assert result.settled == 0
+    order = await h.order(oid)
+    assert (order.status, order.refunded) == ("In progress", 0)
+    assert (await h.status(alice, oid))["status"] == "In progress"
+    assert unusable_count("status", "order") == before + 1
+    assert await h.balance(alice.id) == TOPUP - charge
+    await h.assert_clean()
+
+
+def test_refill_words_are_not_order_words() -> None:
+    from app import contract
+
+    assert contract.normalize_order_status("Rejected") is None
+    assert contract.normalize_refill_status(" rejected ") == contract.REJECTED
+    assert contract.normalize_refill_status("Partial") is None
+    assert contract.normalize_order_status("In Progress") == contract.IN_PROGRESS
+    assert contract.normalize_refill_status("Inprogress") == contract.IN_PROGRESS
