@@ -148,8 +148,10 @@ class Database:
             # Autocommit reads: each statement sees the latest commit, holds no lock.
             self._sqlite_read = _sqlite_engine(url, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
         else:
+            # pool_pre_ping: a pooled connection the server dropped (a restart, a failover,
+            # pg_terminate_backend) is replaced before use instead of failing a write.
             self._pg = create_async_engine(
-                url, pool_size=10, max_overflow=20, pool_reset_on_return=None
+                url, pool_size=10, max_overflow=20, pool_reset_on_return=None, pool_pre_ping=True
             )
             self._pg_autocommit = self._pg.execution_options(isolation_level="AUTOCOMMIT")
         self._sqlite_reader: sqlite3.Connection | None = None

@@ -181,6 +181,17 @@ def observe_upstream(action: str, outcome: object, seconds: float) -> None:
     UPSTREAM_SECONDS.labels(action, result).observe(seconds)
 
 
+UPSTREAM_UNUSABLE = Counter(
+    "smmgw_upstream_unusable_total",
+    "Upstream items skipped: numbers out of range or malformed, unknown status words.",
+    ["kind", "field"],
+)
+
+
+def count_unusable(kind: str, field: str, n: int = 1) -> None:
+    UPSTREAM_UNUSABLE.labels(kind, field).inc(n)
+
+
 def count_fail_open() -> None:
     RATE_LIMIT_FAIL_OPEN.inc()
 

@@ -18,6 +18,7 @@ from typing import Literal
 
 from app.simulator.amounts import charge, padded
 from app.simulator.catalog import CATALOG, Service, edited
+from app.simulator.overrides import Overrides
 from app.simulator.words import (
     ACTIVE,
     CANCELED,
@@ -215,6 +216,7 @@ class Simulator:
         self._due: list[tuple[float, int]] = []
         self.catalog: dict[int, Service] = {s.id: s for s in CATALOG}
         self.sessions = 0  # SmartPanel makes a session row for every call without its cookie
+        self.overrides = Overrides()  # /_sim/overrides: per-item answers of a misbehaving panel
         self.set_faults(config.faults)
 
     # ----- clock -----------------------------------------------------------------------------
