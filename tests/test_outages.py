@@ -14,12 +14,15 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from conftest import SIM_KEY, gateway_settings
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from app import ledger
+from app.catalog import sync_catalog
 from app.customers import create_customer
 from app.db import Database
 from app.main import create_app
+from app.settings import Settings
 from app.simulator import SimConfig, create_simulator_app
 
 UNAVAILABLE = {"error": "Service temporarily unavailable, try again later"}
@@ -135,3 +138,32 @@ async def test_postgresql_down_answers_try_again_later_and_comes_back(
     await db.dispose()  # this test's own pooled connection died with the proxy
     assert await ledger.verify(db) == []
     await db.dispose()
+
+
+# --- the upstream refuses our key ------------------------------------------------------------
+
+
+class TestRefusedKey:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return gateway_settings(database_url, upstream_key="not-the-upstream-key")
+
+    async def test_said_by_the_sync_healthz_and_metrics(
+        self, gateway_app: FastAPI, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        gateway = gateway_app.state.gateway
+        caplog.set_level(logging.WARNING, logger="smm_gateway.catalog")
+        result = await sync_catalog(gateway.db, gateway.upstream)
+        assert not result.ok and result.error.startswith(
+            "the upstream refuses our key (check SMMGW_UPSTREAM_KEY)"
+        )
+        lines = [r.getMessage() for r in caplog.records if r.name == "smm_gateway.catalog"]
+        assert len(lines) == 1 and "refuses our key" in lines[0]
+        # A fresh database has no catalog: it must not claim to serve "the last good" one.
+        assert "last good" not in lines[0] and "no catalog yet" in lines[0]
+        health = await client.get("/healthz")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "upstream": "key_refused"}
+        scraped = (await client.get("/metrics")).text
+        assert "smmgw_upstream_key_refused 1.0" in scraped
+        assert "not-the-upstream-key" not in scraped + lines[0]
