@@ -8,6 +8,7 @@ SQLAlchemy's pool in between, which bench/README.md measured at a fraction of th
 """
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -29,6 +30,51 @@ import migrations
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")
+log = logging.getLogger("smm_gateway.db")
+
+# What a database that cannot be reached raises (the server down, restarting, or the
+# connection cut), as opposed to a bug: a refused or reset socket, a server shutting down.
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps: SQLAlchemy chains the driver's error) says the
+    database could not be reached."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a chain is a few links long; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, _UNREACHABLE) or getattr(seen, "connection_invalidated", False):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class Outage:
+    """Whether the database answers, as requests find it: one log line when it stops, one
+    when it is back, however many requests meet it in between."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # monotonic time the outage began; None: answering
+
+    def failed(self, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.error("database unreachable (%s): answering 'try again later'", type(exc).__name__)
+
+    def answered(self) -> None:
+        if self.since is not None:
+            log.warning("database reachable again after %.0f s", time.monotonic() - self.since)
+            self.since = None
 
 
 def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
@@ -160,6 +206,7 @@ class Database:
         # SQLite has one writer at a time; a transaction that awaits something else must not
         # let another of this process's writers start on the same file.
         self._write_lock = asyncio.Lock()
+        self.outage = Outage()
 
     async def fetch(self, sqlite_sql: str, postgres_sql: str, *args: Any) -> list[Sequence[Any]]:
         """One hot read, straight through the driver; the SQL is given in each dialect.
@@ -176,7 +223,9 @@ class Database:
                 if self._pg_pool is None:
                     self._pg_pool = await asyncpg.create_pool(
                         self.url.replace("postgresql+asyncpg://", "postgresql://", 1),
-                        min_size=1,
+                        # No floor: with one, asyncpg logs a traceback per request while the
+                        # server is away, trying to restore it.
+                        min_size=0,
                         max_size=10,
                         reset=_keep_session,
                     )

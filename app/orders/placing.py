@@ -21,6 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import ledger
 from app.contract import (
+    INCORRECT_REQUEST,
     NOT_ENOUGH_FUNDS,
     PENDING,
     TEMPORARILY_UNAVAILABLE,
@@ -30,6 +31,7 @@ from app.contract import (
 from app.db import Database
 from app.models import Order, as_utc, utcnow
 from app.orders.validation import OrderRequest
+from app.parsing import is_unicode
 from app.upstream import (
     Ambiguous,
     Refused,
@@ -101,6 +103,9 @@ async def place_order(
     request: OrderRequest,
     idempotency_key: str | None = None,
 ) -> Placement:
+    if not all(is_unicode(k, v) for k, v in request.upstream_params.items()):
+        # It would fail while the request is built, before a byte leaves: refuse, uncharged.
+        return Placement(None, INCORRECT_REQUEST)
     if idempotency_key:
         earlier = await _replay(
             db, customer_id, idempotency_key, request, upstream.max_call_seconds
