@@ -17,12 +17,13 @@ from app.errors import NotFound, OperatorError
 from app.family import FAMILIES, Family
 from app.models import Customer, PriceRule, Service, Setting, utcnow
 from app.money import apply_markup
-from app.upstream import UpstreamClient, UpstreamService
+from app.upstream import Refused, UpstreamClient, UpstreamService, is_upstream_key_error
 
 log = logging.getLogger("smm_gateway.catalog")
 
 SYNCED_AT = "catalog_synced_at"
 LAST_ERROR = "catalog_last_error"
+KEY_REFUSED = "the upstream refuses our key (check SMMGW_UPSTREAM_KEY)"
 FAMILY = "upstream_family"  # as heard at the last good sync
 SUBSCRIPTIONS = "Subscriptions"
 
@@ -242,6 +243,8 @@ async def _set_kv(conn: Conn, key: str, value: str) -> None:
 async def sync_catalog(db: Database, upstream: UpstreamClient) -> SyncResult:
     """Fetch the upstream catalog into the table; on any failure keep the last good one."""
     fetched = await upstream.services()
+    if isinstance(fetched, Refused) and is_upstream_key_error(fetched.message):
+        return await _record_failure(db, f"{KEY_REFUSED}: {fetched.message}")
     if not isinstance(fetched, list):
         return await _record_failure(db, f"{type(fetched).__name__}: {fetched.reason}")
     if not fetched:
@@ -294,10 +297,24 @@ def _service_values(svc: UpstreamService) -> dict[str, object]:
 
 
 async def _record_failure(db: Database, error: str) -> SyncResult:
-    log.warning("catalog: upstream fetch failed (%s); serving the last good catalog", error)
+    synced = (await catalog_state(db)).get(SYNCED_AT)
+    serving = (
+        "serving the last good catalog"
+        if synced
+        else "no catalog yet: customers are offered no services until a sync succeeds"
+    )
+    log.warning("catalog: upstream fetch failed (%s); %s", error, serving)
     async with db.write() as conn:
         await _set_kv(conn, LAST_ERROR, error)
     return SyncResult(False, error=error)
+
+
+def upstream_state(state: dict[str, str]) -> str:
+    """The upstream as the last catalog fetch found it (`catalog_state`), in one word."""
+    error = state.get(LAST_ERROR)
+    if error:
+        return "key_refused" if error.startswith(KEY_REFUSED) else "failing"
+    return "ok" if state.get(SYNCED_AT) else "never_synced"
 
 
 async def catalog_state(db: Database) -> dict[str, str]:

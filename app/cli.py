@@ -33,7 +33,6 @@ from sqlalchemy.exc import DBAPIError
 
 from app import customers
 from app.admin import ops
-from app.admin.ops import MAX_ROW_ID
 from app.admin.schemas import (
     CustomerCreate,
     CustomerOut,
@@ -53,6 +52,8 @@ from app.errors import OperatorError
 from app.money import MoneyError, bp_to_percent, parse_micros
 from app.orders import queries
 from app.orders.placing import STATES, UNKNOWN
+from app.parsing import MAX_ROW_ID
+from app.parsing import row_id as parse_row_id
 from app.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
@@ -115,9 +116,8 @@ def row_id(value: str | int) -> int:
     """An id as the tables hold them: ASCII digits only ("٥" is not 5), 1 … 2**31 - 1."""
     if isinstance(value, int):
         return value
-    text = value.strip()
-    if text.isascii() and text.isdigit() and len(text) <= 10 and 1 <= int(text) <= MAX_ROW_ID:
-        return int(text)
+    if (number := parse_row_id(value.strip())) is not None:
+        return number
     raise typer.BadParameter(f"{value!r} is not an id (1 to {MAX_ROW_ID}, ASCII digits)")
 
 

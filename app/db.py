@@ -8,7 +8,9 @@ SQLAlchemy's pool in between, which bench/README.md measured at a fraction of th
 """
 
 import asyncio
+import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,22 +23,68 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Executable, create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 import migrations
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")
+log = logging.getLogger("smm_gateway.db")
+
+# What a database that cannot be reached raises (the server down, restarting, or the
+# connection cut), as opposed to a bug: a refused or reset socket, a server shutting down.
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+)
 
 
-def _sqlite_engine(url: str, begin: str | None) -> Engine:
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps: SQLAlchemy chains the driver's error) says the
+    database could not be reached."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a chain is a few links long; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, _UNREACHABLE) or getattr(seen, "connection_invalidated", False):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class Outage:
+    """Whether the database answers, as requests find it: one log line when it stops, one
+    when it is back, however many requests meet it in between."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # monotonic time the outage began; None: answering
+
+    def failed(self, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.error("database unreachable (%s): answering 'try again later'", type(exc).__name__)
+
+    def answered(self) -> None:
+        if self.since is not None:
+            log.warning("database reachable again after %.0f s", time.monotonic() - self.since)
+            self.since = None
+
+
+def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
     """A synchronous engine, used from the event loop (see InLoopConnection)."""
     sync_url = url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://", 1)
     # No reset on return: every write ends in COMMIT or ROLLBACK already, and reads run
     # without a transaction.
     engine = create_engine(
         sync_url,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
         pool_reset_on_return=None,
     )
 
@@ -46,18 +94,30 @@ def _sqlite_engine(url: str, begin: str | None) -> Engine:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    if begin is not None:
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql(begin)
-
     return engine
+
+
+async def _begin_immediate(conn: Connection) -> None:
+    """BEGIN IMMEDIATE without ever blocking the event loop: the writer's connections wait
+    for no lock themselves (busy timeout 0); another process's write lock is waited out
+    here, asleep, for up to SQLITE_BUSY_TIMEOUT_MS."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.001
+    while True:
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        except OperationalError as exc:
+            conn.rollback()
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 class InLoopConnection:
@@ -88,8 +148,25 @@ class InLoopConnection:
         return fn(self.sync_connection, *args, **kwargs)
 
 
+class InThreadConnection(InLoopConnection):
+    """The same, each statement run in a thread: for the long reads of a check or a report,
+    which must not stop the event loop (customers' requests) while they scan the tables."""
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]:
+        return await asyncio.to_thread(self.sync_connection.execute, statement, parameters)
+
+    async def scalar(self, statement: Executable, parameters: Any = None) -> Any:
+        return await asyncio.to_thread(self.sync_connection.scalar, statement, parameters)
+
+    async def exec_driver_sql(self, sql: str, parameters: Any = None) -> CursorResult[Any]:
+        return await asyncio.to_thread(self.sync_connection.exec_driver_sql, sql, parameters)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, self.sync_connection, *args, **kwargs)
+
+
 # What `Database.read()`/`write()` hand out: same methods on both databases.
-Conn = AsyncConnection | InLoopConnection
+Conn = AsyncConnection | InLoopConnection  # InThreadConnection is one
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
@@ -113,12 +190,14 @@ class Database:
         self._sqlite_read: Engine | None = None
         self._pg: AsyncEngine | None = None
         if self.is_sqlite:
-            self._sqlite_write = _sqlite_engine(url, "BEGIN IMMEDIATE")
+            self._sqlite_write = _sqlite_engine(url, busy_timeout_ms=0)
             # Autocommit reads: each statement sees the latest commit, holds no lock.
-            self._sqlite_read = _sqlite_engine(url, None)
+            self._sqlite_read = _sqlite_engine(url, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
         else:
+            # pool_pre_ping: a pooled connection the server dropped (a restart, a failover,
+            # pg_terminate_backend) is replaced before use instead of failing a write.
             self._pg = create_async_engine(
-                url, pool_size=10, max_overflow=20, pool_reset_on_return=None
+                url, pool_size=10, max_overflow=20, pool_reset_on_return=None, pool_pre_ping=True
             )
             self._pg_autocommit = self._pg.execution_options(isolation_level="AUTOCOMMIT")
         self._sqlite_reader: sqlite3.Connection | None = None
@@ -127,6 +206,7 @@ class Database:
         # SQLite has one writer at a time; a transaction that awaits something else must not
         # let another of this process's writers start on the same file.
         self._write_lock = asyncio.Lock()
+        self.outage = Outage()
 
     async def fetch(self, sqlite_sql: str, postgres_sql: str, *args: Any) -> list[Sequence[Any]]:
         """One hot read, straight through the driver; the SQL is given in each dialect.
@@ -143,7 +223,9 @@ class Database:
                 if self._pg_pool is None:
                     self._pg_pool = await asyncpg.create_pool(
                         self.url.replace("postgresql+asyncpg://", "postgresql://", 1),
-                        min_size=1,
+                        # No floor: with one, asyncpg logs a traceback per request while the
+                        # server is away, trying to restore it.
+                        min_size=0,
                         max_size=10,
                         reset=_keep_session,
                     )
@@ -158,8 +240,14 @@ class Database:
             return
         assert self._sqlite_write is not None
         async with self._write_lock:
-            with self._sqlite_write.begin() as sync_conn:
-                yield InLoopConnection(sync_conn)
+            with self._sqlite_write.connect() as sync_conn:
+                await _begin_immediate(sync_conn)
+                try:
+                    yield InLoopConnection(sync_conn)
+                except BaseException:
+                    sync_conn.rollback()
+                    raise
+                sync_conn.commit()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Conn]:
@@ -173,10 +261,17 @@ class Database:
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Conn]:
-        """A transaction whose reads all see one consistent state (for checks and reports)."""
+        """A transaction whose reads all see one consistent state (for checks and reports).
+        SQLite: a deferred read transaction (WAL keeps its snapshot from the first read on),
+        which takes no write lock: customers' writes go on while a check runs."""
         if self._pg is None:
-            async with self.write() as conn:
-                yield conn
+            assert self._sqlite_read is not None
+            with self._sqlite_read.connect() as sync_conn:
+                sync_conn.exec_driver_sql("BEGIN DEFERRED")
+                try:
+                    yield InThreadConnection(sync_conn)
+                finally:
+                    sync_conn.rollback()
             return
         engine = self._pg.execution_options(isolation_level="REPEATABLE READ")
         async with engine.begin() as conn:

@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app import metrics
 from app.admin.router import router as admin_router
-from app.catalog import stored_family, sync_catalog
+from app.catalog import catalog_state, stored_family, sync_catalog, upstream_state
 from app.db import Database, ping
 from app.docs import install_docs
 from app.head import HeadAsGetMiddleware
@@ -122,10 +122,17 @@ def create_app(
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(request: Request) -> JSONResponse:
-        """200 once the database answers."""
-        if await ping(request.app.state.gateway.db):
-            return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "database unavailable"}, status_code=503)
+        """200 once the database answers; `upstream` says how the last catalog fetch found the
+        upstream (`ok`, `key_refused`, `failing`, `never_synced`), without failing the check:
+        restarting the gateway would not mend the upstream."""
+        db = request.app.state.gateway.db
+        if not await ping(db):
+            return JSONResponse({"status": "database unavailable"}, status_code=503)
+        try:
+            upstream = upstream_state(await catalog_state(db))
+        except SQLAlchemyError:  # the schema is not there yet: the database itself answered
+            upstream = "never_synced"
+        return JSONResponse({"status": "ok", "upstream": upstream})
 
     install_openapi(app, settings)
     install_docs(app)

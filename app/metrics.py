@@ -29,7 +29,8 @@ whichever process or instance answers the scrape:
 - `smmgw_orders_active`: placed orders not final yet; `smmgw_sync_lag_seconds`: age of the
   oldest refresh among them (never refreshed: since created), 0 when there are none.
 - `smmgw_catalog_sync_age_seconds` (+Inf before the first sync), `smmgw_catalog_sync_failing`
-  (1 when the last catalog fetch failed and the last good catalog is being served).
+  (1 when the last catalog fetch failed and the last good catalog is being served),
+  `smmgw_upstream_key_refused` (1 when that fetch failed because the upstream refused our key).
 - `smmgw_upstream_balance{currency}` and `smmgw_upstream_balance_age_seconds`: the reseller's
   own balance at the upstream. Asked at scrape time at most once a minute for all processes and
   instances together (the claim is a row in the `kv` table), waiting at most 5 s; the value
@@ -181,6 +182,17 @@ def observe_upstream(action: str, outcome: object, seconds: float) -> None:
     UPSTREAM_SECONDS.labels(action, result).observe(seconds)
 
 
+UPSTREAM_UNUSABLE = Counter(
+    "smmgw_upstream_unusable_total",
+    "Upstream items skipped: numbers out of range or malformed, unknown status words.",
+    ["kind", "field"],
+)
+
+
+def count_unusable(kind: str, field: str, n: int = 1) -> None:
+    UPSTREAM_UNUSABLE.labels(kind, field).inc(n)
+
+
 def count_fail_open() -> None:
     RATE_LIMIT_FAIL_OPEN.inc()
 
@@ -271,6 +283,7 @@ class DbCollector(Collector):
         self.state = state
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        from app.catalog import upstream_state
         from app.orders.placing import STATES, UNKNOWN
 
         s = self.state
@@ -315,6 +328,11 @@ class DbCollector(Collector):
             "smmgw_catalog_sync_failing",
             "1 when the last catalog fetch failed (the last good catalog is served).",
             value=1 if s.kv.get(CATALOG_ERROR_KEY) else 0,
+        )
+        yield GaugeMetricFamily(
+            "smmgw_upstream_key_refused",
+            "1 when the upstream refused our key (SMMGW_UPSTREAM_KEY) at the last catalog fetch.",
+            value=1 if upstream_state(s.kv) == "key_refused" else 0,
         )
         balance = _balance(s.kv.get(BALANCE_KEY))
         if balance is not None:

@@ -30,6 +30,7 @@ from app.contract import (
 from app.db import Database
 from app.models import Order, utcnow
 from app.orders.placing import PLACED, recover_stale_sending
+from app.settlement import ratio_refund, remains_refund
 from app.upstream import Refused, UpstreamClient, UpstreamOrderStatus
 
 log = logging.getLogger("smm_gateway.sync")
@@ -146,22 +147,10 @@ def settlement_refund(order: _Claimed, status: str, heard: UpstreamOrderStatus) 
         return order.charge
     by_remains = order.settle_by == SETTLE_BY_REMAINS
     if status == PARTIAL and heard.remains is not None and by_remains and not heard.child_orders:
-        remains = min(max(heard.remains, 0), order.quantity)
-        return order.charge * remains // order.quantity
+        return remains_refund(order.charge, heard.remains, order.quantity)
     if heard.charge_micros is None:
         return None
     return ratio_refund(order.charge, heard.charge_micros, order.first_charge, order.cost)
-
-
-def ratio_refund(charge: int, kept: int, first_charge: int | None, cost: int) -> int:
-    """No usable remains: the customer keeps paying the fraction the upstream keeps of its own
-    first charge (our catalog estimate `cost` only when it never reported one while live),
-    rounded in the reseller's favour by at most one micro-unit."""
-    base = first_charge if first_charge is not None and first_charge > 0 else cost
-    if base <= 0:
-        return 0
-    kept = min(max(kept, 0), base)
-    return charge - -(-charge * kept // base)
 
 
 async def _apply(

@@ -408,6 +408,16 @@ def simulator_url() -> Iterator[str]:
         yield url
 
 
+def test_services_sync_says_the_upstream_refuses_our_key(
+    simulator_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMMGW_UPSTREAM_URL", simulator_url)
+    monkeypatch.setenv("SMMGW_UPSTREAM_KEY", "a-wrong-upstream-key")
+    err = one_line_error(cli("services", "sync", code=1))
+    assert "the upstream refuses our key (check SMMGW_UPSTREAM_KEY)" in err
+    assert "a-wrong-upstream-key" not in err
+
+
 def test_services_sync_and_operator_choices(
     simulator_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

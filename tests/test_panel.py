@@ -401,7 +401,7 @@ async def test_a_trailing_slash_is_not_redirected(
 async def test_healthz(api: httpx.AsyncClient, gateway_app: FastAPI) -> None:
     response = await api.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "upstream": "never_synced"}
 
 
 # --- oversized bodies -----------------------------------------------------------------------

@@ -45,6 +45,7 @@ from app.money import bp_to_percent, render
 from app.orders import queries
 from app.orders.placing import STATES, UNKNOWN
 from app.orders.resolution import resolve_order
+from app.parsing import row_id
 from app.report import build_report
 from app.settings import Settings
 from app.sync import PassResult, sync_pass
@@ -53,17 +54,14 @@ from app.upstream import Ambiguous, Refused, UpstreamClient
 # --- naming things ------------------------------------------------------------------------------
 
 
-MAX_ROW_ID = 2**31 - 1  # the id columns' range: a larger id names nothing
-
-
 async def customer_id_for(db: Database, ref: str | int) -> int:
     """A customer named by id or by exact name (ids win: a name of digits is reached by id).
     Only ASCII digits make an id ("¹" or "٥" are names, and name no one)."""
     ref = str(ref).strip()
     if ref.isascii() and ref.isdigit():
-        if len(ref) > 10 or int(ref) > MAX_ROW_ID:
+        if (number := row_id(ref)) is None:
             raise NotFound(f"no customer {ref}")
-        return (await customers.get_customer(db, int(ref))).id
+        return (await customers.get_customer(db, number)).id
     for view in await customers.list_customers(db):
         if view.name == ref:
             return view.id

@@ -16,10 +16,12 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import ledger
 from app.contract import (
+    INCORRECT_REQUEST,
     NOT_ENOUGH_FUNDS,
     PENDING,
     TEMPORARILY_UNAVAILABLE,
@@ -29,6 +31,7 @@ from app.contract import (
 from app.db import Database
 from app.models import Order, as_utc, utcnow
 from app.orders.validation import OrderRequest
+from app.parsing import is_unicode
 from app.upstream import (
     Ambiguous,
     Refused,
@@ -54,6 +57,17 @@ IDEMPOTENCY_MISMATCH = "Idempotency-Key was already used with different paramete
 IDEMPOTENCY_KEY_MAX = 128
 IDEMPOTENCY_KEY_TOO_LONG = f"Idempotency-Key is too long (at most {IDEMPOTENCY_KEY_MAX} characters)"
 ORDER_NOT_PLACED = "Order could not be placed"
+# Phase 3's write is retried after these pauses when the database blips (a connection the
+# server dropped, SQLite's busy timeout passed): every write in it is guarded by the order's
+# state, so a retry after a commit whose acknowledgement was lost changes nothing.
+OUTCOME_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)
+
+# Outcomes this process heard but could not write, by order id: written by its next sync
+# pass (`recover_stale_sending`), and logged at ERROR for the operator in case it dies first.
+_unwritten: dict[int, int | Refused | Ambiguous] = {}
+# What a database blip raises: a driver error (not a constraint), a pool wait, a refused
+# reconnect. IntegrityError is a bug or a race, never retried.
+_BLIPS = (DBAPIError, PoolTimeout, OSError)
 
 
 # Built once (phases 1 and 3 of every order); the SET of _MARK comes from the parameters.
@@ -89,6 +103,9 @@ async def place_order(
     request: OrderRequest,
     idempotency_key: str | None = None,
 ) -> Placement:
+    if not all(is_unicode(k, v) for k, v in request.upstream_params.items()):
+        # It would fail while the request is built, before a byte leaves: refuse, uncharged.
+        return Placement(None, INCORRECT_REQUEST)
     if idempotency_key:
         earlier = await _replay(
             db, customer_id, idempotency_key, request, upstream.max_call_seconds
@@ -172,7 +189,58 @@ async def commit_intent(
 async def commit_outcome(
     db: Database, order_id: int, outcome: int | Refused | Ambiguous
 ) -> Placement:
-    """Phase 3: record what the upstream's `add` said (phase 1 committed the intent)."""
+    """Phase 3: record what the upstream's `add` said (phase 1 committed the intent), retried
+    when the database blips. If it cannot be written, the order stays `sending` (funds held)
+    and the customer gets its id: never a 500, never a reason to buy again."""
+    for delay in (*OUTCOME_RETRY_DELAYS, None):
+        try:
+            placement = await _write_outcome(db, order_id, outcome)
+        except IntegrityError:
+            raise
+        except _BLIPS as exc:
+            if delay is None:
+                break
+            log.warning(
+                "order %s: outcome write failed (%s), retrying", order_id, _db_error(exc)
+            )
+            await asyncio.sleep(delay)
+        else:
+            _unwritten.pop(order_id, None)
+            return placement
+    _unwritten[order_id] = outcome
+    log.error(
+        "order %s: the upstream answered %s but the database refused the write; the order "
+        "stays sending (funds held) and is written by the next sync pass, or resolve it: "
+        "smm-gateway orders resolve %s %s",
+        order_id,
+        f"upstream order {outcome}" if isinstance(outcome, int) else repr(outcome),
+        order_id,
+        f"--upstream-order {outcome}" if isinstance(outcome, int) else "(check upstream)",
+    )
+    return Placement(order_id)
+
+
+async def write_unwritten_outcomes(db: Database) -> None:
+    """Outcomes `commit_outcome` could not write earlier: written now, before recovery may
+    call their orders unknown; kept for the next pass if the database still fails."""
+    for order_id, outcome in list(_unwritten.items()):
+        try:
+            await _write_outcome(db, order_id, outcome)
+        except _BLIPS as exc:
+            log.error("order %s: outcome still not written (%s)", order_id, _db_error(exc))
+            return
+        _unwritten.pop(order_id, None)
+        log.warning("order %s: outcome written late (%r)", order_id, outcome)
+
+
+def _db_error(exc: BaseException) -> str:
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    return f"{type(cause).__name__}: {str(cause)[:120]}"
+
+
+async def _write_outcome(
+    db: Database, order_id: int, outcome: int | Refused | Ambiguous
+) -> Placement:
     if isinstance(outcome, int):
         # Also from `unknown`: a slow reply the recovery gave up on is still the truth.
         try:
@@ -354,6 +422,7 @@ async def _replay(
 async def recover_stale_sending(db: Database, older_than_seconds: float) -> list[int]:
     """Orders stuck in `sending` (a crash between phases) become `unknown`: the upstream may
     have them, so their funds stay held until an operator resolves them."""
+    await write_unwritten_outcomes(db)
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
     async with db.write() as conn:
         ids = list(

@@ -10,7 +10,7 @@ from app.catalog import PricedService
 from app.contract import (
     BAD_LINK,
     DRIPFEED_NOT_SUPPORTED,
-    INCORRECT_REQUEST,
+    INCORRECT_SERVICE,
     NOT_ENOUGH_FUNDS,
     PACKAGE_TYPES,
     ContractError,
@@ -20,6 +20,7 @@ from app.contract import (
 )
 from app.family import ANY_MAX_LINK, UpstreamRules
 from app.money import charge_for
+from app.parsing import row_id, whole_number
 from app.upstream import has_tag_like_text, tag_like_error
 
 MAX_TEXT_LENGTH = 100_000
@@ -70,9 +71,9 @@ def parse_service_id(params: dict[str, str]) -> int:
     raw = params.get("service", "").strip()
     if not raw:
         raise ContractError(missing_parameter("service"))
-    if not raw.isdigit():
-        raise ContractError(INCORRECT_REQUEST)
-    return int(raw)
+    if (service_id := row_id(raw)) is None:
+        raise ContractError(INCORRECT_SERVICE)
+    return service_id
 
 
 def _whole_number(
@@ -81,11 +82,14 @@ def _whole_number(
     raw = params.get(name, "").strip()
     if not raw:
         raise ContractError(missing_parameter(name))
-    if not raw.isascii() or not raw.isdigit() or (positive and int(raw) == 0):
+    if not raw.isascii() or not raw.isdigit():
         raise ContractError(f"Parameter {name} must be a positive whole number")
-    if len(raw) > 15 or int(raw) > maximum:
+    number = whole_number(raw.lstrip("0") or "0", len(str(maximum)))
+    if number is None or number > maximum:
         raise ContractError(f"Parameter {name} must be at most {maximum}")
-    return int(raw)
+    if positive and number == 0:
+        raise ContractError(f"Parameter {name} must be a positive whole number")
+    return number
 
 
 def _text(params: dict[str, str], name: str) -> str:
@@ -221,11 +225,11 @@ def _subscription(params: dict[str, str], service: PricedService) -> tuple[dict[
     delay = params.get("delay", "").strip()
     if not delay:
         raise ContractError(missing_parameter("delay"))
-    if not delay.isdigit() or int(delay) not in SUBSCRIPTION_DELAYS:
+    if whole_number(delay, 3) not in SUBSCRIPTION_DELAYS:
         raise ContractError(
             "Parameter delay must be one of " + ", ".join(map(str, sorted(SUBSCRIPTION_DELAYS)))
         )
-    upstream["delay"] = str(int(delay))
+    upstream["delay"] = str(whole_number(delay, 3))
 
     # Charged up front as the upstream charges: `max` per post for `posts` posts, one post when
     # none is given; `old_posts` (posts already published) are not charged.

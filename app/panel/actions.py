@@ -18,6 +18,7 @@ from app.orders.placing import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_TOO_LONG, pl
 from app.orders.queries import customer_orders
 from app.orders.validation import parse_service_id, validate_add
 from app.panel import render
+from app.parsing import row_id
 
 if TYPE_CHECKING:
     from app.main import Gateway
@@ -81,17 +82,12 @@ def parse_ids(raw: str, max_ids: int, what: str = "order") -> list[str]:
     return ids
 
 
-def _as_id(raw: str) -> int | None:
-    # Ids beyond 2**62 cannot be ours and would overflow a BIGINT comparison.
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
-
-
 async def status(ctx: ActionContext) -> Any:
     gw, caller = ctx.gateway, ctx.caller
     currency = gw.settings.currency
     if ctx.params.get("orders", "").strip():
         sent = parse_ids(ctx.params["orders"], gw.settings.max_ids_per_call)
-        wanted = {raw: _as_id(raw) for raw in sent}
+        wanted = {raw: row_id(raw) for raw in sent}
         found = await customer_orders(
             gw.db, caller.customer_id, [i for i in wanted.values() if i is not None]
         )
@@ -104,7 +100,7 @@ async def status(ctx: ActionContext) -> Any:
     raw = ctx.params.get("order", "").strip()
     if not raw:
         raise ContractError(INCORRECT_REQUEST)
-    oid = _as_id(raw)
+    oid = row_id(raw)
     found = await customer_orders(gw.db, caller.customer_id, [oid] if oid is not None else [])
     if oid not in found:
         raise ContractError(INCORRECT_ORDER)
@@ -122,12 +118,13 @@ def _ids_param(ctx: ActionContext, single: str, many: str, what: str) -> tuple[l
 
 
 def _known(raws: list[str]) -> list[int]:
-    return [i for i in map(_as_id, raws) if i is not None]
+    """The distinct ids among `raws` (`1,01,001` is one order: asked about once)."""
+    return list(dict.fromkeys(i for i in map(row_id, raws) if i is not None))
 
 
 def _by_raw(raws: list[str], results: dict[int, Any], unknown: Any) -> dict[str, Any]:
     return {
-        raw: results.get(_as_id(raw), unknown) if _as_id(raw) is not None else unknown
+        raw: results.get(row_id(raw), unknown) if row_id(raw) is not None else unknown
         for raw in raws
     }
 

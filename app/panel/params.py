@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 from fastapi import Request
 
 from app.contract import INCORRECT_REQUEST, ContractError
+from app.parsing import is_unicode
 
 
 class BodyTooLarge(Exception):
@@ -61,7 +62,7 @@ def _form(body: bytes) -> dict[str, str]:
 def _json(body: bytes) -> dict[str, str]:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting: not a request
         raise ContractError(INCORRECT_REQUEST) from None
     if not isinstance(data, dict):
         raise ContractError(INCORRECT_REQUEST)
@@ -87,7 +88,19 @@ async def _multipart(request: Request, body: bytes) -> dict[str, str]:
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
+def _clean(params: dict[str, str]) -> dict[str, str]:
+    """Refuse text that is not Unicode (a lone surrogate, from a JSON `\\udc80` escape): it
+    cannot be stored, logged or sent upstream, so it must stop here, before any charge."""
+    if not all(is_unicode(name, value) for name, value in params.items()):
+        raise ContractError(INCORRECT_REQUEST)
+    return params
+
+
 async def read_params(request: Request, max_bytes: int) -> dict[str, str]:
+    return _clean(await _merged(request, max_bytes))
+
+
+async def _merged(request: Request, max_bytes: int) -> dict[str, str]:
     params = dict(request.query_params)
     if request.method != "POST":
         return params

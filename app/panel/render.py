@@ -9,6 +9,9 @@ from app.catalog import PricedService
 from app.contract import COMPLETED, smartpanel_type
 from app.money import render
 from app.orders.queries import OrderStatusView
+from app.parsing import whole_number
+
+ID_ECHO_DIGITS = 19  # up to a BIGINT; longer numerals are echoed as the text they were
 
 STANDARD = "standard"
 SMARTPANEL = "smartpanel"
@@ -90,8 +93,10 @@ def order_placed(order_id: int) -> dict[str, object]:
 
 
 def _id(raw: str) -> int | str:
-    """Ids in list replies are numbers; an id that was not a number is echoed as sent."""
-    return int(raw) if raw.isascii() and raw.isdigit() else raw
+    """Ids in list replies are numbers; an id that was not a number (or no id's length) is
+    echoed as sent."""
+    number = whole_number(raw, ID_ECHO_DIGITS)
+    return raw if number is None else number
 
 
 def refill_single(result: int | str) -> dict[str, str]:

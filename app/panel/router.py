@@ -11,9 +11,11 @@ from app.contract import (
     INCORRECT_REQUEST,
     INTERNAL_ERROR,
     INVALID_KEY,
+    TEMPORARILY_UNAVAILABLE,
     ContractError,
 )
 from app.customers import authenticate
+from app.db import is_unreachable
 from app.limits import too_many_requests
 from app.logs import SCOPE_KEY, RequestInfo
 from app.metrics import error_class
@@ -52,6 +54,8 @@ async def handle(request: Request) -> JSONResponse:
                 info.outcome = "429"
                 return too_many_requests(wait)
         caller = await authenticate(gateway.db, key)
+        if key:
+            gateway.db.outage.answered()  # the key lookup went through: the database is there
         if caller is None:
             raise ContractError(INVALID_KEY)
         info.customer_id = caller.customer_id
@@ -64,7 +68,12 @@ async def handle(request: Request) -> JSONResponse:
     except BodyTooLarge:
         info.outcome = "413"
         return Reply(render.error(BODY_TOO_LARGE), status_code=413)
-    except Exception:
+    except Exception as exc:
+        if is_unreachable(exc):
+            gateway.db.outage.failed(exc)
+            info.outcome = error_class(TEMPORARILY_UNAVAILABLE)
+            info.error = TEMPORARILY_UNAVAILABLE
+            return Reply(render.error(TEMPORARILY_UNAVAILABLE))
         info.outcome = "500"
         log.exception("unhandled error on %s", request.url.path)
         return Reply(render.error(INTERNAL_ERROR), status_code=500)

@@ -524,6 +524,8 @@ async def panel_api(request: Request) -> Response:
     fault = sim.draw_fault()
     if sim.config.latency_ms > 0:
         await asyncio.sleep(sim.config.latency_ms / 1000)
+    if action in sim.overrides.latency_ms:
+        await asyncio.sleep(sim.overrides.latency_ms[action] / 1000)
     page = fault_page(fault, dialect) if fault else None
     if page is not None:
         return page
