@@ -134,15 +134,10 @@ WEIGHTS: dict[str, int] = {
 # in test_regressions.py; remove it when the fix lands, so that every run checks it again.
 # Fixed: idempotency-race (ef707fc), partial-subscription-without-runs (f2cbcb7); stalled-send,
 # negative-rate and interval-0 (552e5ac); false-critical-after-resolve.
-# Open (issue 10, found by the wider classes of tests/simulation/wide.py): poison-settled,
-# poison-stops-sync, poison-catalog, unknown-status-settled, unknown-status-shown (items 5, 7,
-# 8); first-charge-lost (seed 1 step 224: a SmartPanel Custom Comments Package kept 0).
-KNOWN_BUGS: frozenset[str] = frozenset(
-    {
-        "poison-settled", "poison-stops-sync", "poison-catalog", "unknown-status-settled",
-        "unknown-status-shown", "first-charge-lost", "db-fault-fatal", "db-fault-500",
-    }
-)
+# Fixed (issue 10, found by the wider classes of tests/simulation/wide.py on the old code, named
+# by the bug ids their checks carry): poison-settled, poison-stops-sync, poison-catalog,
+# unknown-status-settled, unknown-status-shown, first-charge-lost, db-fault-fatal, db-fault-500.
+KNOWN_BUGS: frozenset[str] = frozenset()
 
 
 class SimulationFailure(AssertionError):
