@@ -138,3 +138,73 @@ async def test_a_late_reply_for_an_order_the_operator_placed_raises_no_alarm(
     a good order (first seen: seed 2 step 4). Every CRITICAL line must be true."""
     report = await replay(sqlite_template, tmp_path, SEED_FALSE_ALARM, STEPS_FALSE_ALARM)
     assert report.outcomes["late-outcome:operator-placed-first"] >= 1, report.outcomes
+
+
+# --- issue 10: the wider fault classes (tests/simulation/wide.py), each run with its class
+# alone and no bug tolerated. Each failed on the code before its fix (noted per test).
+
+
+async def wide_replay(
+    template: Path, tmp_path: Path, seed: int, steps: int, *faults: str
+) -> Report:
+    path = tmp_path / f"wide-{seed}.db"
+    shutil.copyfile(template, path)
+    return await run_simulation(
+        Options(seed=seed, steps=steps, database_url=f"sqlite+aiosqlite:///{path}",
+                tolerate=frozenset(), faults=frozenset(faults))
+    )
+
+
+async def test_a_poison_number_neither_settles_its_order_nor_stops_the_pass(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Was item 5 (fixed on main by B's bounded upstream numbers): one status answering
+    remains 1e400 settled its order Partial with a full refund (seed 1 step 41, all classes),
+    and a charge of 99999999999999999999 raised OverflowError out of sync_pass (seed 2
+    step 53); a catalog entry with max 1e20 failed the whole catalog sync."""
+    for seed in (1, 2):
+        report = await wide_replay(sqlite_template, tmp_path, seed, 150, "poison")
+        assert report.outcomes["poison:order"] >= 1, report.outcomes
+
+
+async def test_an_unknown_status_word_never_settles_and_is_shown_in_progress(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Was item 8: an upstream order answered `Rejected` (or another word of neither family)
+    was shown to the customer raw (seed 4, all classes: unknown-status-shown), and one answered
+    `Fail` kept 0 as the upstream's first charge (seed 1 step 224: first-charge-lost)."""
+    report = await wide_replay(sqlite_template, tmp_path, 4, 150, "statuses")
+    assert report.outcomes["poison:status-word"] >= 1, report.outcomes
+
+
+async def test_catalog_changes_and_charges_unlike_the_listed_rate_settle_by_the_snapshot(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Items 2 and 3: services re-typed, re-priced and delisted under live orders, and an
+    upstream charging another rate than it lists; every refund is DESIGN.md's formula from the
+    type at intent and the upstream's own first charge."""
+    report = await wide_replay(sqlite_template, tmp_path, 2, 150, "catalog", "charge")
+    assert report.outcomes["charge:differs"] >= 1, report.outcomes
+    assert report.kinds["catalog_change"] >= 1, report.kinds
+
+
+async def test_a_second_instance_settles_while_the_first_ones_reply_is_late(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Item 6: instance 1's status call outlasts its lease; instance 2 claims the batch and
+    settles; then instance 1's stale non-final answer arrives. A settled order never changes."""
+    report = await wide_replay(sqlite_template, tmp_path, 6, 200, "lease")
+    assert report.outcomes["lease-race:settled-under-a-late-reply"] >= 1, report.outcomes
+
+
+async def test_database_faults_at_phase_boundaries(db: Database, database_url: str) -> None:
+    """Was item 1 (PostgreSQL): pg_terminate_backend of the gateway's connections after the
+    upstream accepted an add answered HTTP 500 and left the order `sending` (seed 1 steps 234,
+    seed 2 step 120, seed 4 step 155, all classes), and after a status call raised
+    InterfaceError out of sync_pass (seed 1 step 82). On SQLite: another connection holds the
+    write lock across the boundary."""
+    report = await run_simulation(
+        Options(seed=1, steps=150, database_url=database_url, tolerate=frozenset(),
+                faults=frozenset({"db"}))
+    )
+    assert report.outcomes["db-fault:after add"] >= 1, report.outcomes

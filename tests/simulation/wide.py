@@ -378,8 +378,9 @@ class WideSteps:
         other = await self.second_node()
 
         async def the_other_instance() -> None:
-            # The first instance's answer is computed; it arrives after its lease ran out.
-            self.clock.advance(self.grace + 3 * self.TICK)
+            # The first instance's answer is computed; it arrives after its lease (the grace
+            # and the longest an upstream call may take) ran out: its writes must then fail.
+            self.clock.advance(self.grace + self.upstream.max_call_seconds + 3 * self.TICK)
             result = await sync_pass(
                 other.db,
                 other.upstream,
