@@ -340,6 +340,8 @@ class WideSteps:
             if self.answered_500:  # item 1 open: the order is left `sending`, as if crashed
                 await self.crash_restart(f"database fault {phase} answered HTTP 500")
                 await self.recover()
+        except AssertionError:
+            raise  # an invariant broke (SimulationFailure): no fault's doing
         except Exception as exc:
             # Item 1 open: the gateway does not survive the fault; it is restarted.
             self.fail(f"a database fault {phase} raised {exc!r}"[:300], bug="db-fault-fatal")
