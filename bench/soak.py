@@ -60,6 +60,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from soak_wide import Wide, add_options
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -387,6 +388,7 @@ class Soak:
         self.sending = True
         self.rr = [0, 0]
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.wide = Wide(args, client, f"http://{HOST}:{sim.port}")  # the options of issue 10
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -434,6 +436,8 @@ class Soak:
         while True:
             svc = self.rng.choice(self.catalog)
             marker = pick_marker(self.rng)
+            if svc["type"] != "Subscriptions":
+                marker = "+".join(m for m in (marker, self.wide.charge_marker()) if m)
             tag = f"soak-{self.run_tag}-{seq}"
             made = order_fields(svc, tag, marker, self.rng)
             if made is not None:
@@ -601,6 +605,7 @@ class Soak:
         planned = args.orders / args.rate
         self.t0 = time.monotonic()
         killer = asyncio.create_task(self.killer(planned))
+        wide = asyncio.create_task(self.wide.run(planned, self.now))
         poller = asyncio.create_task(self.poll_loop())
         tasks: set[asyncio.Task[None]] = set()
         report_every = max(1, args.orders // 20)
@@ -627,10 +632,14 @@ class Soak:
             if tasks:
                 await asyncio.wait(tasks, timeout=KEYED_RETRY_SECONDS + 2 * CLIENT_TIMEOUT)
         except BaseException:  # interrupted or failed: stop everything at once
-            for task in (killer, poller, *tasks):
+            for task in (killer, poller, wide, *tasks):
                 task.cancel()
             raise
         finally:
+            wide.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await wide
+            await self.wide.heal_all()
             self.send_seconds = self.now()
             self.requests_while_sending = sum(self.requests.values())
             self.sending = False
@@ -776,6 +785,7 @@ async def load_gateway_orders(db: Any) -> list[dict[str, Any]]:
         Order.refunded,
         Order.upstream_order_id,
         Order.upstream_charge,
+        Order.upstream_first_charge,
         Order.params,
         Order.error,
         Order.settled_at,
@@ -839,7 +849,8 @@ def expected_refund(o: dict[str, Any], s: dict[str, Any], remains: dict[int, int
     if by_remains(s):
         left = min(max(remains[int(s["id"])], 0), o["quantity"])
         return charge * left // o["quantity"]
-    kept, cost = int(s["charge_micros"]), o["cost"]
+    # The base: the upstream's own first charge as the gateway heard it live, else our estimate.
+    kept, cost = int(s["charge_micros"]), o["upstream_first_charge"] or o["cost"]
     if cost <= 0:
         return 0
     return charge - -(-charge * min(kept, cost) // cost)
@@ -1277,7 +1288,11 @@ def report(
         f"{args.customers} --rate {args.rate:g} --kills {args.kills} --fault-rate "
         f"{args.fault_rate:g} --seed {args.seed}"
         + (f" --poll-rate {args.poll_rate:g}" if args.poll_rate is not None else "")
+        + (f" --charge-differs {args.charge_differs:g}" if args.charge_differs else "")
+        + (f" --catalog-changes {args.catalog_changes}" if args.catalog_changes else "")
+        + (f" --poison {args.poison}" if args.poison else "")
     )
+    print(f"wider faults (issue 10): {soak.wide.counts}")
     print(
         f"machine: {os.cpu_count()} CPUs, load average {times['load0']:.1f} → "
         f"{os.getloadavg()[0]:.1f}"
@@ -1401,6 +1416,7 @@ def report(
         "upstream_kept_micros": upstream_kept,
         "upstream_orders": len(sim_orders),
         "kills": [asdict(k) for k in soak.kills],
+        "wider_faults": soak.wide.counts,
         "lost_to_kills": len(net) - len(outside),
         "network_errors": dict(lost_net),
         "network_errors_outside_kills": len(outside),
@@ -1647,6 +1663,7 @@ def main() -> int:
     parser.add_argument("--gateway-log-level", default="WARNING")
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
     parser.add_argument("--summary", help="write every figure and proof to this JSON file")
+    add_options(parser)
     args = parser.parse_args()
     if args.seed is None:
         args.seed = random.randrange(1, 1_000_000)
