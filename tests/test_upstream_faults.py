@@ -6,6 +6,7 @@ per-item overrides (/_sim/overrides), database faults from a second connection.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -148,3 +149,36 @@ def test_refill_words_are_not_order_words() -> None:
     assert contract.normalize_refill_status("Partial") is None
     assert contract.normalize_order_status("In Progress") == contract.IN_PROGRESS
     assert contract.normalize_refill_status("Inprogress") == contract.IN_PROGRESS
+
+
+# --- item 9: a fixed price an upstream rise overtook is reported, not suspended silently ----
+
+
+async def test_a_fixed_price_overtaken_by_a_rise_is_reported(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.admin import ops
+    from app.catalog import set_price
+
+    h = harness
+    alice = await h.customer(markup_bp=2500)
+    await set_price(h.db, 5, customer_id=alice.id, fixed_rate=parse_micros("2"))
+    synced = await ops.sync_catalog(h.db, h.gw.upstream)
+    assert synced.ok and synced.suspended == []  # 2.00 is above the cost of 1.02: sold
+
+    response = await h.sim_client.post("/_sim/catalog", json={"5": {"rate": "2.5"}})
+    assert response.status_code == 200, response.text
+    with caplog.at_level(logging.WARNING, logger="smm_gateway.catalog"):
+        synced = await ops.sync_catalog(h.db, h.gw.upstream)
+    assert synced.ok
+    assert [(p.service, p.customer, p.rate, p.cost) for p in synced.suspended] == [
+        (5, alice.id, "2.00", "2.50")
+    ]
+    assert f"service 5 for customer {alice.id}: fixed 2.00 < cost 2.50" in caplog.text
+
+    listed = {s.id: s for s in await ops.list_services(h.db, h.gw.settings)}
+    assert listed[5].suspended_for_customers == [alice.id]
+    assert all(s.suspended_for_customers == [] for sid, s in listed.items() if sid != 5)
+    # ... and the customer indeed cannot order it at that price.
+    services = await h.call(alice.key, "services")
+    assert 5 not in {int(s["service"]) for s in services}

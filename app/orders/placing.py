@@ -187,9 +187,7 @@ async def commit_outcome(
         except _BLIPS as exc:
             if delay is None:
                 break
-            log.warning(
-                "order %s: outcome write failed (%s), retrying", order_id, _db_error(exc)
-            )
+            log.warning("order %s: outcome write failed (%s), retrying", order_id, _db_error(exc))
             await asyncio.sleep(delay)
         else:
             _unwritten.pop(order_id, None)
