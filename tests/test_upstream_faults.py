@@ -182,3 +182,47 @@ async def test_a_fixed_price_overtaken_by_a_rise_is_reported(
     # ... and the customer indeed cannot order it at that price.
     services = await h.call(alice.key, "services")
     assert 5 not in {int(s["service"]) for s in services}
+
+
+# --- the bounds themselves, one place for every upstream number -----------------------------
+
+GOOD_STATUS = {"status": "Partial", "charge": "0.5000", "start_count": "10", "remains": "+15"}
+GOOD_SERVICE = {
+    "service": "5",
+    "name": "x",
+    "type": "default",
+    "rate": "1.02",
+    "min": "10",
+    "max": "1000",
+}
+
+
+@pytest.mark.parametrize(
+    "poison", ["1e+30", "NaN", "-Infinity", "-5", "abc", [1], {"a": 1}, 10**30]
+)
+@pytest.mark.parametrize("field", ["charge", "start_count", "remains", "runs", "posts"])
+def test_every_status_number_is_bounded(field: str, poison: object) -> None:
+    from app.upstream import parse_order_status
+
+    assert parse_order_status(GOOD_STATUS) is not None
+    if field == "remains" and poison == "-5":
+        pytest.skip('"-5" is over-delivery by 5 on some panels (CONTRACT.md)')
+    assert parse_order_status({**GOOD_STATUS, field: poison}) is None
+
+
+@pytest.mark.parametrize("poison", ["1e+30", "NaN", "-1", "abc", [1], 10**20, "1e20"])
+@pytest.mark.parametrize("field", ["service", "rate", "min", "max"])
+def test_every_catalog_number_is_bounded(field: str, poison: object) -> None:
+    from app.upstream import parse_service
+
+    assert parse_service(GOOD_SERVICE) is not None
+    assert parse_service({**GOOD_SERVICE, field: poison}) is None
+
+
+def test_absent_numbers_are_not_poison() -> None:
+    from app.upstream import parse_order_status
+
+    parsed = parse_order_status({"status": "Pending", "charge": "", "start_count": None})
+    assert parsed is not None and parsed.charge_micros is None and parsed.start_count is None
+    over = parse_order_status({"status": "Completed", "remains": "-15"})
+    assert over is not None and (over.remains, over.overdelivered) == (0, 15)
