@@ -49,6 +49,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -431,7 +432,21 @@ router = APIRouter()
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics_endpoint(request: Request) -> Response:
+    token = request.app.state.gateway.settings.metrics_token
+    if token and not _bearer_is(request.headers.get("authorization", ""), token):
+        return Response(
+            "a valid metrics token is required\n",
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return Response(await scrape(request.app.state.gateway), media_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_is(header: str, token: str) -> bool:
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 # --- several worker processes ---------------------------------------------------------------
