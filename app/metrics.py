@@ -9,6 +9,10 @@ Counted in the process that does the work (hot path: a cached labelled child, on
   `quantity_too_low`, `quantity_too_high`, `missing_parameter`, `bad_parameter`,
   `too_many_ids`, `idempotency`, `temporarily_unavailable`, `other_error`), or `413`, `429`,
   `500`.
+  For `refill`, `refill_status` and `cancel`, whose errors are inside the items, `outcome`
+  is `ok` when at least one item succeeded, else the class of the first item's error.
+- `smmgw_request_items_total{action, outcome}`: each item of those replies, `ok` or its
+  error's class.
 - `smmgw_request_duration_seconds{action}`: histogram, whole request (body read to reply sent).
 - `smmgw_upstream_calls_total{action, outcome}`: every upstream call (`UpstreamClient.call`),
   `outcome` = `answer`, `refused:<reason>` or `ambiguous:<reason>` (app/upstream.py).
@@ -96,6 +100,11 @@ CATALOG_ERROR_KEY = "catalog_last_error"
 REQUESTS = Counter(
     "smmgw_requests_total", "Contract requests by action and outcome.", ["action", "outcome"]
 )
+ITEMS = Counter(
+    "smmgw_request_items_total",
+    "Items of refill, refill_status and cancel replies, by action and outcome.",
+    ["action", "outcome"],
+)
 REQUEST_SECONDS = Histogram(
     "smmgw_request_duration_seconds",
     "Contract request latency, body read to reply sent.",
@@ -171,6 +180,12 @@ def observe_request(info: RequestInfo, status: int, seconds: float) -> None:
     if histogram is None:
         histogram = _latency_children[action] = REQUEST_SECONDS.labels(action)
     histogram.observe(seconds)
+
+
+def observe_items(action: str, errors: list[str | None]) -> None:
+    """Each item of a refill / refill_status / cancel reply: `ok` (None) or its error's class."""
+    for message in errors:
+        ITEMS.labels(action, "ok" if message is None else error_class(message)).inc()
 
 
 def observe_upstream(action: str, outcome: object, seconds: float) -> None:

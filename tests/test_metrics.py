@@ -387,3 +387,27 @@ class TestMetricsToken:
 def test_a_short_metrics_token_is_refused() -> None:
     with pytest.raises(SettingsError, match="SMMGW_METRICS_TOKEN"):
         load_settings(metrics_token="short")
+
+
+async def test_refill_and_cancel_count_their_items_outcomes(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """A list reply whose every item is an error is not an `ok` request."""
+    alice = await new_customer(db, "alice")
+    before = await scrape(client)
+    for action, param in (("refill", "orders"), ("cancel", "orders"), ("refill_status", "refills")):
+        reply = await api(client, alice.key, action, **{param: "999998,999999,abc"})
+        assert isinstance(reply, list) and len(reply) == 3
+    after = await scrape(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    for action, error in (
+        ("refill", "incorrect_order"),
+        ("cancel", "incorrect_order"),
+        ("refill_status", "incorrect_refill"),
+    ):
+        assert moved("smmgw_requests_total", action=action, outcome="ok") == 0
+        assert moved("smmgw_requests_total", action=action, outcome=error) == 1
+        assert moved("smmgw_request_items_total", action=action, outcome=error) == 3
