@@ -51,6 +51,7 @@ from app.admin.schemas import (
 from app.db import Database
 from app.errors import OperatorError
 from app.money import MoneyError, bp_to_percent, parse_micros
+from app.orders import queries
 from app.orders.placing import STATES, UNKNOWN
 from app.parsing import MAX_ROW_ID
 from app.parsing import row_id as parse_row_id
@@ -183,6 +184,14 @@ def unresolved_warning(count: int) -> str:
     return f"WARNING: {count} order{'' if count == 1 else 's'} {verb} resolution: {UNRESOLVED_HINT}"
 
 
+def held_warning(ids: list[int]) -> str:
+    shown = ", ".join(map(str, ids[:10])) + (" …" if len(ids) > 10 else "")
+    return (
+        f"WARNING: {len(ids)} settlement{'' if len(ids) == 1 else 's'} held (a final status"
+        f" came without remains or charge; settled once the upstream reports them): orders {shown}"
+    )
+
+
 def _run(
     work: Callable[[Database, Settings], Awaitable[T]],
     settings: Settings | None = None,
@@ -202,6 +211,8 @@ def _run(
             result = await work(db, settings)
             if unresolved := await ops.unresolved(db):
                 typer.echo(unresolved_warning(unresolved), err=True)
+            if held := await queries.held_settlements(db):
+                typer.echo(held_warning(held), err=True)
             return result
         finally:
             await db.dispose()

@@ -66,12 +66,14 @@ ORDER_STATUSES = (
     EXPIRED,
 )
 FINAL_STATUSES = frozenset({COMPLETED, PARTIAL, CANCELED, EXPIRED})
+REFILL_STATUSES = (PENDING, IN_PROGRESS, COMPLETED, REJECTED)
 
-_STATUS_ALIASES = {
+# Two vocabularies (CONTRACT.md): an order's words are not a refill's. `Rejected` is a refill
+# status only; an order said to be `Rejected` is an unknown order status (shown In progress).
+_IN_PROGRESS_SPELLINGS = ("inprogress", "in progress", "in_progress")
+_ORDER_ALIASES = {
     "pending": PENDING,
-    "inprogress": IN_PROGRESS,
-    "in progress": IN_PROGRESS,
-    "in_progress": IN_PROGRESS,
+    **dict.fromkeys(_IN_PROGRESS_SPELLINGS, IN_PROGRESS),
     "processing": PROCESSING,
     "completed": COMPLETED,
     "complete": COMPLETED,
@@ -82,15 +84,30 @@ _STATUS_ALIASES = {
     "active": ACTIVE,
     "paused": PAUSED,
     "expired": EXPIRED,
+}
+_REFILL_ALIASES = {
+    "pending": PENDING,
+    **dict.fromkeys((*_IN_PROGRESS_SPELLINGS, "processing"), IN_PROGRESS),
+    "completed": COMPLETED,
+    "complete": COMPLETED,
     "rejected": REJECTED,
 }
 
 
-def normalize_status(raw: object) -> str | None:
-    """Upstream status in any case or spelling → the canonical string; None when unknown."""
+def _normalized(raw: object, aliases: dict[str, str]) -> str | None:
     if not isinstance(raw, str):
         return None
-    return _STATUS_ALIASES.get(re.sub(r"\s+", " ", raw.strip().lower()))
+    return aliases.get(re.sub(r"\s+", " ", raw.strip().lower()))
+
+
+def normalize_order_status(raw: object) -> str | None:
+    """An upstream order status in any case or spelling → ORDER_STATUSES; None when unknown."""
+    return _normalized(raw, _ORDER_ALIASES)
+
+
+def normalize_refill_status(raw: object) -> str | None:
+    """An upstream refill status in any case or spelling → REFILL_STATUSES; None when unknown."""
+    return _normalized(raw, _REFILL_ALIASES)
 
 
 # Service types: canonical (standard dialect) names. SmartPanel writes them lowercase with "_".
@@ -128,3 +145,13 @@ def canonical_type(raw: object) -> str | None:
 
 # Types charged their flat rate per order rather than per 1000 units.
 PACKAGE_TYPES = frozenset({"Package", "Custom Comments Package"})
+
+# How a Partial settles (DESIGN.md "Status and settlement"), fixed on the order at intent:
+# by the upstream's `remains`, or by the upstream's own charge ratio where it reports none.
+SETTLE_BY_REMAINS = "remains"
+SETTLE_BY_CHARGE_RATIO = "charge_ratio"
+
+
+def settle_by(service_type: str) -> str:
+    flat = service_type in PACKAGE_TYPES or service_type == "Subscriptions"
+    return SETTLE_BY_CHARGE_RATIO if flat else SETTLE_BY_REMAINS

@@ -21,8 +21,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Executable, create_engine, event
+from sqlalchemy import Executable, create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 import migrations
@@ -76,14 +77,14 @@ class Outage:
             self.since = None
 
 
-def _sqlite_engine(url: str, begin: str | None) -> Engine:
+def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
     """A synchronous engine, used from the event loop (see InLoopConnection)."""
     sync_url = url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://", 1)
     # No reset on return: every write ends in COMMIT or ROLLBACK already, and reads run
     # without a transaction.
     engine = create_engine(
         sync_url,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
         pool_reset_on_return=None,
     )
 
@@ -93,18 +94,30 @@ def _sqlite_engine(url: str, begin: str | None) -> Engine:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    if begin is not None:
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql(begin)
-
     return engine
+
+
+async def _begin_immediate(conn: Connection) -> None:
+    """BEGIN IMMEDIATE without ever blocking the event loop: the writer's connections wait
+    for no lock themselves (busy timeout 0); another process's write lock is waited out
+    here, asleep, for up to SQLITE_BUSY_TIMEOUT_MS."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.001
+    while True:
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        except OperationalError as exc:
+            conn.rollback()
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 class InLoopConnection:
@@ -135,8 +148,25 @@ class InLoopConnection:
         return fn(self.sync_connection, *args, **kwargs)
 
 
+class InThreadConnection(InLoopConnection):
+    """The same, each statement run in a thread: for the long reads of a check or a report,
+    which must not stop the event loop (customers' requests) while they scan the tables."""
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]:
+        return await asyncio.to_thread(self.sync_connection.execute, statement, parameters)
+
+    async def scalar(self, statement: Executable, parameters: Any = None) -> Any:
+        return await asyncio.to_thread(self.sync_connection.scalar, statement, parameters)
+
+    async def exec_driver_sql(self, sql: str, parameters: Any = None) -> CursorResult[Any]:
+        return await asyncio.to_thread(self.sync_connection.exec_driver_sql, sql, parameters)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, self.sync_connection, *args, **kwargs)
+
+
 # What `Database.read()`/`write()` hand out: same methods on both databases.
-Conn = AsyncConnection | InLoopConnection
+Conn = AsyncConnection | InLoopConnection  # InThreadConnection is one
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
@@ -160,12 +190,14 @@ class Database:
         self._sqlite_read: Engine | None = None
         self._pg: AsyncEngine | None = None
         if self.is_sqlite:
-            self._sqlite_write = _sqlite_engine(url, "BEGIN IMMEDIATE")
+            self._sqlite_write = _sqlite_engine(url, busy_timeout_ms=0)
             # Autocommit reads: each statement sees the latest commit, holds no lock.
-            self._sqlite_read = _sqlite_engine(url, None)
+            self._sqlite_read = _sqlite_engine(url, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
         else:
+            # pool_pre_ping: a pooled connection the server dropped (a restart, a failover,
+            # pg_terminate_backend) is replaced before use instead of failing a write.
             self._pg = create_async_engine(
-                url, pool_size=10, max_overflow=20, pool_reset_on_return=None
+                url, pool_size=10, max_overflow=20, pool_reset_on_return=None, pool_pre_ping=True
             )
             self._pg_autocommit = self._pg.execution_options(isolation_level="AUTOCOMMIT")
         self._sqlite_reader: sqlite3.Connection | None = None
@@ -208,8 +240,14 @@ class Database:
             return
         assert self._sqlite_write is not None
         async with self._write_lock:
-            with self._sqlite_write.begin() as sync_conn:
-                yield InLoopConnection(sync_conn)
+            with self._sqlite_write.connect() as sync_conn:
+                await _begin_immediate(sync_conn)
+                try:
+                    yield InLoopConnection(sync_conn)
+                except BaseException:
+                    sync_conn.rollback()
+                    raise
+                sync_conn.commit()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Conn]:
@@ -223,10 +261,17 @@ class Database:
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Conn]:
-        """A transaction whose reads all see one consistent state (for checks and reports)."""
+        """A transaction whose reads all see one consistent state (for checks and reports).
+        SQLite: a deferred read transaction (WAL keeps its snapshot from the first read on),
+        which takes no write lock: customers' writes go on while a check runs."""
         if self._pg is None:
-            async with self.write() as conn:
-                yield conn
+            assert self._sqlite_read is not None
+            with self._sqlite_read.connect() as sync_conn:
+                sync_conn.exec_driver_sql("BEGIN DEFERRED")
+                try:
+                    yield InThreadConnection(sync_conn)
+                finally:
+                    sync_conn.rollback()
             return
         engine = self._pg.execution_options(isolation_level="REPEATABLE READ")
         async with engine.begin() as conn:
@@ -278,6 +323,39 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def _upgrade_head(connection: Connection) -> None:
     command.upgrade(alembic_config(connection), "head")
+    ensure_unique_upstream_ids(connection)
+
+
+UPSTREAM_ID_INDEX = "uq_orders_upstream_order_id"
+SHARED_UPSTREAM_IDS = (
+    "SELECT upstream_order_id, MIN(id), MAX(id), COUNT(*) FROM orders"
+    " WHERE upstream_order_id IS NOT NULL AND state <> 'rejected'"
+    " GROUP BY upstream_order_id HAVING COUNT(*) > 1 ORDER BY upstream_order_id"
+)
+
+
+def ensure_unique_upstream_ids(connection: Connection) -> bool:
+    """Make the database refuse a second order on one upstream order, when its data allows:
+    a database where two orders already share one keeps a plain index (so a migration never
+    fails on old data), `ledger verify` lists them, and the next `migrate` after they are
+    fixed makes the index unique. Returns whether it is unique now."""
+    found = {i["name"]: i for i in inspect(connection).get_indexes("orders")}
+    current = found.get(UPSTREAM_ID_INDEX)
+    if current is not None and current["unique"]:
+        return True
+    shared = connection.execute(text(SHARED_UPSTREAM_IDS)).first() is not None
+    if current is not None and shared:
+        return False
+    if current is not None:
+        connection.execute(text(f"DROP INDEX {UPSTREAM_ID_INDEX}"))
+    unique = "" if shared else "UNIQUE "
+    connection.execute(
+        text(
+            f"CREATE {unique}INDEX {UPSTREAM_ID_INDEX} ON orders (upstream_order_id)"
+            " WHERE state <> 'rejected'"
+        )
+    )
+    return not shared
 
 
 def _sqlite_file_missing(url: str) -> bool:

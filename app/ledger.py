@@ -8,13 +8,14 @@ order, whichever process tries.
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, bindparam, case, cast, func, insert, select, update
+from sqlalchemy import BigInteger, bindparam, case, cast, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from app.db import Conn, Database
+from app.db import SHARED_UPSTREAM_IDS, Conn, Database
 from app.errors import NotFound, OperatorError
 from app.models import Customer, LedgerEntry, Order, utcnow
 from app.money import MAX_AMOUNT, render
+from app.settlement import settlement_problems
 
 TOPUP = "topup"
 CHARGE = "charge"
@@ -364,6 +365,7 @@ async def verify(db: Database) -> list[str]:
                 Order.customer_id,
                 Order.charge,
                 Order.refunded,
+                Order.settled_at,
                 per_order.c.charges,
                 per_order.c.charged,
                 per_order.c.refunded,
@@ -371,7 +373,7 @@ async def verify(db: Database) -> list[str]:
                 per_order.c.max_customer,
             ).outerjoin(per_order, per_order.c.order_id == Order.id)
         )
-        for oid, cid, charge, refunded, charges, charged, refund_sum, min_c, max_c in rows:
+        for oid, cid, charge, refunded, settled, charges, charged, refund_sum, min_c, max_c in rows:
             if (charges or 0) != 1:
                 problems.append(f"order {oid}: {charges or 0} charge entries, expected 1")
                 continue
@@ -383,4 +385,17 @@ async def verify(db: Database) -> list[str]:
                 problems.append(f"order {oid}: refunds {refund_sum} but the order says {refunded}")
             if min_c != cid or max_c != cid:
                 problems.append(f"order {oid}: entries belong to another customer")
+            if refund_sum and settled is None:
+                problems.append(f"order {oid}: refunded {refund_sum} before settlement")
+        problems += await _shared_upstream_ids(conn)
+        problems += await settlement_problems(conn)
     return problems
+
+
+async def _shared_upstream_ids(conn: Conn) -> list[str]:
+    """One upstream order, one order of ours (a database migrated with older data may have
+    more: its index stayed plain, app.db.ensure_unique_upstream_ids)."""
+    return [
+        f"upstream order {uid} is attached to {count} orders ({first} … {last})"
+        for uid, first, last, count in await conn.execute(text(SHARED_UPSTREAM_IDS))
+    ]

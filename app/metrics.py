@@ -28,6 +28,8 @@ whichever process or instance answers the scrape:
 - `smmgw_orders{state}`: orders by placement state (`sending`, `placed`, `rejected`, `unknown`).
 - `smmgw_orders_unknown`: orders whose fate at the upstream is unknown (funds held; an operator
   resolves them: `smm-gateway orders resolve`); `smmgw_orders_unknown_oldest_age_seconds`.
+- `smmgw_settlements_held`: final orders not settled because the upstream reported neither
+  remains nor charge (listed by every CLI command and `ledger verify`).
 - `smmgw_orders_active`: placed orders not final yet; `smmgw_sync_lag_seconds`: age of the
   oldest refresh among them (never refreshed: since created), 0 when there are none.
 - `smmgw_catalog_sync_age_seconds` (+Inf before the first sync), `smmgw_catalog_sync_failing`
@@ -196,6 +198,17 @@ def observe_upstream(action: str, outcome: object, seconds: float) -> None:
     UPSTREAM_SECONDS.labels(action, result).observe(seconds)
 
 
+UPSTREAM_UNUSABLE = Counter(
+    "smmgw_upstream_unusable_total",
+    "Upstream items skipped: numbers out of range or malformed, unknown status words.",
+    ["kind", "field"],
+)
+
+
+def count_unusable(kind: str, field: str, n: int = 1) -> None:
+    UPSTREAM_UNUSABLE.labels(kind, field).inc(n)
+
+
 def count_fail_open() -> None:
     RATE_LIMIT_FAIL_OPEN.inc()
 
@@ -212,6 +225,7 @@ class DbState:
     active: int = 0
     oldest_refresh: datetime | None = None
     unknown_oldest: datetime | None = None
+    held: int = 0
     kv: dict[str, str] = field(default_factory=dict)
     now: datetime = field(default_factory=utcnow)
 
@@ -253,6 +267,9 @@ async def read_state(db: Database) -> DbState:
             state.active, state.oldest_refresh = count, oldest
             state.unknown_oldest = await conn.scalar(
                 select(func.min(Order.created_at)).where(Order.state == UNKNOWN)
+            )
+            state.held = await conn.scalar(
+                select(func.count()).where(Order.held.is_not(None), Order.settled_at.is_(None))
             )
             rows = await conn.execute(
                 select(Setting.key, Setting.value).where(Setting.key.in_(keys))
@@ -304,6 +321,11 @@ class DbCollector(Collector):
             "smmgw_orders_unknown_oldest_age_seconds",
             "Age of the oldest unresolved unknown order (0 when none).",
             value=_age(s.now, _oldest(s.unknown_oldest)),
+        )
+        yield GaugeMetricFamily(
+            "smmgw_settlements_held",
+            "Final orders not settled: the upstream reported neither remains nor charge.",
+            value=s.held,
         )
         yield GaugeMetricFamily("smmgw_orders_active", "Placed orders not final yet.",
                                 value=s.active)

@@ -127,6 +127,16 @@ class Order(Base):
     __table_args__ = (
         UniqueConstraint("customer_id", "idempotency_key"),
         Index("ix_orders_state_refreshed", "state", "refreshed_at"),
+        # One upstream order belongs to one of ours at most (a rejected one let it go: an
+        # operator's correction keeps the id it was wrongly given, for the audit). Today there
+        # is one upstream; with a provider column this becomes (provider, upstream_order_id).
+        Index(
+            "uq_orders_upstream_order_id",
+            "upstream_order_id",
+            unique=True,
+            sqlite_where=text("state <> 'rejected'"),
+            postgresql_where=text("state <> 'rejected'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -141,8 +151,14 @@ class Order(Base):
     # What the upstream should charge us at its catalog rate: the base of charge-ratio refunds.
     cost: Mapped[int] = mapped_column(BigInteger)
     refunded: Mapped[int] = mapped_column(BigInteger, default=0)
-    upstream_order_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    upstream_order_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The upstream's charge as last reported (what it keeps once final) ...
     upstream_charge: Mapped[int | None] = mapped_column(BigInteger)
+    # ... and as first reported while the order was live: the base of the charge ratio.
+    upstream_first_charge: Mapped[int | None] = mapped_column(BigInteger)
+    # Snapshotted at intent, so that a later catalog change never changes how it settles.
+    service_type: Mapped[str] = mapped_column(String(40))
+    settle_by: Mapped[str] = mapped_column(String(16))  # remains | charge_ratio
     upstream_status: Mapped[str | None] = mapped_column(String(32))
     start_count: Mapped[int | None] = mapped_column(BigInteger)
     remains: Mapped[int | None] = mapped_column(BigInteger)
@@ -156,6 +172,10 @@ class Order(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     refreshed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Which sync pass holds the lease: its writes carry it, so a pass that lost it writes nothing.
+    lease_owner: Mapped[str | None] = mapped_column(String(32))
+    # A final status arrived without the figures its settlement needs: held for the operator.
+    held: Mapped[str | None] = mapped_column(String(200))
     settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 

@@ -9,11 +9,12 @@ ledger ref `refund:<order>` stops a second settlement even if a lease were ever 
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app import ledger
@@ -23,12 +24,13 @@ from app.contract import (
     EXPIRED,
     FINAL_STATUSES,
     IN_PROGRESS,
-    PACKAGE_TYPES,
     PARTIAL,
+    SETTLE_BY_REMAINS,
 )
 from app.db import Database
-from app.models import Order, Service, utcnow
+from app.models import Order, utcnow
 from app.orders.placing import PLACED, recover_stale_sending
+from app.settlement import ratio_refund, remains_refund
 from app.upstream import Refused, UpstreamClient, UpstreamOrderStatus
 
 log = logging.getLogger("smm_gateway.sync")
@@ -52,10 +54,20 @@ class _Claimed:
     id: int
     customer_id: int
     upstream_order_id: int
-    service_type: str
+    settle_by: str  # snapshotted at intent (DESIGN.md): never the catalog's current type
     quantity: int
     charge: int
     cost: int
+    first_charge: int | None  # the upstream's own charge as first reported while live
+    # The claim's token: every write of the pass names it, so one that lost its lease (and
+    # whose order another instance now holds, or settled) writes nothing.
+    lease_owner: str | None = None
+
+
+def _owned(order: _Claimed) -> tuple:  # type: ignore[type-arg]
+    """The WHERE of every write of a pass: still this pass's lease, and not settled."""
+    held = () if order.lease_owner is None else (Order.lease_owner == order.lease_owner,)
+    return (Order.id == order.id, Order.settled_at.is_(None), *held)
 
 
 async def _claim_batch(
@@ -64,6 +76,7 @@ async def _claim_batch(
     """Lease up to `limit` active orders last refreshed before `refreshed_before` (so not in
     this pass, nor just now by another instance), oldest first."""
     now = utcnow()
+    owner = uuid.uuid4().hex
     due = (
         select(Order.id)
         .where(
@@ -82,38 +95,62 @@ async def _claim_batch(
         ids = list((await conn.execute(due)).scalars())
         if not ids:
             return []
-        await conn.execute(update(Order).where(Order.id.in_(ids)).values(lease_until=now + lease))
+        await conn.execute(
+            update(Order)
+            .where(Order.id.in_(ids))
+            .values(lease_until=now + lease, lease_owner=owner)
+        )
         rows = await conn.execute(
             select(
                 Order.id,
                 Order.customer_id,
                 Order.upstream_order_id,
-                Service.type,
+                Order.settle_by,
                 Order.quantity,
                 Order.charge,
                 Order.cost,
-            )
-            .join(Service, Service.id == Order.service_id)
-            .where(Order.id.in_(ids))
+                Order.upstream_first_charge,
+            ).where(Order.id.in_(ids))
         )
-        return [_Claimed(*row) for row in rows]
+        return [_Claimed(*row, lease_owner=owner) for row in rows]
 
 
-def settlement_refund(order: _Claimed, status: str, heard: UpstreamOrderStatus) -> int:
-    """How much of the charge goes back to the customer for a final status (DESIGN.md)."""
+async def _renew(db: Database, batch: list[_Claimed], lease: timedelta) -> list[_Claimed]:
+    """Before another upstream call: extend the lease on what this pass still holds."""
+    if not batch:
+        return []
+    owner = batch[0].lease_owner
+    async with db.write() as conn:
+        kept = set(
+            (
+                await conn.execute(
+                    update(Order)
+                    .where(
+                        Order.id.in_([o.id for o in batch]),
+                        Order.lease_owner == owner,
+                        Order.settled_at.is_(None),
+                    )
+                    .values(lease_until=utcnow() + lease)
+                    .returning(Order.id)
+                )
+            ).scalars()
+        )
+    return [o for o in batch if o.id in kept]
+
+
+def settlement_refund(order: _Claimed, status: str, heard: UpstreamOrderStatus) -> int | None:
+    """How much of the charge goes back to the customer for a final status (DESIGN.md);
+    None when the upstream gave no figure the formula needs: the settlement is held."""
     if status == COMPLETED:
         return 0
     if status == CANCELED:
         return order.charge
-    flat = order.service_type in PACKAGE_TYPES or order.service_type == "Subscriptions"
-    if status == PARTIAL and heard.remains is not None and not flat and not heard.child_orders:
-        remains = min(max(heard.remains, 0), order.quantity)
-        return order.charge * remains // order.quantity
-    # No usable remains: the customer keeps paying the fraction the upstream keeps of its own.
-    if heard.charge_micros is None or order.cost <= 0:
-        return 0
-    kept = min(heard.charge_micros, order.cost)
-    return order.charge - -(-order.charge * kept // order.cost)
+    by_remains = order.settle_by == SETTLE_BY_REMAINS
+    if status == PARTIAL and heard.remains is not None and by_remains and not heard.child_orders:
+        return remains_refund(order.charge, heard.remains, order.quantity)
+    if heard.charge_micros is None:
+        return None
+    return ratio_refund(order.charge, heard.charge_micros, order.first_charge, order.cost)
 
 
 async def _apply(
@@ -131,25 +168,39 @@ async def _apply(
         "upstream_status": (heard.raw_status or "")[:32] or None,
         "refreshed_at": now,
         "lease_until": None,
+        "lease_owner": None,
         "updated_at": now,
     }
     if heard.start_count is not None:
         values["start_count"] = heard.start_count
     if heard.remains is not None:
         values["remains"] = min(heard.remains, order.quantity)
+    final = status in FINAL_STATUSES or status == EXPIRED
     if heard.charge_micros is not None:
         values["upstream_charge"] = heard.charge_micros
-    final = status in FINAL_STATUSES or status == EXPIRED
+        if not final:  # a final charge is what the upstream keeps, not what it first charged
+            values["upstream_first_charge"] = func.coalesce(
+                Order.upstream_first_charge, heard.charge_micros
+            )
+    refund = settlement_refund(order, status, heard) if final else None
+    if final and refund is None:
+        # Held, not guessed (DESIGN.md): the status shown stays what it was, the order stays
+        # in the sync, and the operator sees it (CLI warning, smmgw_settlements_held).
+        log.warning("order %s: %s without remains or charge; settlement held", order.id, status)
+        del values["status"]
+        values["held"] = f"{status} reported without remains or charge"
+        final = False
     try:
         async with db.write() as conn:
             if not final:
-                await conn.execute(update(Order).where(Order.id == order.id).values(**values))
+                await conn.execute(update(Order).where(*_owned(order)).values(**values))
                 return
-            refund = settlement_refund(order, status, heard)
+            assert refund is not None
+            values["held"] = None
             # Only the first settler gets past this guard; the unique ref backs it up.
             settled = await conn.execute(
                 update(Order)
-                .where(Order.id == order.id, Order.settled_at.is_(None))
+                .where(*_owned(order))
                 .values(settled_at=now, refunded=refund, **values)
             )
             if settled.rowcount != 1:
@@ -174,19 +225,31 @@ async def _missing(db: Database, order: _Claimed, refusal: Refused, result: Pass
     async with db.write() as conn:
         await conn.execute(
             update(Order)
-            .where(Order.id == order.id)
+            .where(*_owned(order))
             .values(
                 error=f"upstream: {refusal.message}"[:500],
                 refreshed_at=now,
                 lease_until=None,
+                lease_owner=None,
                 updated_at=now,
             )
         )
 
 
-async def _release(db: Database, ids: list[int]) -> None:
+async def _release(db: Database, batch: list[_Claimed], **values: object) -> None:
+    """Give back what this pass still holds of `batch` (and set `values` on it)."""
+    if not batch:
+        return
     async with db.write() as conn:
-        await conn.execute(update(Order).where(Order.id.in_(ids)).values(lease_until=None))
+        await conn.execute(
+            update(Order)
+            .where(
+                Order.id.in_([o.id for o in batch]),
+                Order.lease_owner == batch[0].lease_owner,
+                Order.settled_at.is_(None),
+            )
+            .values(lease_until=None, lease_owner=None, **values)
+        )
 
 
 async def sync_pass(
@@ -208,15 +271,19 @@ async def sync_pass(
     result = PassResult()
     await recover_stale_sending(db, sending_grace_seconds)
     refreshed_before = utcnow() - timedelta(seconds=min_age_seconds)
-    lease = timedelta(seconds=lease_seconds)
+    # A lease outlasts the upstream call it covers (renewed before each one): another instance
+    # never polls an order while this pass waits on the upstream about it.
+    lease = timedelta(seconds=lease_seconds + upstream.max_call_seconds)
     while batch := await _claim_batch(db, refreshed_before, batch_size, lease):
         result.upstream_calls += 1
         heard = await upstream.status_many([o.upstream_order_id for o in batch])
         if not isinstance(heard, dict):
             log.warning("sync: status batch failed (%s); will retry next pass", heard.reason)
             result.failed_batches += 1
-            await _release(db, [o.id for o in batch])
+            await _release(db, batch)
             break
+        if _has_parents(heard):
+            batch = await _renew(db, batch, lease)
         heard = await _with_child_charges(upstream, heard, result)
         unanswered = []
         for order in batch:
@@ -226,13 +293,28 @@ async def sync_pass(
             elif isinstance(item, Refused):
                 await _missing(db, order, item, result)
             else:
-                unanswered.append(order.id)
+                unanswered.append(order)
         if unanswered:
-            await _mark_refreshed(db, unanswered)
+            # No news for these: try them again next pass, after the others.
+            await _release(db, unanswered, refreshed_at=utcnow())
         result.polled += len(batch)
         if on_batch is not None:
             on_batch(result)
     return result
+
+
+def _parent(item: object) -> bool:
+    """A final drip-feed parent that reports its runs instead of its charge."""
+    return (
+        isinstance(item, UpstreamOrderStatus)
+        and item.status in (PARTIAL, EXPIRED)
+        and item.charge_micros is None
+        and item.child_orders is not None
+    )
+
+
+def _has_parents(heard: dict[int, UpstreamOrderStatus | Refused]) -> bool:
+    return any(_parent(item) for item in heard.values())
 
 
 async def _with_child_charges(
@@ -244,15 +326,17 @@ async def _with_child_charges(
     charge is the sum of theirs, asked in the same batches of 100 (only for such parents).
     A parent whose runs cannot be read now is left for the next pass (None)."""
     parents = {
-        uid: (item, item.child_orders)
+        uid: (item, item.child_orders or [])
         for uid, item in heard.items()
-        if isinstance(item, UpstreamOrderStatus)
-        and item.status in (PARTIAL, EXPIRED)
-        and item.charge_micros is None
-        and item.child_orders is not None  # an empty list: nothing delivered, nothing kept
+        if isinstance(item, UpstreamOrderStatus) and _parent(item)
     }
+    completed: dict[int, UpstreamOrderStatus | Refused | None] = dict(heard)
+    for uid, (item, kids) in list(parents.items()):
+        if not kids:  # no run ever started: nothing delivered, nothing kept
+            completed[uid] = replace(item, charge_micros=0)
+            del parents[uid]
     if not parents:
-        return dict(heard)
+        return completed
     children = sorted({child for _, kids in parents.values() for child in kids})
     runs: dict[int, UpstreamOrderStatus] = {}
     for start in range(0, len(children), BATCH_SIZE):
@@ -262,7 +346,6 @@ async def _with_child_charges(
             for cid, item in part.items():
                 if isinstance(item, UpstreamOrderStatus) and item.charge_micros is not None:
                     runs[cid] = item
-    completed: dict[int, UpstreamOrderStatus | Refused | None] = dict(heard)
     for uid, (item, kids) in parents.items():
         if all(kid in runs for kid in kids):
             charge = sum(runs[kid].charge_micros or 0 for kid in kids)
@@ -273,15 +356,6 @@ async def _with_child_charges(
         else:
             completed[uid] = None
     return completed
-
-
-async def _mark_refreshed(db: Database, ids: list[int]) -> None:
-    """No news for these: try them again next pass, after the others."""
-    now = utcnow()
-    async with db.write() as conn:
-        await conn.execute(
-            update(Order).where(Order.id.in_(ids)).values(refreshed_at=now, lease_until=None)
-        )
 
 
 async def sync_forever(

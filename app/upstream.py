@@ -34,7 +34,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from app import contract, metrics
 from app.family import Family, UpstreamRules, detect_family, rules_for
-from app.money import parse_upstream_micros
+from app.money import MAX_AMOUNT, MAX_RATE, parse_upstream_micros
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -50,6 +50,14 @@ MAX_IDS_PER_CALL = 100
 # connection the server is closing: that race turns a harmless call into an Ambiguous one.
 KEEPALIVE_SECONDS = 4.0
 _MESSAGE_LIMIT = 300
+
+# Bounds on every number the upstream tells us (one place: `_bounded`). Beyond them a figure is
+# a bug or an attack, not news: it would overflow a BIGINT column or our money arithmetic.
+MAX_SERVICE_ID = 2**31 - 1  # services.id is a 32-bit INTEGER
+MAX_UPSTREAM_ID = 2**63 - 1  # upstream order / refill ids are BIGINT
+# Units (min, max, remains, start_count, runs, posts): a charge of this many units at the
+# highest usable rate still fits within MAX_AMOUNT.
+MAX_COUNT = MAX_AMOUNT * 1000 // MAX_RATE
 
 # Customer-facing messages for refusals CONTRACT.md's table does not standardise.
 DRIPFEED_NOT_SUPPORTED = contract.DRIPFEED_NOT_SUPPORTED
@@ -350,6 +358,7 @@ class UpstreamClient:
         if skipped:
             log.warning("upstream services: skipped %d unusable or duplicate entries: %s",
                         len(skipped), ", ".join(skipped[:20]))
+            metrics.count_unusable("services", "entry", len(skipped))
         return services
 
     async def balance(self) -> tuple[int, str] | Refused | Ambiguous:
@@ -358,7 +367,8 @@ class UpstreamClient:
             return outcome
         data = outcome.data
         amount = _signed_micros(data.get("balance")) if isinstance(data, dict) else None
-        if amount is None:
+        if amount is None or abs(amount) > MAX_AMOUNT:
+            metrics.count_unusable("balance", "balance")
             return Ambiguous("unreadable")
         currency = data.get("currency")
         return amount, currency.strip() if isinstance(currency, str) else ""
@@ -374,7 +384,7 @@ class UpstreamClient:
             return outcome
         data = outcome.data
         order_id = _as_int(data.get("order")) if isinstance(data, dict) else None
-        if order_id is None or order_id <= 0:
+        if order_id is None or not 0 < order_id <= MAX_UPSTREAM_ID:
             # It said "yes" without an id we could ever match: placed or not, we cannot tell.
             log.error("upstream add answered without a usable order id")
             return Ambiguous("no_order_id")
@@ -409,6 +419,7 @@ class UpstreamClient:
             items = data
         wanted = set(ids)
         result: dict[int, UpstreamOrderStatus | Refused] = {}
+        unusable = 0  # answered, but with numbers we cannot use: no news, not a failed batch
         for key, value in items.items():
             order_id = _as_int(key)
             if order_id not in wanted or order_id is None:
@@ -418,7 +429,10 @@ class UpstreamClient:
                 result[order_id] = refusal
             elif (parsed := parse_order_status(value)) is not None:
                 result[order_id] = parsed
-        if not result:
+            elif isinstance(value, dict) and "status" in value:
+                unusable += 1
+                log.warning("upstream status: order %d skipped, unusable numbers", order_id)
+        if not result and not unusable:
             return Ambiguous("unreadable")
         return result
 
@@ -433,7 +447,9 @@ class UpstreamClient:
         if (refusal := self._item_refusal(value)) is not None:
             return refusal
         refill_id = _as_int(value)
-        return refill_id if refill_id is not None and refill_id > 0 else Ambiguous("unreadable")
+        if refill_id is None or not 0 < refill_id <= MAX_UPSTREAM_ID:
+            return Ambiguous("unreadable")
+        return refill_id
 
     async def refill_status(self, refill_id: int) -> str | Refused | Ambiguous:
         outcome = await self.call("refill_status", refill=refill_id)
@@ -445,9 +461,10 @@ class UpstreamClient:
         value = data.get("status") if isinstance(data, dict) else None
         if (message := _error_message(value)) is not None:  # {"status": {"error": ...}}
             return Refused(self._scrub(message), "error_reply")
-        status = contract.normalize_status(value)
+        status = contract.normalize_refill_status(value)
         if status is None:
             log.warning("upstream refill_status: unknown status %r", _short(value))
+            metrics.count_unusable("status", "refill")
             return Ambiguous("unknown_status")
         return status
 
@@ -630,12 +647,15 @@ def parse_service(item: object) -> UpstreamService | None:
     (no id, unknown type, no usable rate or bounds)."""
     if not isinstance(item, dict):
         return None
-    service_id = _as_int(item.get("service"))
+    try:
+        service_id = _bounded(item, "service", MAX_SERVICE_ID)
+        rate = _bounded(item, "rate", MAX_RATE, money=True)
+        low, high = _bounded(item, "min", MAX_COUNT), _bounded(item, "max", MAX_COUNT)
+    except UnusableNumber:
+        return None
     service_type = contract.canonical_type(item.get("type"))
-    rate = parse_upstream_micros(item.get("rate"))
-    low, high = _as_int(item.get("min")), _as_int(item.get("max"))
     if (service_id is None or service_id <= 0 or service_type is None or rate is None
-            or low is None or high is None or low < 0 or high < low):
+            or low is None or high is None or high < low):
         return None
     return UpstreamService(
         service_id=service_id,
@@ -652,43 +672,70 @@ def parse_service(item: object) -> UpstreamService | None:
     )
 
 
-def _remains(value: object) -> tuple[int | None, int]:
-    """"15" -> (15, 0); "+15" or "-15" (over-delivery, by panel) -> (0, 15); unusable -> None."""
-    number = _as_int(value)
-    if number is None:
-        return None, 0
-    signed = isinstance(value, str) and value.strip().startswith("+")
-    if signed or number < 0:
-        return 0, abs(number)
-    return number, 0
+class UnusableNumber(ValueError):
+    """An upstream number out of range or malformed: the item carrying it is skipped."""
+
+
+def _bounded(item: dict[str, Any], name: str, maximum: int, *, money: bool = False) -> int | None:
+    """The ONE bound on numbers read from the upstream: absent (missing, null, "") -> None;
+    0 <= value <= maximum (micro-units when `money`) -> the value; anything else (negative,
+    NaN, 1e+30, "abc", a list) raises UnusableNumber, logged and counted here."""
+    value = item.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    number = parse_upstream_micros(value) if money else _as_int(value)
+    if number is None or not 0 <= number <= maximum:
+        log.warning("upstream %s %s is unusable: skipped", name, _short(value))
+        metrics.count_unusable("number", name)
+        raise UnusableNumber(name)
+    return number
+
+
+def _remains(item: dict[str, Any]) -> tuple[int | None, int]:
+    """"15" -> (15, 0); "+15" or "-15" (over-delivery, by panel) -> (0, 15)."""
+    value = item.get("remains")
+    text = value.strip() if isinstance(value, str) else None
+    if text is not None and text[:1] in ("+", "-"):
+        return 0, _bounded({"remains": text[1:]}, "remains", MAX_COUNT) or 0
+    if isinstance(value, int | Decimal) and not isinstance(value, bool) and value < 0:
+        return 0, _bounded({"remains": -value}, "remains", MAX_COUNT) or 0
+    return _bounded(item, "remains", MAX_COUNT), 0
 
 
 def parse_order_status(item: object) -> UpstreamOrderStatus | None:
-    """One status object of either dialect; None when it carries no status at all."""
+    """One status object of either dialect; None when it carries no status at all, or a
+    number we cannot use (out of range, malformed: see `_bounded`)."""
     if not isinstance(item, dict) or "status" not in item:
         return None
     raw = item.get("status")
     raw_status = raw.strip() if isinstance(raw, str) else (None if raw is None else _short(raw))
-    remains, overdelivered = _remains(item.get("remains"))
+    status = contract.normalize_order_status(raw)
+    if status is None:  # shown In progress by the caller; never settles the order
+        metrics.count_unusable("status", "order")
     children = item.get("orders")
     child_orders = None
     if isinstance(children, list):
-        child_orders = [i for i in map(_as_int, children) if i is not None]
-    return UpstreamOrderStatus(
-        status=contract.normalize_status(raw),
-        raw_status=raw_status,
-        charge_micros=parse_upstream_micros(item.get("charge")),
-        start_count=_as_int(item.get("start_count")),
-        remains=remains,
-        currency=_as_text(item.get("currency")),
-        runs=_as_int(item.get("runs")),
-        child_orders=child_orders,
-        expiry=_as_text(item.get("expiry")),
-        posts=_as_int(item.get("posts")),
-        overdelivered=overdelivered,
-        link=_as_text(item.get("link")),
-        service=_as_int(item.get("service")),
-    )
+        ids = map(_as_int, children)
+        child_orders = [i for i in ids if i is not None and 0 < i <= MAX_UPSTREAM_ID]
+    try:
+        remains, overdelivered = _remains(item)
+        return UpstreamOrderStatus(
+            status=status,
+            raw_status=raw_status,
+            charge_micros=_bounded(item, "charge", MAX_AMOUNT, money=True),
+            start_count=_bounded(item, "start_count", MAX_COUNT),
+            remains=remains,
+            currency=_as_text(item.get("currency")),
+            runs=_bounded(item, "runs", MAX_COUNT),
+            child_orders=child_orders,
+            expiry=_as_text(item.get("expiry")),
+            posts=_bounded(item, "posts", MAX_COUNT),
+            overdelivered=overdelivered,
+            link=_as_text(item.get("link")),
+            service=_as_int(item.get("service")),
+        )
+    except UnusableNumber:
+        return None
 
 
 # --- double decoding and tags (SmartPanel's strip_tags(urldecode(v))) -----------------------

@@ -415,3 +415,20 @@ def test_worker_syncs_and_refreshes_until_signalled(database_url: str) -> None:
     finally:
         err = _stop(proc, signal.SIGINT)
     assert "SMMGW_SYNC_IN_PROCESS=false" in err and "worker stopped" in err
+
+
+def test_a_held_settlement_is_shown_by_every_command_until_it_settles() -> None:
+    """Issue 10 item 7: a Partial reported without remains or charge is held, and the operator
+    sees it (stderr of every database command), until the figures come."""
+    set_up()
+    order_id = place("https://ig.test/sim:partial/sim:late-figures")
+    time.sleep(2.5 * TICK)  # final upstream; figures withheld until 4 ticks
+    cli("sync", "--once")
+    listed = cli("orders", "list")
+    assert "1 settlement held" in listed.stderr and f"orders {order_id}" in listed.stderr
+    assert with_db(lambda db, _: get_order(db, order_id)).settled_at is None
+    time.sleep(2.5 * TICK)
+    cli("sync", "--once")
+    verified = cli("ledger", "verify")
+    assert "held" not in verified.stderr
+    assert with_db(lambda db, _: get_order(db, order_id)).status == "Partial"

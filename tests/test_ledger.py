@@ -15,7 +15,7 @@ from app import ledger
 from app.customers import create_customer, get_customer
 from app.db import Database
 from app.errors import NotFound, OperatorError
-from app.models import LedgerEntry, Order, Service
+from app.models import LedgerEntry, Order, Service, utcnow
 from app.money import parse_micros
 
 SERVICE_ID = 5
@@ -64,6 +64,8 @@ async def place_order(db: Database, customer_id: int, service_id: int, charge: i
                     rate=charge,
                     charge=charge,
                     cost=charge,
+                    service_type="Default",
+                    settle_by="remains",
                 )
             )
             order_id = result.inserted_primary_key[0]
@@ -75,11 +77,20 @@ async def place_order(db: Database, customer_id: int, service_id: int, charge: i
 
 
 async def settle_refund(db: Database, customer_id: int, order_id: int, amount: int) -> None:
-    """The one settlement of an order: refund entry plus the order's refunded total."""
+    """The one settlement of an order: refund entry plus the order's refunded total, settled
+    as a Partial whose upstream kept what the customer keeps (charge = cost here), so that
+    DESIGN.md's charge ratio gives exactly `amount`."""
     async with db.write() as conn:
         await ledger.refund_order(conn, customer_id, order_id, amount)
         await conn.execute(
-            update(Order).where(Order.id == order_id).values(refunded=Order.refunded + amount)
+            update(Order)
+            .where(Order.id == order_id)
+            .values(
+                refunded=Order.refunded + amount,
+                status="Partial",
+                upstream_charge=Order.charge - Order.refunded - amount,
+                settled_at=utcnow(),
+            )
         )
 
 

@@ -1,12 +1,18 @@
 """Migrations and models agree: a database built by `alembic upgrade head` is exactly what the
 models describe, on SQLite and on PostgreSQL, and the migration history has one head."""
 
+import uuid
+
+import asyncpg
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, Integer, MetaData, inspect
+from conftest import POSTGRES_ADMIN_URL
+from sqlalchemy import Column, Integer, MetaData, inspect, text
 
-from app.db import Database, alembic_config
+from app import ledger
+from app.db import Database, alembic_config, ensure_unique_upstream_ids
 from app.models import Base
 
 
@@ -75,3 +81,72 @@ async def test_migrating_again_is_harmless(db: Database) -> None:
 
     async with db.read() as conn:
         assert await conn.run_sync(current) == _head()
+
+
+async def _fresh_database(database_url: str, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """An empty database of the same kind, never migrated."""
+    if database_url.startswith("sqlite"):
+        return f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    name = f"smmgw_old_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return database_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+_OLD_ROWS = [
+    "INSERT INTO customers (id, name, dialect, balance, disabled, created_at)"
+    " VALUES (1, 'old', 'standard', 0, false, '2026-11-01 00:00:00')",
+    "INSERT INTO services (id, name, category, type, rate, min, max, dripfeed, refill, cancel,"
+    " upstream_listed, hidden, updated_at) VALUES (102, 'p', 'c', 'Package', 1, 1, 1,"
+    " false, false, false, true, false, '2026-11-01 00:00:00')",
+] + [
+    "INSERT INTO orders (id, customer_id, service_id, state, status, params, quantity, rate,"
+    f" charge, cost, refunded, upstream_order_id, upstream_charge, announced, created_at,"
+    f" updated_at) VALUES ({n}, 1, 102, 'placed', 'In progress', '{{}}', 1, 5, 5, 5, 0, 777,"
+    f" 4, true, '2026-11-01 00:00:00', '2026-11-01 00:00:00')"
+    for n in (1, 2)
+]
+
+
+async def test_old_data_migrates_even_with_a_shared_upstream_id(  # type: ignore[no-untyped-def]
+    database_url: str, tmp_path
+) -> None:
+    """0002 snapshots how existing orders settle from their catalog row, keeps their first
+    upstream charge, and does not fail on two orders sharing one upstream id: the index stays
+    plain and `ledger verify` names them (issue 10, items 2, 3 and 12)."""
+    url = await _fresh_database(database_url, tmp_path)
+    db = Database(url)
+    try:
+        async with db.write() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0001"))
+            for sql in _OLD_ROWS:
+                await conn.execute(text(sql))
+        await db.migrate()
+        async with db.read() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT service_type, settle_by, upstream_first_charge FROM orders"
+                        " ORDER BY id"
+                    )
+                )
+            ).all()
+        assert [tuple(r) for r in rows] == [("Package", "charge_ratio", 4)] * 2
+        problems = await ledger.verify(db)
+        assert "upstream order 777 is attached to 2 orders (1 … 2)" in problems
+        async with db.write() as conn:
+            await conn.execute(text("UPDATE orders SET upstream_order_id = NULL WHERE id = 2"))
+        await db.migrate()  # fixed: the next migrate makes the index unique
+        async with db.write() as conn:
+            assert await conn.run_sync(ensure_unique_upstream_ids) is True
+    finally:
+        await db.dispose()
+        if not db.is_sqlite:
+            admin = await asyncpg.connect(POSTGRES_ADMIN_URL)
+            try:
+                await admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+            finally:
+                await admin.close()

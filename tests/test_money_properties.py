@@ -56,6 +56,7 @@ from app.contract import (
     PACKAGE_TYPES,
     PARTIAL,
     ContractError,
+    settle_by,
 )
 from app.customers import create_customer
 from app.db import Database
@@ -362,8 +363,8 @@ class MoneyMachine(RuleBasedStateMachine):
         )
         upstream_id = next(self.upstream_ids)
         self.run(commit_outcome(self.db, order, upstream_id))
-        claimed = _Claimed(order, int(info["customer"]), upstream_id, str(info["type"]),
-                           quantity, charge, cost)
+        claimed = _Claimed(order, int(info["customer"]), upstream_id,
+                           settle_by(str(info["type"])), quantity, charge, cost, None)
         refund = settlement_refund(claimed, status, heard)
         # DESIGN.md, "Status and settlement", computed here independently.
         flat = info["type"] in FLAT
@@ -378,8 +379,10 @@ class MoneyMachine(RuleBasedStateMachine):
                 claimed, status, UpstreamOrderStatus(status=status, remains=heard.remains + 1)
             )
             assert more >= refund
-        elif upstream_charge is None or cost <= 0:
-            expected = 0  # nothing to go by: the charge stands
+        elif upstream_charge is None:
+            expected = None  # nothing to go by: held for the operator, not settled
+        elif cost <= 0:
+            expected = 0
         else:
             kept = min(upstream_charge, cost)
             expected = charge - ceil(Fraction(charge * kept, cost))
@@ -391,11 +394,11 @@ class MoneyMachine(RuleBasedStateMachine):
             )
             assert less <= refund
         assert refund == expected, (status, heard, info, refund, expected)
-        assert 0 <= refund <= charge
+        assert refund is None or 0 <= refund <= charge
         self.run(_apply(self.db, claimed, heard, PassResult()))
         stored = self.stored_refund(order)
-        assert stored == refund, (stored, refund)
-        info["refunded"] = refund
+        assert stored == (refund or 0), (stored, refund)
+        info["refunded"] = refund or 0
 
     # -- invariants --
 

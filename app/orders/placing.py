@@ -16,7 +16,8 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import ledger
 from app.contract import (
@@ -25,6 +26,7 @@ from app.contract import (
     PENDING,
     TEMPORARILY_UNAVAILABLE,
     ContractError,
+    settle_by,
 )
 from app.db import Database
 from app.models import Order, as_utc, utcnow
@@ -55,6 +57,17 @@ IDEMPOTENCY_MISMATCH = "Idempotency-Key was already used with different paramete
 IDEMPOTENCY_KEY_MAX = 128
 IDEMPOTENCY_KEY_TOO_LONG = f"Idempotency-Key is too long (at most {IDEMPOTENCY_KEY_MAX} characters)"
 ORDER_NOT_PLACED = "Order could not be placed"
+# Phase 3's write is retried after these pauses when the database blips (a connection the
+# server dropped, SQLite's busy timeout passed): every write in it is guarded by the order's
+# state, so a retry after a commit whose acknowledgement was lost changes nothing.
+OUTCOME_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)
+
+# Outcomes this process heard but could not write, by order id: written by its next sync
+# pass (`recover_stale_sending`), and logged at ERROR for the operator in case it dies first.
+_unwritten: dict[int, int | Refused | Ambiguous] = {}
+# What a database blip raises: a driver error (not a constraint), a pool wait, a refused
+# reconnect. IntegrityError is a bug or a race, never retried.
+_BLIPS = (DBAPIError, PoolTimeout, OSError)
 
 
 # Built once (phases 1 and 3 of every order); the SET of _MARK comes from the parameters.
@@ -157,6 +170,8 @@ async def commit_intent(
                     "rate": request.rate,
                     "charge": request.charge,
                     "cost": request.cost,
+                    "service_type": request.service_type,
+                    "settle_by": settle_by(request.service_type),
                     "refunded": 0,
                     "announced": False,
                     "idempotency_key": idempotency_key or None,
@@ -174,18 +189,73 @@ async def commit_intent(
 async def commit_outcome(
     db: Database, order_id: int, outcome: int | Refused | Ambiguous
 ) -> Placement:
-    """Phase 3: record what the upstream's `add` said (phase 1 committed the intent)."""
+    """Phase 3: record what the upstream's `add` said (phase 1 committed the intent), retried
+    when the database blips. If it cannot be written, the order stays `sending` (funds held)
+    and the customer gets its id: never a 500, never a reason to buy again."""
+    for delay in (*OUTCOME_RETRY_DELAYS, None):
+        try:
+            placement = await _write_outcome(db, order_id, outcome)
+        except IntegrityError:
+            raise
+        except _BLIPS as exc:
+            if delay is None:
+                break
+            log.warning(
+                "order %s: outcome write failed (%s), retrying", order_id, _db_error(exc)
+            )
+            await asyncio.sleep(delay)
+        else:
+            _unwritten.pop(order_id, None)
+            return placement
+    _unwritten[order_id] = outcome
+    log.error(
+        "order %s: the upstream answered %s but the database refused the write; the order "
+        "stays sending (funds held) and is written by the next sync pass, or resolve it: "
+        "smm-gateway orders resolve %s %s",
+        order_id,
+        f"upstream order {outcome}" if isinstance(outcome, int) else repr(outcome),
+        order_id,
+        f"--upstream-order {outcome}" if isinstance(outcome, int) else "(check upstream)",
+    )
+    return Placement(order_id)
+
+
+async def write_unwritten_outcomes(db: Database) -> None:
+    """Outcomes `commit_outcome` could not write earlier: written now, before recovery may
+    call their orders unknown; kept for the next pass if the database still fails."""
+    for order_id, outcome in list(_unwritten.items()):
+        try:
+            await _write_outcome(db, order_id, outcome)
+        except _BLIPS as exc:
+            log.error("order %s: outcome still not written (%s)", order_id, _db_error(exc))
+            return
+        _unwritten.pop(order_id, None)
+        log.warning("order %s: outcome written late (%r)", order_id, outcome)
+
+
+def _db_error(exc: BaseException) -> str:
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    return f"{type(cause).__name__}: {str(cause)[:120]}"
+
+
+async def _write_outcome(
+    db: Database, order_id: int, outcome: int | Refused | Ambiguous
+) -> Placement:
     if isinstance(outcome, int):
         # Also from `unknown`: a slow reply the recovery gave up on is still the truth.
-        if not await _mark(
-            db,
-            order_id,
-            PLACED,
-            (SENDING, UNKNOWN),
-            upstream_order_id=outcome,
-            error=None,
-            announced=True,
-        ) and not await _placed_as(db, order_id, outcome):
+        try:
+            marked = await _mark(
+                db,
+                order_id,
+                PLACED,
+                (SENDING, UNKNOWN),
+                upstream_order_id=outcome,
+                error=None,
+                announced=True,
+            )
+        except IntegrityError:
+            return await _taken_meanwhile(db, order_id, outcome)
+        if not marked and not await _placed_as(db, order_id, outcome):
             # Already refunded as not placed, yet the upstream runs it: the reseller pays.
             log.critical(
                 "order %s was refunded, but the upstream placed it as %s: cancel it there",
@@ -206,6 +276,27 @@ async def commit_outcome(
     error = _customer_error(outcome)
     await reject_and_refund(db, order_id, error=error, note=f"refused: {outcome.reason}")
     return Placement(None, error)
+
+
+async def _taken_meanwhile(db: Database, order_id: int, upstream_order_id: int) -> Placement:
+    """The upstream placed this order as an id an operator had already given another order
+    (an early resolve): the database refuses a second owner, so this one waits in `unknown`
+    with the id in its error, for the operator to correct the other verdict."""
+    log.critical(
+        "order %s was placed upstream as %s, which an operator attached to another order:"
+        " left unknown; correct that resolution",
+        order_id,
+        upstream_order_id,
+    )
+    await _mark(
+        db,
+        order_id,
+        UNKNOWN,
+        (SENDING, UNKNOWN),
+        error=f"placed upstream as {upstream_order_id}, attached to another order",
+        announced=True,
+    )
+    return Placement(order_id)
 
 
 def _customer_error(refusal: Refused) -> str:
@@ -331,6 +422,7 @@ async def _replay(
 async def recover_stale_sending(db: Database, older_than_seconds: float) -> list[int]:
     """Orders stuck in `sending` (a crash between phases) become `unknown`: the upstream may
     have them, so their funds stay held until an operator resolves them."""
+    await write_unwritten_outcomes(db)
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
     async with db.write() as conn:
         ids = list(

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
@@ -32,6 +33,9 @@ class OrderView:
     params: dict[str, str]
     created_at: datetime
     refreshed_at: datetime | None
+    upstream_first_charge: int | None = None
+    held: str | None = None  # why its settlement waits (a final status without its figures)
+    settled_at: datetime | None = None
 
     @property
     def current_charge(self) -> int:
@@ -58,6 +62,9 @@ _COLUMNS = (
     Order.params,
     Order.created_at,
     Order.refreshed_at,
+    Order.upstream_first_charge,
+    Order.held,
+    Order.settled_at,
 )
 
 
@@ -65,6 +72,16 @@ def _view(row: tuple) -> OrderView:
     values = list(row)
     values[15] = json.loads(values[15])
     return OrderView(*values)
+
+
+async def held_settlements(db: Database) -> list[int]:
+    """Orders whose final status came without the figures to settle it: the operator's to see
+    (a CLI warning, `ledger verify`, the smmgw_settlements_held gauge) until they arrive."""
+    async with db.read() as conn:
+        rows = await conn.execute(
+            select(Order.id).where(Order.held.is_not(None), Order.settled_at.is_(None))
+        )
+        return sorted(rows.scalars())
 
 
 @dataclass(frozen=True)
@@ -164,15 +181,23 @@ async def resolve(
         ):
             raise OperatorError(f"order {order_id} changed meanwhile; look again")
         return await get_order(db, order_id)
-    async with db.write() as conn:
-        await refuse_taken(conn, upstream_order_id, order_id)
-        result = await conn.execute(
-            update(Order)
-            .where(Order.id == order_id, Order.state == UNKNOWN)
-            .values(
-                state=PLACED, upstream_order_id=upstream_order_id, error=None, updated_at=utcnow()
+    try:
+        async with db.write() as conn:
+            await refuse_taken(conn, upstream_order_id, order_id)
+            result = await conn.execute(
+                update(Order)
+                .where(Order.id == order_id, Order.state == UNKNOWN)
+                .values(
+                    state=PLACED,
+                    upstream_order_id=upstream_order_id,
+                    error=None,
+                    updated_at=utcnow(),
+                )
             )
-        )
-        if result.rowcount != 1:
-            raise OperatorError(f"order {order_id} changed meanwhile; look again")
+            if result.rowcount != 1:
+                raise OperatorError(f"order {order_id} changed meanwhile; look again")
+    except IntegrityError:  # another order took it between the check and the write
+        raise OperatorError(
+            f"upstream order {upstream_order_id} belongs to another order"
+        ) from None
     return await get_order(db, order_id)

@@ -235,6 +235,8 @@ async def _correct_to_placed(
                     status=PENDING,
                     upstream_status=None,
                     upstream_charge=None,
+                    upstream_first_charge=None,
+                    held=None,
                     start_count=None,
                     remains=None,
                     settled_at=None,

@@ -64,6 +64,7 @@ class OrderRequest:
     quantity: int  # units charged for (× runs for drip-feed; max × posts for subscriptions)
     charge: int
     cost: int  # the upstream's price for the same order at its catalog rate
+    service_type: str  # as the catalog says at intent: how this order settles, for good
 
 
 def parse_service_id(params: dict[str, str]) -> int:
@@ -152,7 +153,13 @@ def validate_add(
             if has_tag_like_text(value):
                 raise ContractError(tag_like_error(name))
     return OrderRequest(
-        service.id, {"service": str(service.id), **upstream}, service.rate, units, charge, cost
+        service.id,
+        {"service": str(service.id), **upstream},
+        service.rate,
+        units,
+        charge,
+        cost,
+        service.type,
     )
 
 

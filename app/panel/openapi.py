@@ -55,7 +55,7 @@ PANEL_PATHS = ("/api/v2", "/api/v1")
 MAIN_PATH = "/api/v2"
 MAIN_OPERATION_ID = "panel_api_v2_post"
 IDEMPOTENCY_KEY_MAX = 128  # app.panel.actions.add
-REFILL_STATUSES = (contract.PENDING, contract.IN_PROGRESS, contract.COMPLETED, contract.REJECTED)
+REFILL_STATUSES = contract.REFILL_STATUSES
 SUBSCRIPTION_STATUSES = (contract.ACTIVE, contract.PAUSED, contract.EXPIRED)
 ORDER_STATUSES = tuple(s for s in contract.ORDER_STATUSES if s not in SUBSCRIPTION_STATUSES)
 

@@ -26,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app.simulator import words
 from app.simulator.amounts import padded, to_micros, unpadded
 from app.simulator.catalog import Service
+from app.simulator.overrides import get_overrides, set_overrides
 from app.simulator.state import (
     E_ACTION,
     E_DRIPFEED,
@@ -263,6 +264,14 @@ def shown_status(status: str) -> str:
 
 
 def status_payload(sim: Simulator, dialect: Dialect, order: Order) -> dict[str, object]:
+    payload = _status_payload(sim, dialect, order)
+    if sim.withholds_figures(order):
+        payload.pop("charge", None)
+        payload.pop("remains", None)
+    return sim.overrides.apply("status", order.id, payload)
+
+
+def _status_payload(sim: Simulator, dialect: Dialect, order: Order) -> dict[str, object]:
     view = sim.view(order)
     status = shown_status(view.status)
     if dialect == "smartpanel":
@@ -302,7 +311,8 @@ def _id_value(piece: str) -> int | str:
 
 
 def do_services(sim: Simulator, dialect: Dialect, params: Mapping[str, str]) -> Outcome:
-    return [service_payload(s, dialect) for s in sim.listed_services()], False
+    return [sim.overrides.apply("services", s.id, service_payload(s, dialect))
+            for s in sim.listed_services()], False
 
 
 def do_balance(sim: Simulator, dialect: Dialect, params: Mapping[str, str]) -> Outcome:
@@ -500,6 +510,11 @@ def _quiet_drop_logs() -> None:
 # ----- endpoints ---------------------------------------------------------------------------------
 
 
+async def _delay_reply(sim: Simulator) -> None:
+    if sim.config.reply_delay_ms > 0:
+        await asyncio.sleep(sim.config.reply_delay_ms / 1000)
+
+
 async def panel_api(request: Request) -> Response:
     sim: Simulator = request.app.state.sim
     dialect = sim.config.dialect
@@ -509,6 +524,8 @@ async def panel_api(request: Request) -> Response:
     fault = sim.draw_fault()
     if sim.config.latency_ms > 0:
         await asyncio.sleep(sim.config.latency_ms / 1000)
+    if action in sim.overrides.latency_ms:
+        await asyncio.sleep(sim.overrides.latency_ms[action] / 1000)
     page = fault_page(fault, dialect) if fault else None
     if page is not None:
         return page
@@ -521,6 +538,7 @@ async def panel_api(request: Request) -> Response:
     except SimError as err:
         payload, hang = error_payload(dialect, err), False
     response = reply(dialect, payload)
+    await _delay_reply(sim)
     if dialect == "smartpanel" and SESSION_COOKIE not in request.cookies:
         sim.sessions += 1  # a row in the panel's session table, for every cookie-less call
         response.set_cookie(SESSION_COOKIE, secrets.token_hex(20), path="/", httponly=True)
@@ -614,5 +632,7 @@ def create_simulator_app(config: SimConfig,
     app.add_route("/_sim/balance", set_balance, methods=["POST"])
     app.add_route("/_sim/catalog", get_catalog, methods=["GET"])
     app.add_route("/_sim/catalog", edit_catalog, methods=["POST"])
+    app.add_route("/_sim/overrides", get_overrides, methods=["GET"])
+    app.add_route("/_sim/overrides", set_overrides, methods=["POST"])
     _quiet_drop_logs()
     return app

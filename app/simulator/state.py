@@ -18,6 +18,7 @@ from typing import Literal
 
 from app.simulator.amounts import charge, padded
 from app.simulator.catalog import CATALOG, Service, edited
+from app.simulator.overrides import Overrides
 from app.simulator.words import (
     ACTIVE,
     CANCELED,
@@ -77,6 +78,9 @@ class SimConfig:
     dialect: Dialect = "smartpanel"
     tick_seconds: float = 1.0  # time between two lifecycle steps of an order
     latency_ms: int = 0
+    # Time between computing an answer and sending it: a reply that arrives late says what was
+    # true when it was computed (a slow link back, a busy panel's output buffer).
+    reply_delay_ms: int = 0
     faults: dict[str, float] = field(default_factory=dict)  # KIND -> rate in [0, 1]
     seed: int | None = None
     currency: str = "USD"
@@ -129,6 +133,12 @@ def smartpanel_comments(text: str) -> list[str]:
 def count_lines(text: str) -> int:
     """The standard family's count: non-blank lines."""
     return sum(1 for line in re.split(r"\r?\n", text) if line.strip())
+
+
+def runs_never_start(link: str) -> bool:
+    """Link marker sim:norun: a drip-feed order whose runs never start; it ends Partial with
+    an empty run list and the panel refunds all of it."""
+    return "sim:norun" in link
 
 
 def split_charge(total: int, parts: int) -> list[int]:
@@ -206,6 +216,7 @@ class Simulator:
         self._due: list[tuple[float, int]] = []
         self.catalog: dict[int, Service] = {s.id: s for s in CATALOG}
         self.sessions = 0  # SmartPanel makes a session row for every call without its cookie
+        self.overrides = Overrides()  # /_sim/overrides: per-item answers of a misbehaving panel
         self.set_faults(config.faults)
 
     # ----- clock -----------------------------------------------------------------------------
@@ -454,11 +465,20 @@ class Simulator:
                          runs: int, charge: int, fate: str, hang: bool, now: float) -> Order:
         parent = self._new_order(service, dict(params), "dripfeed", quantity * runs, 0, now, fate)
         parent.hang, parent.runs, parent.initial_charge = hang, runs, charge
+        if runs_never_start(params.get("link", "")):
+            parent.charge, parent.fate = charge, PARTIAL  # held, then all of it refunded
+            return self._record(parent)
         for k, share in enumerate(split_charge(charge, runs)):  # run k starts k ticks later
             child = self._new_order(service, {}, "plain", quantity, share, self._at(now, k), fate)
             self._adopt(parent, child)
         parent.due_at = max(c.due_at for c in parent.children)
         return self._record(parent)
+
+    def withholds_figures(self, order: Order) -> bool:
+        """Link marker sim:late-figures: a final status first comes without `charge` and
+        `remains` (the panel computes them later), for two ticks past the final one."""
+        return ("sim:late-figures" in order.params.get("link", "")
+                and self.now() < self._at(order.due_at, 2))
 
     def _fate(self, marked: str) -> tuple[str, bool]:
         """Random by seed, unless the link names one; drawn always so markers don't shift it."""
