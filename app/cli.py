@@ -18,6 +18,7 @@ Adding a command group is one block: `things_app = _group("things", "…")`, the
 import asyncio
 import json
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -322,7 +323,10 @@ def serve(
     from app.metrics import multiprocess_dir
 
     settings = _settings()
+    if not 1 <= port <= 65535:
+        fail(f"--port must be between 1 and 65535, not {port}", 2)
     _run(_nothing, settings, migrate=True)  # settings valid, schema at head: before any worker
+    _check_port_free(host, port)
     configure_logging(settings)
     with multiprocess_dir(workers):
         uvicorn.run(
@@ -333,7 +337,19 @@ def serve(
             workers=workers,
             log_config=None,  # logging is app.logs' (each worker configures it in create_app)
             access_log=False,
+            http=settings.http_parser,
+            limit_concurrency=settings.http_limit_concurrency,
+            timeout_keep_alive=settings.http_keep_alive_seconds,
+            h11_max_incomplete_event_size=settings.http_max_header_bytes,
         )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A busy port (or a host that is not ours) in one line, before uvicorn's six."""
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 @app.command()
