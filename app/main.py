@@ -114,7 +114,8 @@ def create_app(
         redoc_url=None,
     )
     app.include_router(panel_router)
-    app.include_router(admin_router)
+    # Off (no SMMGW_ADMIN_TOKEN), the admin API answers 404 and the documents leave it out.
+    app.include_router(admin_router, include_in_schema=bool(settings.admin_token))
     app.include_router(metrics.router)
     app.add_middleware(HeadAsGetMiddleware)  # inside the log line: it still says HEAD
     # Request id, one log line and the request metrics per request (pure ASGI: cheap).

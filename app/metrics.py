@@ -9,6 +9,10 @@ Counted in the process that does the work (hot path: a cached labelled child, on
   `quantity_too_low`, `quantity_too_high`, `missing_parameter`, `bad_parameter`,
   `too_many_ids`, `idempotency`, `temporarily_unavailable`, `other_error`), or `413`, `429`,
   `500`.
+  For `refill`, `refill_status` and `cancel`, whose errors are inside the items, `outcome`
+  is `ok` when at least one item succeeded, else the class of the first item's error.
+- `smmgw_request_items_total{action, outcome}`: each item of those replies, `ok` or its
+  error's class.
 - `smmgw_request_duration_seconds{action}`: histogram, whole request (body read to reply sent).
 - `smmgw_upstream_calls_total{action, outcome}`: every upstream call (`UpstreamClient.call`),
   `outcome` = `answer`, `refused:<reason>` or `ambiguous:<reason>` (app/upstream.py).
@@ -51,6 +55,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -96,6 +101,11 @@ CATALOG_ERROR_KEY = "catalog_last_error"
 
 REQUESTS = Counter(
     "smmgw_requests_total", "Contract requests by action and outcome.", ["action", "outcome"]
+)
+ITEMS = Counter(
+    "smmgw_request_items_total",
+    "Items of refill, refill_status and cancel replies, by action and outcome.",
+    ["action", "outcome"],
 )
 REQUEST_SECONDS = Histogram(
     "smmgw_request_duration_seconds",
@@ -172,6 +182,12 @@ def observe_request(info: RequestInfo, status: int, seconds: float) -> None:
     if histogram is None:
         histogram = _latency_children[action] = REQUEST_SECONDS.labels(action)
     histogram.observe(seconds)
+
+
+def observe_items(action: str, errors: list[str | None]) -> None:
+    """Each item of a refill / refill_status / cancel reply: `ok` (None) or its error's class."""
+    for message in errors:
+        ITEMS.labels(action, "ok" if message is None else error_class(message)).inc()
 
 
 def observe_upstream(action: str, outcome: object, seconds: float) -> None:
@@ -453,7 +469,21 @@ router = APIRouter()
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics_endpoint(request: Request) -> Response:
+    token = request.app.state.gateway.settings.metrics_token
+    if token and not _bearer_is(request.headers.get("authorization", ""), token):
+        return Response(
+            "a valid metrics token is required\n",
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return Response(await scrape(request.app.state.gateway), media_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_is(header: str, token: str) -> bool:
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 # --- several worker processes ---------------------------------------------------------------

@@ -92,6 +92,7 @@ async def test_unsendable_text_is_refused_by_placing_uncharged(harness: Harness)
         1000,
         1000,
         500,
+        "Default",
     )
     placement = await place_order(h.db, h.gw.upstream, alice.id, request)
     assert placement.order_id is None and placement.error == "Incorrect request"

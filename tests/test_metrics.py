@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import SIM_KEY
+from conftest import SIM_KEY, gateway_settings
 from fastapi import FastAPI
 from helpers import add, api, new_customer, services_by_id, set_faults, set_sim_balance, sim_calls
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,6 +29,7 @@ from app import metrics
 from app.catalog import sync_catalog
 from app.db import Database
 from app.models import Order, utcnow
+from app.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = "https://instagram.com/p/metrics"
@@ -77,9 +78,7 @@ async def test_a_scenario_moves_the_counters_and_the_database_gauges(
     assert refused == {"error": "Incorrect service ID"}
     assert await api(client, "not-a-key", "balance") == {"error": "Invalid API key"}
     assert await api(client, alice.key, "nonsense") == {"error": "Incorrect request"}
-    assert await api(client, alice.key, "status", order="999999") == {
-        "error": "Incorrect order ID"
-    }
+    assert await api(client, alice.key, "status", order="999999") == {"error": "Incorrect order ID"}
 
     after = await scrape(client)
 
@@ -180,9 +179,9 @@ async def test_sync_lag_is_the_age_of_the_oldest_refresh_among_active_orders(
             await conn.execute(update(Order).where(Order.id == oid).values(refreshed_at=refreshed))
         # a final order, however old its refresh, is not waiting for the sync
         await conn.execute(
-            update(Order).where(Order.id == ids[2]).values(
-                status="Completed", refreshed_at=now - timedelta(seconds=900)
-            )
+            update(Order)
+            .where(Order.id == ids[2])
+            .values(status="Completed", refreshed_at=now - timedelta(seconds=900))
         )
     samples = await scrape(client)
     assert value(samples, "smmgw_orders_active") == 2
@@ -219,8 +218,9 @@ def test_multiprocess_mode_adds_up_every_worker(
     directory.mkdir()
     env = {**os.environ, metrics.MULTIPROC_ENV: str(directory), "PYTHONPATH": str(ROOT)}
     for count in (3, 5):  # two "workers", each with its own process
-        subprocess.run([sys.executable, "-c", _WORKER, str(count)], env=env, check=True,
-                       cwd=ROOT, timeout=120)
+        subprocess.run(
+            [sys.executable, "-c", _WORKER, str(count)], env=env, check=True, cwd=ROOT, timeout=120
+        )
     monkeypatch.setenv(metrics.MULTIPROC_ENV, str(directory))
     samples = parse(metrics.render(metrics.DbState()).decode())
     assert value(samples, "smmgw_requests_total", action="balance", outcome="ok") == 8
@@ -289,8 +289,11 @@ async def test_serve_with_two_workers_counts_every_request_whichever_worker_answ
     port = _free_port()
     temp = tmp_path / "tmp"
     temp.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SMMGW_") and k != metrics.MULTIPROC_ENV}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SMMGW_") and k != metrics.MULTIPROC_ENV
+    }
     env |= {
         "TMPDIR": str(temp),
         "SMMGW_DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}",
@@ -301,8 +304,16 @@ async def test_serve_with_two_workers_counts_every_request_whichever_worker_answ
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
         serve = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "smm-gateway"), "serve", "--port", str(port),
-            "--workers", "2", env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+            str(Path(sys.executable).parent / "smm-gateway"),
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            env=env,
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
     fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection, any worker, each time
@@ -324,16 +335,19 @@ async def test_serve_with_two_workers_counts_every_request_whichever_worker_answ
             assert len(list(temp.glob("smmgw-metrics-*"))) == 1
             requests = 40
             replies = await asyncio.gather(
-                *(http.post("/api/v2", data={"key": "no-such-key", "action": "balance"})
-                  for _ in range(requests))
+                *(
+                    http.post("/api/v2", data={"key": "no-such-key", "action": "balance"})
+                    for _ in range(requests)
+                )
             )
             assert all(r.json() == {"error": "Invalid API key"} for r in replies)
             seen: dict[int, set[float]] = {}  # worker pid -> the totals its scrapes showed
             for attempt in range(300):
                 rid = f"scrape-{attempt}"
                 text = (await http.get("/metrics", headers={"X-Request-ID": rid})).text
-                total = value(parse(text), "smmgw_requests_total", action="balance",
-                              outcome="invalid_key")
+                total = value(
+                    parse(text), "smmgw_requests_total", action="balance", outcome="invalid_key"
+                )
                 seen.setdefault(await _answered_by(log_path, rid), set()).add(total)
                 if len(seen) >= 2:
                     break
@@ -351,3 +365,49 @@ async def test_serve_with_two_workers_counts_every_request_whichever_worker_answ
     assert "no-such-key" not in log_text
     assert '"logger": "smm_gateway.access"' in log_text
     assert '"logger": "uvicorn.access"' not in log_text  # ours replaces uvicorn's
+
+
+METRICS_TOKEN = "metrics-token-0123456789abcdef0123"
+
+
+class TestMetricsToken:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return gateway_settings(database_url, metrics_token=METRICS_TOKEN)
+
+    async def test_metrics_asks_for_its_bearer_token(self, client: httpx.AsyncClient) -> None:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": METRICS_TOKEN}):
+            refused = await client.get("/metrics", headers=headers)
+            assert refused.status_code == 401 and "smmgw_" not in refused.text
+            assert refused.headers["www-authenticate"] == "Bearer"
+        scraped = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert scraped.status_code == 200 and "smmgw_database_up 1.0" in scraped.text
+
+
+def test_a_short_metrics_token_is_refused() -> None:
+    with pytest.raises(SettingsError, match="SMMGW_METRICS_TOKEN"):
+        load_settings(metrics_token="short")
+
+
+async def test_refill_and_cancel_count_their_items_outcomes(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """A list reply whose every item is an error is not an `ok` request."""
+    alice = await new_customer(db, "alice")
+    before = await scrape(client)
+    for action, param in (("refill", "orders"), ("cancel", "orders"), ("refill_status", "refills")):
+        reply = await api(client, alice.key, action, **{param: "999998,999999,abc"})
+        assert isinstance(reply, list) and len(reply) == 3
+    after = await scrape(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    for action, error in (
+        ("refill", "incorrect_order"),
+        ("cancel", "incorrect_order"),
+        ("refill_status", "incorrect_refill"),
+    ):
+        assert moved("smmgw_requests_total", action=action, outcome="ok") == 0
+        assert moved("smmgw_requests_total", action=action, outcome=error) == 1
+        assert moved("smmgw_request_items_total", action=action, outcome=error) == 3
