@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app import metrics
 from app.admin.router import router as admin_router
 from app.catalog import catalog_state, stored_family, sync_catalog, upstream_state
-from app.db import Database, ping
+from app.db import Database, is_unreachable, ping
 from app.docs import install_docs
 from app.head import HeadAsGetMiddleware
 from app.limits import build_limiter
@@ -51,8 +51,11 @@ async def refresh_catalog_forever(gateway: Gateway) -> None:
     while True:
         try:
             await sync_catalog(gateway.db, gateway.upstream)
-        except Exception:  # the loop must outlive any one bad pass
-            log.exception("catalog refresh failed")
+        except Exception as exc:  # the loop must outlive any one bad pass
+            if is_unreachable(exc):  # an outage: said once, by the database's own line
+                gateway.db.outage.failed(exc)
+            else:
+                log.exception("catalog refresh failed")
         await asyncio.sleep(gateway.settings.services_ttl_seconds)
 
 
