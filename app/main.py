@@ -5,6 +5,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
+import asyncpg
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -78,6 +79,16 @@ async def sync_orders_forever(gateway: Gateway) -> None:
     )
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """Outside the panel endpoint (the admin API): an unreachable database is a 503 said
+    once in the log, not a 500 with a traceback per request; anything else is the 500."""
+    if is_unreachable(exc):
+        request.app.state.gateway.db.outage.failed(exc)
+        return JSONResponse({"detail": "database unavailable, try again later"}, status_code=503)
+    log.error("unhandled error on %s", request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -138,6 +149,8 @@ def create_app(
             upstream = "never_synced"
         return JSONResponse({"status": "ok", "upstream": upstream})
 
+    for kind in (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        app.add_exception_handler(kind, _database_error)
     install_openapi(app, settings)
     install_docs(app)
     return app

@@ -27,6 +27,8 @@ from app.settings import Settings
 from app.simulator import SimConfig, create_simulator_app
 
 UNAVAILABLE = {"error": "Service temporarily unavailable, try again later"}
+ADMIN_TOKEN = "outage-admin-token-0123456789abcdef"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 ACTIONS = ("balance", "services", "status", "add", "refill", "refill_status", "cancel")
 
 
@@ -88,7 +90,7 @@ async def test_postgresql_down_answers_try_again_later_and_comes_back(
     db = Database(url)
     customer_id, key = await create_customer(db, "outage", "standard", None)
     await ledger.topup(db, customer_id, 10_000_000)
-    settings = gateway_settings(url, services_ttl_seconds=0.05)
+    settings = gateway_settings(url, services_ttl_seconds=0.05, admin_token=ADMIN_TOKEN)
     simulator = create_simulator_app(SimConfig(key=SIM_KEY, tick_seconds=1.0, seed=1))
     app = create_app(
         settings, upstream_transport=httpx.ASGITransport(app=simulator), background=False
@@ -120,6 +122,8 @@ async def test_postgresql_down_answers_try_again_later_and_comes_back(
                     assert response.status_code == 200, (action, response.text)
                     assert response.json() == UNAVAILABLE, action
             assert (await client.get("/healthz")).status_code == 503
+            admin = await client.get("/admin/summary", headers=ADMIN)
+            assert admin.status_code == 503, admin.text
             # The catalog refresh loop meets the outage too, and says nothing more about it.
             refresh = asyncio.create_task(refresh_catalog_forever(app.state.gateway))
             await asyncio.sleep(0.3)
