@@ -275,9 +275,7 @@ async def sync_catalog(db: Database, upstream: UpstreamClient) -> SyncResult:
     if dropped.rowcount:
         log.warning("catalog: %d services no longer listed upstream, now hidden", dropped.rowcount)
     log.info("catalog: %d services synced from a %s upstream", len(fetched), upstream.family)
-    return SyncResult(
-        True, services=len(fetched), dropped=dropped.rowcount, family=upstream.family
-    )
+    return SyncResult(True, services=len(fetched), dropped=dropped.rowcount, family=upstream.family)
 
 
 def _service_values(svc: UpstreamService) -> dict[str, object]:
