@@ -762,7 +762,13 @@ def services_sync(as_json: JsonFlag = False) -> None:
         result,
         f"{result.services} services synced from a {result.family or 'smartpanel'}-family"
         " upstream"
-        + (f", {result.dropped} no longer listed upstream (now hidden)" if result.dropped else ""),
+        + (f", {result.dropped} no longer listed upstream (now hidden)" if result.dropped else "")
+        + "".join(
+            f"\nsuspended: service {p.service} for "
+            f"{'everyone' if p.customer is None else f'customer {p.customer}'}: fixed price"
+            f" {p.rate} is below the upstream's {p.cost} (change it, or --allow-below-cost)"
+            for p in result.suspended
+        ),
     )
 
 
@@ -789,7 +795,13 @@ def services_list(
                 if on
             ),
             ", ".join(
-                s for s, on in (("hidden", v.hidden), ("not listed", not v.upstream_listed)) if on
+                s
+                for s, on in (
+                    ("hidden", v.hidden),
+                    ("not listed", not v.upstream_listed),
+                    (_suspended_for(v.suspended_for_customers), bool(v.suspended_for_customers)),
+                )
+                if on
             )
             or (v.unavailable or ""),
         )
@@ -801,6 +813,14 @@ def services_list(
         else "no services (run `smm-gateway services sync`)"
     )
     _emit(as_json, listed, text)
+
+
+def _suspended_for(customers: list[int]) -> str:
+    return (
+        "price below cost for customer"
+        + ("s " if len(customers) > 1 else " ")
+        + ", ".join(map(str, customers))
+    )
 
 
 def _service_change(as_json: bool, work: Callable[[Database, Settings], Awaitable[Any]]) -> None:

@@ -490,6 +490,28 @@ def test_services_sync_and_operator_choices(
 # --- simulator and demo -------------------------------------------------------------------------
 
 
+def test_services_sync_and_list_report_a_fixed_price_overtaken_by_a_rise(
+    simulator_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMMGW_UPSTREAM_URL", simulator_url)
+    monkeypatch.setenv("SMMGW_UPSTREAM_KEY", SIM_KEY)
+    cli("services", "sync")
+    customer = create("acme")["id"]
+    cli("services", "price", "5", "--rate", "2", "--customer", str(customer))
+    rise = httpx.post(
+        f"{simulator_url.rsplit('/api', 1)[0]}/_sim/catalog", json={"5": {"rate": "2.5"}}
+    )
+    assert rise.status_code == 200, rise.text
+    printed = cli("services", "sync").stdout
+    assert f"suspended: service 5 for customer {customer}: fixed price 2.00" in printed
+    listed = {s["id"]: s for s in cli_json("services", "list")}
+    assert listed[5]["suspended_for_customers"] == [customer]
+    row = next(
+        line for line in cli("services", "list").stdout.splitlines() if line.split()[:1] == ["5"]
+    )
+    assert f"price below cost for customer {customer}" in row
+
+
 @pytest.mark.parametrize(
     ("fault", "needle"),
     [("bogus=0.5", "KIND"), ("html=2", "RATE"), ("html=x", "RATE"), ("html", "KIND")],
