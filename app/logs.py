@@ -185,6 +185,12 @@ def _escaped(text: str) -> str:
     return _CONTROL.sub(lambda m: repr(m[0])[1:-1], text)
 
 
+def _indented(block: str) -> str:
+    """A traceback under its line, each of its lines indented and escaped: none can pass for
+    a log line of its own, whatever text the exception quotes."""
+    return "\n".join("  " + _escaped(line) for line in block.splitlines())
+
+
 class TextFormatter(logging.Formatter):
     """`ts LEVEL logger: message k=v …` for people reading a terminal."""
 
@@ -199,9 +205,9 @@ class TextFormatter(logging.Formatter):
         )
         text = " ".join(parts)
         if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+            text += "\n" + _indented(self.formatException(record.exc_info))
         if record.stack_info:
-            text += "\n" + self.formatStack(record.stack_info)
+            text += "\n" + _indented(self.formatStack(record.stack_info))
         return redact(text)
 
 

@@ -5,6 +5,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
+import asyncpg
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -13,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app import metrics
 from app.admin.router import router as admin_router
 from app.catalog import catalog_state, stored_family, sync_catalog, upstream_state
-from app.db import Database, ping
+from app.db import Database, is_unreachable, ping
 from app.docs import install_docs
 from app.head import HeadAsGetMiddleware
 from app.limits import build_limiter
@@ -51,8 +52,11 @@ async def refresh_catalog_forever(gateway: Gateway) -> None:
     while True:
         try:
             await sync_catalog(gateway.db, gateway.upstream)
-        except Exception:  # the loop must outlive any one bad pass
-            log.exception("catalog refresh failed")
+        except Exception as exc:  # the loop must outlive any one bad pass
+            if is_unreachable(exc):  # an outage: said once, by the database's own line
+                gateway.db.outage.failed(exc)
+            else:
+                log.exception("catalog refresh failed")
         await asyncio.sleep(gateway.settings.services_ttl_seconds)
 
 
@@ -73,6 +77,16 @@ async def sync_orders_forever(gateway: Gateway) -> None:
         gateway.settings.sync_interval_seconds,
         sending_grace_seconds(gateway.settings),
     )
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """Outside the panel endpoint (the admin API): an unreachable database is a 503 said
+    once in the log, not a 500 with a traceback per request; anything else is the 500."""
+    if is_unreachable(exc):
+        request.app.state.gateway.db.outage.failed(exc)
+        return JSONResponse({"detail": "database unavailable, try again later"}, status_code=503)
+    log.error("unhandled error on %s", request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
 
 
 def create_app(
@@ -135,6 +149,8 @@ def create_app(
             upstream = "never_synced"
         return JSONResponse({"status": "ok", "upstream": upstream})
 
+    for kind in (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        app.add_exception_handler(kind, _database_error)
     install_openapi(app, settings)
     install_docs(app)
     return app

@@ -303,12 +303,12 @@ class DbCollector(Collector):
         from app.orders.placing import STATES, UNKNOWN
 
         s = self.state
-        yield GaugeMetricFamily("smmgw_database_up", "1 when the database answered the scrape.",
-                                value=1 if s.up else 0)
+        yield GaugeMetricFamily(
+            "smmgw_database_up", "1 when the database answered the scrape.", value=1 if s.up else 0
+        )
         if not s.up:
             return
-        by_state = GaugeMetricFamily("smmgw_orders", "Orders by placement state.",
-                                     labels=["state"])
+        by_state = GaugeMetricFamily("smmgw_orders", "Orders by placement state.", labels=["state"])
         for name in sorted({*STATES, *s.orders_by_state}):
             by_state.add_metric([name], s.orders_by_state.get(name, 0))
         yield by_state
@@ -327,8 +327,9 @@ class DbCollector(Collector):
             "Final orders not settled: the upstream reported neither remains nor charge.",
             value=s.held,
         )
-        yield GaugeMetricFamily("smmgw_orders_active", "Placed orders not final yet.",
-                                value=s.active)
+        yield GaugeMetricFamily(
+            "smmgw_orders_active", "Placed orders not final yet.", value=s.active
+        )
         yield GaugeMetricFamily(
             "smmgw_sync_lag_seconds",
             "Age of the oldest status refresh among active orders (0 when none).",
@@ -421,8 +422,11 @@ async def refresh_upstream_balance(gateway: Gateway, state: DbState) -> bool:
         log.warning("metrics: upstream balance not read within %.0f s", BALANCE_FETCH_SECONDS)
         return False
     if not isinstance(result, tuple):
-        log.warning("metrics: upstream balance unavailable (%s: %s)",
-                    type(result).__name__.lower(), result.reason)
+        log.warning(
+            "metrics: upstream balance unavailable (%s: %s)",
+            type(result).__name__.lower(),
+            result.reason,
+        )
         return False
     micros, currency = result
     value = json.dumps({"micros": micros, "currency": currency, "at": utcnow().isoformat()})

@@ -353,3 +353,19 @@ async def test_the_access_line_names_the_client(
     await client.get("/healthz")
     [line] = access_lines(output)
     assert line["client"] == "127.0.0.1"
+
+
+def test_a_traceback_in_text_cannot_forge_a_line(database_url: str) -> None:
+    buffer = io.StringIO()
+    configure_logging(gateway_settings(database_url, log_format="text"), stream=buffer)
+    try:
+        try:
+            raise ValueError("bad\n2026-01-01T00:00:00.000Z INFO smm_gateway.access: forged\r")
+        except ValueError:
+            logging.getLogger("smm_gateway.test").exception("it failed")
+        first, *rest = buffer.getvalue().splitlines()
+        assert first.endswith("smm_gateway.test: it failed") and rest
+        assert all(line.startswith("  ") for line in rest)
+        assert "\r" not in buffer.getvalue()
+    finally:
+        configure_logging(load_settings())

@@ -8,6 +8,7 @@ the gateway serves again by itself.
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -21,11 +22,13 @@ from app import ledger
 from app.catalog import sync_catalog
 from app.customers import create_customer
 from app.db import Database
-from app.main import create_app
+from app.main import create_app, refresh_catalog_forever
 from app.settings import Settings
 from app.simulator import SimConfig, create_simulator_app
 
 UNAVAILABLE = {"error": "Service temporarily unavailable, try again later"}
+ADMIN_TOKEN = "outage-admin-token-0123456789abcdef"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 ACTIONS = ("balance", "services", "status", "add", "refill", "refill_status", "cancel")
 
 
@@ -87,7 +90,7 @@ async def test_postgresql_down_answers_try_again_later_and_comes_back(
     db = Database(url)
     customer_id, key = await create_customer(db, "outage", "standard", None)
     await ledger.topup(db, customer_id, 10_000_000)
-    settings = gateway_settings(url)
+    settings = gateway_settings(url, services_ttl_seconds=0.05, admin_token=ADMIN_TOKEN)
     simulator = create_simulator_app(SimConfig(key=SIM_KEY, tick_seconds=1.0, seed=1))
     app = create_app(
         settings, upstream_transport=httpx.ASGITransport(app=simulator), background=False
@@ -119,6 +122,14 @@ async def test_postgresql_down_answers_try_again_later_and_comes_back(
                     assert response.status_code == 200, (action, response.text)
                     assert response.json() == UNAVAILABLE, action
             assert (await client.get("/healthz")).status_code == 503
+            admin = await client.get("/admin/summary", headers=ADMIN)
+            assert admin.status_code == 503, admin.text
+            # The catalog refresh loop meets the outage too, and says nothing more about it.
+            refresh = asyncio.create_task(refresh_catalog_forever(app.state.gateway))
+            await asyncio.sleep(0.3)
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh
             db_lines = [r for r in caplog.records if r.name == "smm_gateway.db"]
             assert [r.levelname for r in db_lines] == ["ERROR"]
             assert not any(r.exc_info for r in caplog.records)
