@@ -178,7 +178,11 @@ async def _apply(
     final = status in FINAL_STATUSES or status == EXPIRED
     if heard.charge_micros is not None:
         values["upstream_charge"] = heard.charge_micros
-        if not final:  # a final charge is what the upstream keeps, not what it first charged
+        # The ratio's base is what the upstream charged up front, and only a status we know
+        # to be live says that: a final charge is what it keeps, and a word we do not know
+        # may be final (its charge already dropped by a cancel or partial). A live 0 charged
+        # nothing: no base, and it must not stand in the way of the real one.
+        if heard.status is not None and not final and heard.charge_micros > 0:
             values["upstream_first_charge"] = func.coalesce(
                 Order.upstream_first_charge, heard.charge_micros
             )

@@ -88,6 +88,8 @@ async def main(args: argparse.Namespace) -> int:
                 report = await run_simulation(options)
             except SimulationFailure as failure:
                 print(failure, file=sys.stderr)
+                if args.log:
+                    write_log(args.log, failure.log)
                 return 1
         finally:
             if pg_name is not None:

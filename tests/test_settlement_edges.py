@@ -84,6 +84,42 @@ async def test_the_charge_ratio_divides_by_the_upstreams_first_charge(harness: H
     await h.assert_clean()
 
 
+async def answer_status(h: Harness, upstream_id: int, fields: dict[str, str] | None) -> None:
+    """The upstream answers these fields in one order's status, or its own again (None)."""
+    response = await h.sim_client.post(
+        "/_sim/overrides", json={"status": {str(upstream_id): fields}}
+    )
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("fate", ["partial", "cancel"])
+async def test_a_charge_heard_under_an_unknown_status_is_not_the_first_charge(
+    harness: Harness, fate: str
+) -> None:
+    # Seed 7 of the wide simulation: the upstream's status word is one we do not know while
+    # the order ends there, so the charge it shows is already what it keeps (0 for a cancel).
+    h = harness
+    bob = await h.customer(markup_bp=2500)
+    oid = await h.add(bob, service=102, link=f"https://ig.test/sim:{fate}")
+    upstream_id = (await h.order(oid)).upstream_order_id
+    await answer_status(h, upstream_id, {"status": "Suspended"})
+    h.clock.advance(3 * h.tick)  # final upstream before the gateway first hears of it
+    await h.sync()
+    order = await h.order(oid)
+    assert order.status == "In progress" and order.settled_at is None
+    assert order.upstream_first_charge is None  # a final charge is no first charge
+
+    await answer_status(h, upstream_id, None)
+    assert (await h.sync()).settled == 1
+    order = await h.order(oid)
+    sim = (await h.sim_orders())[upstream_id]
+    kept, first = sim["charge_micros"], sim["initial_charge_micros"]
+    assert first == upstream_cost(102, 1)  # never heard while live: our estimate is the base
+    assert order.upstream_first_charge is None
+    assert order.refunded == ratio_refund(order.charge, kept, first) > 0
+    await h.assert_clean()
+
+
 # --- item 4: a drip-feed parent whose runs never started ---------------------------------------
 
 

@@ -145,6 +145,10 @@ KNOWN_BUGS: frozenset[str] = frozenset({"first-charge-lost"})
 class SimulationFailure(AssertionError):
     """An invariant broke (or a step raised): the message names the seed, step and step log."""
 
+    def __init__(self, message: str, log: list[str] | None = None):
+        super().__init__(message)
+        self.log = log or []  # the whole step log, for `bench/simulate.py --log`
+
 
 class Crash(BaseException):
     """The gateway process dies right here. A BaseException, so that no `except Exception`
@@ -607,7 +611,7 @@ class Simulation(WideSteps):
         if bug is not None and bug in self.opts.tolerate:
             self.tolerated[bug] += 1
             return
-        raise SimulationFailure(self.describe(problem))
+        raise SimulationFailure(self.describe(problem), self.log)
 
     def describe(self, problem: str) -> str:
         o = self.opts
@@ -674,7 +678,7 @@ class Simulation(WideSteps):
                 raise
             except Exception as exc:
                 raise SimulationFailure(
-                    self.describe(f"step raised {type(exc).__name__}: {exc}")
+                    self.describe(f"step raised {type(exc).__name__}: {exc}"), self.log
                 ) from exc
             finally:
                 await self.teardown()
