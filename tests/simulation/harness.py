@@ -136,10 +136,8 @@ WEIGHTS: dict[str, int] = {
 # negative-rate and interval-0 (552e5ac); false-critical-after-resolve.
 # Fixed (issue 10, found by the wider classes of tests/simulation/wide.py on the old code, named
 # by the bug ids their checks carry): poison-settled, poison-stops-sync, poison-catalog,
-# unknown-status-settled, unknown-status-shown, db-fault-fatal, db-fault-500.
-# Open: first-charge-lost (a charge heard under an unknown status word kept as the first one;
-# test_regressions.py, seed 6 --faults statuses).
-KNOWN_BUGS: frozenset[str] = frozenset({"first-charge-lost"})
+# unknown-status-settled, unknown-status-shown, db-fault-fatal, db-fault-500, first-charge-lost.
+KNOWN_BUGS: frozenset[str] = frozenset()
 
 
 class SimulationFailure(AssertionError):

@@ -178,17 +178,17 @@ async def test_an_unknown_status_word_never_settles_and_is_shown_in_progress(
     assert report.outcomes["poison:status-word"] >= 1, report.outcomes
 
 
-@pytest.mark.xfail(strict=True, raises=SimulationFailure, reason="BUG first-charge-lost, open")
 async def test_a_charge_heard_under_an_unknown_status_word_is_not_the_first_charge(
     sqlite_template: Path, tmp_path: Path
 ) -> None:
-    """BUG first-charge-lost (open; app/sync.py _apply): a status word the gateway does not
-    know is taken as live, so the charge it comes with is kept as the upstream's first charge,
-    though the order may be final upstream already. Seed 6 (standard): o17 is canceled upstream
-    at step 24 (it keeps 0), answers `Suspended` from step 26, and the gateway keeps 0 as its
-    first charge (the upstream first charged 116800). Harmless for a Canceled order; for one
-    that ends Partial by charge ratio the refund would be kept/first = 1, i.e. nothing."""
-    await wide_replay(sqlite_template, tmp_path, 6, 150, "statuses")
+    """Was first-charge-lost (app/sync.py _apply): a status word the gateway does not know was
+    taken as live, so the charge it came with was kept as the upstream's first charge, though
+    the order may be final upstream already. Seed 6 (standard): o17 is canceled upstream at
+    step 24 (it keeps 0), answers `Suspended` from step 26, and the gateway kept 0 as its first
+    charge (the upstream first charged 116800); seed 7 step 1307 of the full run, the same.
+    For an order that ends Partial by charge ratio the refund was kept/first = 1: nothing."""
+    report = await wide_replay(sqlite_template, tmp_path, 6, 150, "statuses")
+    assert report.outcomes["poison:status-word"] >= 1, report.outcomes
 
 
 async def test_catalog_changes_and_charges_unlike_the_listed_rate_settle_by_the_snapshot(
