@@ -10,8 +10,6 @@ bug's test asserts that its run still contains the scenario, and passes.
 import shutil
 from pathlib import Path
 
-import pytest
-
 from app import ledger
 from app.catalog import set_price
 from app.db import Database
