@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # Off when a separate `smm-gateway worker` process runs the sync instead.
     sync_in_process: bool = True
     services_ttl_seconds: float = Field(600.0, gt=0)
+    # How often /metrics' database gauges are read (off the request path; a scrape reads none).
+    metrics_refresh_seconds: float = Field(5.0, gt=0)
     rate_limit_per_second: float = Field(20.0, ge=0)
     # Per-key token bucket: `burst` requests at once, refilled at `per_second`; 0 in either = off.
     rate_limit_burst: int = Field(40, ge=0)
