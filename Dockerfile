@@ -37,5 +37,9 @@ VOLUME ["/data"]
 USER smmgw
 
 EXPOSE 8000
+# Healthy while /healthz answers 200 (the database reachable). Python's urllib, not curl: the
+# slim image has no curl. A non-200 reply or none raises, and the check exits 1 (unhealthy).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 ENTRYPOINT ["smm-gateway"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -16,7 +16,7 @@ from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
 from app.family import FAMILIES, Family
 from app.models import Customer, PriceRule, Service, Setting, utcnow
-from app.money import apply_markup
+from app.money import apply_markup, render
 from app.upstream import Refused, UpstreamClient, UpstreamService, is_upstream_key_error
 
 log = logging.getLogger("smm_gateway.catalog")
@@ -223,12 +223,48 @@ def _rule(columns: tuple) -> Rule | None:
 
 
 @dataclass(frozen=True)
+class SuspendedPrice:
+    """A fixed price the upstream's rate has overtaken: the service is not sold at it (to
+    everyone when `customer_id` is None) until the operator changes it or consents."""
+
+    service_id: int
+    customer_id: int | None
+    rate: int
+    cost: int
+
+    def describe(self) -> str:
+        who = "everyone" if self.customer_id is None else f"customer {self.customer_id}"
+        return (
+            f"service {self.service_id} for {who}: fixed {render(self.rate)}"
+            f" < cost {render(self.cost)}"
+        )
+
+
+async def suspended_prices(conn: Conn) -> tuple[SuspendedPrice, ...]:
+    """Every fixed price below its service's current cost without --allow-below-cost
+    (resolve_rate suspends exactly these), on services the upstream still lists."""
+    rows = await conn.execute(
+        select(PriceRule.service_id, PriceRule.customer_id, PriceRule.fixed_rate, Service.rate)
+        .join(Service, Service.id == PriceRule.service_id)
+        .where(
+            PriceRule.fixed_rate.is_not(None),
+            PriceRule.fixed_rate < Service.rate,
+            PriceRule.below_cost_ok.is_(False),
+            Service.upstream_listed.is_(True),
+        )
+        .order_by(PriceRule.service_id, PriceRule.customer_id.nulls_first())
+    )
+    return tuple(SuspendedPrice(*row) for row in rows)
+
+
+@dataclass(frozen=True)
 class SyncResult:
     ok: bool
     services: int = 0
     dropped: int = 0
     error: str | None = None
     family: Family | None = None  # the upstream's family, as configured or heard
+    suspended: tuple[SuspendedPrice, ...] = ()  # fixed prices now below cost: not sold
 
 
 def _upsert(conn: Conn):  # type: ignore[no-untyped-def]
@@ -272,11 +308,22 @@ async def sync_catalog(db: Database, upstream: UpstreamClient) -> SyncResult:
         await _set_kv(conn, LAST_ERROR, "")
         if upstream.family is not None:
             await _set_kv(conn, FAMILY, upstream.family)
+        suspended = await suspended_prices(conn)
     if dropped.rowcount:
         log.warning("catalog: %d services no longer listed upstream, now hidden", dropped.rowcount)
+    if suspended:
+        log.warning(
+            "catalog: %d fixed prices are below the upstream's rate, not sold until changed: %s",
+            len(suspended),
+            "; ".join(p.describe() for p in suspended[:20]),
+        )
     log.info("catalog: %d services synced from a %s upstream", len(fetched), upstream.family)
     return SyncResult(
-        True, services=len(fetched), dropped=dropped.rowcount, family=upstream.family
+        True,
+        services=len(fetched),
+        dropped=dropped.rowcount,
+        family=upstream.family,
+        suspended=suspended,
     )
 
 
@@ -356,6 +403,8 @@ class ServiceView:
     upstream_name: str
     updated_at: datetime
     unavailable: str | None = None  # why customers cannot order it although it is listed
+    # Customers whose own fixed price is below cost: the service is suspended for them.
+    suspended_for: tuple[int, ...] = ()
 
 
 NO_SUBSCRIPTIONS = "the upstream (SmartPanel family) takes no subscriptions: not offered"
@@ -366,6 +415,10 @@ async def list_services(
 ) -> list[ServiceView]:
     async with db.read() as conn:
         general, _ = await _rules(conn, None)
+        suspended_for: dict[int, list[int]] = {}
+        for price in await suspended_prices(conn):
+            if price.customer_id is not None:
+                suspended_for.setdefault(price.service_id, []).append(price.customer_id)
         rows = await conn.execute(
             select(
                 *_SERVICE_COLUMNS, Service.hidden, Service.upstream_listed, Service.updated_at
@@ -395,6 +448,7 @@ async def list_services(
                     unavailable=(
                         NO_SUBSCRIPTIONS if base[3] == SUBSCRIPTIONS and not subscriptions else None
                     ),
+                    suspended_for=tuple(suspended_for.get(base[0], ())),
                 )
             )
     return views

@@ -18,6 +18,7 @@ Adding a command group is one block: `things_app = _group("things", "…")`, the
 import asyncio
 import json
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -322,7 +323,10 @@ def serve(
     from app.metrics import multiprocess_dir
 
     settings = _settings()
+    if not 1 <= port <= 65535:
+        fail(f"--port must be between 1 and 65535, not {port}", 2)
     _run(_nothing, settings, migrate=True)  # settings valid, schema at head: before any worker
+    _check_port_free(host, port)
     configure_logging(settings)
     with multiprocess_dir(workers):
         uvicorn.run(
@@ -333,7 +337,19 @@ def serve(
             workers=workers,
             log_config=None,  # logging is app.logs' (each worker configures it in create_app)
             access_log=False,
+            http=settings.http_parser,
+            limit_concurrency=settings.http_limit_concurrency,
+            timeout_keep_alive=settings.http_keep_alive_seconds,
+            h11_max_incomplete_event_size=settings.http_max_header_bytes,
         )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A busy port (or a host that is not ours) in one line, before uvicorn's six."""
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 @app.command()
@@ -746,7 +762,13 @@ def services_sync(as_json: JsonFlag = False) -> None:
         result,
         f"{result.services} services synced from a {result.family or 'smartpanel'}-family"
         " upstream"
-        + (f", {result.dropped} no longer listed upstream (now hidden)" if result.dropped else ""),
+        + (f", {result.dropped} no longer listed upstream (now hidden)" if result.dropped else "")
+        + "".join(
+            f"\nsuspended: service {p.service} for "
+            f"{'everyone' if p.customer is None else f'customer {p.customer}'}: fixed price"
+            f" {p.rate} is below the upstream's {p.cost} (change it, or --allow-below-cost)"
+            for p in result.suspended
+        ),
     )
 
 
@@ -773,7 +795,13 @@ def services_list(
                 if on
             ),
             ", ".join(
-                s for s, on in (("hidden", v.hidden), ("not listed", not v.upstream_listed)) if on
+                s
+                for s, on in (
+                    ("hidden", v.hidden),
+                    ("not listed", not v.upstream_listed),
+                    (_suspended_for(v.suspended_for_customers), bool(v.suspended_for_customers)),
+                )
+                if on
             )
             or (v.unavailable or ""),
         )
@@ -785,6 +813,14 @@ def services_list(
         else "no services (run `smm-gateway services sync`)"
     )
     _emit(as_json, listed, text)
+
+
+def _suspended_for(customers: list[int]) -> str:
+    return (
+        "price below cost for customer"
+        + ("s " if len(customers) > 1 else " ")
+        + ", ".join(map(str, customers))
+    )
 
 
 def _service_change(as_json: bool, work: Callable[[Database, Settings], Awaitable[Any]]) -> None:

@@ -68,11 +68,20 @@ def current_request() -> RequestInfo | None:
 _secrets: tuple[str, ...] = ()
 _PATTERNS = (
     # key=…, api_key=…, token=… in query strings and form bodies (not idempotency_key=…)
-    (re.compile(r"(?i)(?<![\w-])((?:api_?)?key|(?:admin_|access_)?token|password)=[^&\s\"'#;,]+"),
-     r"\1=" + MASK),
+    (
+        re.compile(
+            r"(?i)(?<![\w-])((?:api_?)?key|(?:admin_|access_)?token|password)=[^&\s\"'#;,]+"
+        ),
+        r"\1=" + MASK,
+    ),
     # "key": "…" in JSON or Python reprs
-    (re.compile(r"""(?i)(["'](?:(?:api_?)?key|(?:admin_|access_)?token|password|authorization)"""
-                r"""["']\s*:\s*["'])[^"']*"""), r"\1" + MASK),
+    (
+        re.compile(
+            r"""(?i)(["'](?:(?:api_?)?key|(?:admin_|access_)?token|password|authorization)"""
+            r"""["']\s*:\s*["'])[^"']*"""
+        ),
+        r"\1" + MASK,
+    ),
     (re.compile(r"(?i)\b(bearer\s+)[\w.~+/=-]+"), r"\1" + MASK),
     (re.compile(r"\b[0-9a-fA-F]{64}\b"), MASK),  # a customer key (or its hash) in any form
     # passwords in URLs (redis://:pw@host, postgresql://user:pw@host)
@@ -150,9 +159,12 @@ class JsonFormatter(logging.Formatter):
         }
         fields = getattr(record, "fields", None)
         if fields:
-            line.update({
-                name: value if name in _OURS else _redacted(value) for name, value in fields.items()
-            })
+            line.update(
+                {
+                    name: value if name in _OURS else _redacted(value)
+                    for name, value in fields.items()
+                }
+            )
         if "request_id" not in line and (info := _current.get()) is not None:
             line["request_id"] = info.request_id
         if record.exc_info:
@@ -162,15 +174,29 @@ class JsonFormatter(logging.Formatter):
         return _encode(line)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(text: str) -> str:
+    """Control characters (a `%0D%0A` in a path, a newline in a name) as `\\r`, `\\n`,
+    `\\xNN`: a text line must never be split or rewritten by what it quotes."""
+    if text.isprintable():
+        return text  # the common case, and cheap
+    return _CONTROL.sub(lambda m: repr(m[0])[1:-1], text)
+
+
 class TextFormatter(logging.Formatter):
     """`ts LEVEL logger: message k=v …` for people reading a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_timestamp(record), record.levelname, f"{record.name}:", record.getMessage()]
+        parts = [_timestamp(record), record.levelname, f"{record.name}:"]
+        parts.append(_escaped(record.getMessage()))
         fields = getattr(record, "fields", None) or {}
         if "request_id" not in fields and (info := _current.get()) is not None:
             parts.append(f"request_id={info.request_id}")
-        parts.extend(f"{name}={value}" for name, value in fields.items() if value is not None)
+        parts.extend(
+            f"{name}={_escaped(str(value))}" for name, value in fields.items() if value is not None
+        )
         text = " ".join(parts)
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
@@ -235,6 +261,12 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
 RequestHook = Callable[[RequestInfo, int, float], None]
 
 
+def _client(scope: dict[str, Any]) -> str | None:
+    """The client's address (the proxy's, unless uvicorn trusts its forwarded headers)."""
+    client = scope.get("client")
+    return client[0] if client else None
+
+
 class RequestLogMiddleware:
     """Pure ASGI: request id in and out, one access line, and `on_done(info, status, seconds)`
     (the request metrics) once the reply is sent or the request failed."""
@@ -277,13 +309,19 @@ class RequestLogMiddleware:
                 # makeRecord + handle: Logger.log would also walk the stack for a caller that
                 # is always this line.
                 record = access_log.makeRecord(
-                    access_log.name, level, __file__, 0, "%s %s %d",
-                    (scope["method"], scope["path"], status), None,
+                    access_log.name,
+                    level,
+                    __file__,
+                    0,
+                    "%s %s %d",
+                    (scope["method"], scope["path"], status),
+                    None,
                 )
                 record.fields = {
                     "request_id": info.request_id,
                     "method": scope["method"],
                     "path": scope["path"],
+                    "client": _client(scope),
                     "action": info.action,
                     "customer_id": info.customer_id,
                     "outcome": info.outcome or ("ok" if status < 400 else str(status)),

@@ -117,7 +117,8 @@ def create_app(
         redoc_url=None,
     )
     app.include_router(panel_router)
-    app.include_router(admin_router)
+    # Off (no SMMGW_ADMIN_TOKEN), the admin API answers 404 and the documents leave it out.
+    app.include_router(admin_router, include_in_schema=bool(settings.admin_token))
     app.add_middleware(HeadAsGetMiddleware)  # inside the log line: it still says HEAD
     # Request id, one log line and the request metrics per request (pure ASGI: cheap).
     app.add_middleware(RequestLogMiddleware, on_done=metrics.observe_request)
@@ -140,7 +141,15 @@ def create_app(
     async def metrics_endpoint(request: Request) -> Response:
         """Prometheus: the counters, and the database gauges of the last snapshot (refreshed
         every SMMGW_METRICS_REFRESH_SECONDS off the request path: a scrape reads nothing)."""
-        state = await request.app.state.gateway.gauges.current()
+        gateway = request.app.state.gateway
+        token = gateway.settings.metrics_token
+        if token and not metrics.bearer_is(request.headers.get("authorization", ""), token):
+            return Response(
+                "a valid metrics token is required\n",
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        state = await gateway.gauges.current()
         body = await asyncio.to_thread(metrics.exposition, DbCollector(state))
         return Response(body, media_type=metrics.CONTENT_TYPE)
 

@@ -9,6 +9,10 @@ Counted in the process that does the work (hot path: a cached labelled child, on
   `quantity_too_low`, `quantity_too_high`, `missing_parameter`, `bad_parameter`,
   `too_many_ids`, `idempotency`, `temporarily_unavailable`, `other_error`), or `413`, `429`,
   `500`.
+  For `refill`, `refill_status` and `cancel`, whose errors are inside the items, `outcome`
+  is `ok` when at least one item succeeded, else the class of the first item's error.
+- `smmgw_request_items_total{action, outcome}`: each item of those replies, `ok` or its
+  error's class.
 - `smmgw_request_duration_seconds{action}`: histogram, whole request (body read to reply sent).
 - `smmgw_upstream_calls_total{action, outcome}`: every upstream call (`UpstreamClient.call`),
   `outcome` = `answer`, `refused:<reason>` or `ambiguous:<reason>` (app/upstream.py).
@@ -31,6 +35,7 @@ emptied before each start.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -58,6 +63,11 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 REQUESTS = Counter(
     "smmgw_requests_total", "Contract requests by action and outcome.", ["action", "outcome"]
+)
+ITEMS = Counter(
+    "smmgw_request_items_total",
+    "Items of refill, refill_status and cancel replies, by action and outcome.",
+    ["action", "outcome"],
 )
 REQUEST_SECONDS = Histogram(
     "smmgw_request_duration_seconds",
@@ -136,6 +146,12 @@ def observe_request(info: RequestInfo, status: int, seconds: float) -> None:
     histogram.observe(seconds)
 
 
+def observe_items(action: str, errors: list[str | None]) -> None:
+    """Each item of a refill / refill_status / cancel reply: `ok` (None) or its error's class."""
+    for message in errors:
+        ITEMS.labels(action, "ok" if message is None else error_class(message)).inc()
+
+
 def observe_upstream(action: str, outcome: object, seconds: float) -> None:
     """One upstream call: `outcome` is an app.upstream Answer, Refused or Ambiguous."""
     result = type(outcome).__name__.lower()
@@ -175,6 +191,14 @@ def exposition(*collectors: Collector) -> bytes:
     for collector in collectors:
         extra.register(collector)
     return counted + generate_latest(extra)
+
+
+def bearer_is(header: str, token: str) -> bool:
+    """An `Authorization: Bearer <token>` header carrying exactly `token` (constant time)."""
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 # --- several worker processes ---------------------------------------------------------------

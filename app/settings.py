@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     max_body_bytes: int = Field(1_000_000, gt=0)
     max_ids_per_call: int = Field(100, ge=1, le=100)
+    # Uvicorn's limits, set on purpose (README.md, "Behind a proxy"): past `concurrency`
+    # connections and requests it answers 503; an idle kept-alive connection closes after
+    # `keep_alive`; with the h11 parser, a request head larger than `max_header_bytes` is
+    # refused (httptools, the faster default, has its own fixed limits).
+    http_parser: Literal["httptools", "h11"] = "httptools"
+    http_limit_concurrency: int = Field(1000, ge=1)
+    http_keep_alive_seconds: int = Field(5, ge=1, le=300)
+    http_max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    # Bearer token for /metrics; empty: /metrics is open (keep it off the public network).
+    metrics_token: str = ""
 
     @field_validator("database_url")
     @classmethod
@@ -63,14 +73,14 @@ class Settings(BaseSettings):
             raise ValueError("use a sqlite:/// or postgresql:// URL")
         return url
 
-    @field_validator("admin_token")
+    @field_validator("admin_token", "metrics_token")
     @classmethod
     def _long_admin_token(cls, token: str) -> str:
         if not token.strip():
-            return ""  # unset (or blank): the admin API is off
+            return ""  # unset (or blank): the admin API is off, /metrics open
         if len(token) < MIN_ADMIN_TOKEN_LENGTH:
             raise ValueError(
-                f"must be at least {MIN_ADMIN_TOKEN_LENGTH} characters (it opens the admin API);"
+                f"must be at least {MIN_ADMIN_TOKEN_LENGTH} characters (it guards what it opens);"
                 " for example: python3 -c 'import secrets; print(secrets.token_hex(32))'"
             )
         return token

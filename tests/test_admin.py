@@ -130,7 +130,7 @@ async def malformed(client: httpx.AsyncClient, headers: dict[str, str]) -> list[
 
 
 def test_the_route_list_covers_every_admin_route() -> None:
-    app = create_app(gateway_settings("sqlite:///unused.db"), background=False)
+    app = create_app(gateway_settings("sqlite:///unused.db", admin_token=TOKEN), background=False)
     documented = [
         (method.upper(), re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"))
         for path, item in app.openapi()["paths"].items()
@@ -167,6 +167,15 @@ async def test_a_blank_token_is_off_too(db: Database, database_url: str) -> None
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as c:
             response = await c.get("/admin/summary", headers={"Authorization": "Bearer    "})
             assert response.status_code == 404
+
+
+@pytest.mark.parametrize("token", ["", "   "])
+def test_the_documents_leave_out_an_admin_api_that_is_off(token: str) -> None:
+    """/openapi.json (and so /docs and /redoc, which render it) list no /admin endpoint."""
+    doc = create_app(gateway_settings("sqlite:///unused.db", admin_token=token)).openapi()
+    assert doc["paths"] and not [p for p in doc["paths"] if p.startswith("/admin")]
+    assert "AdminToken" not in doc.get("components", {}).get("securitySchemes", {})
+    assert "/admin" not in json.dumps(doc)
 
 
 async def test_a_wrong_or_missing_token_is_401(

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -489,6 +490,28 @@ def test_services_sync_and_operator_choices(
 # --- simulator and demo -------------------------------------------------------------------------
 
 
+def test_services_sync_and_list_report_a_fixed_price_overtaken_by_a_rise(
+    simulator_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMMGW_UPSTREAM_URL", simulator_url)
+    monkeypatch.setenv("SMMGW_UPSTREAM_KEY", SIM_KEY)
+    cli("services", "sync")
+    customer = create("acme")["id"]
+    cli("services", "price", "5", "--rate", "2", "--customer", str(customer))
+    rise = httpx.post(
+        f"{simulator_url.rsplit('/api', 1)[0]}/_sim/catalog", json={"5": {"rate": "2.5"}}
+    )
+    assert rise.status_code == 200, rise.text
+    printed = cli("services", "sync").stdout
+    assert f"suspended: service 5 for customer {customer}: fixed price 2.00" in printed
+    listed = {s["id"]: s for s in cli_json("services", "list")}
+    assert listed[5]["suspended_for_customers"] == [customer]
+    row = next(
+        line for line in cli("services", "list").stdout.splitlines() if line.split()[:1] == ["5"]
+    )
+    assert f"price below cost for customer {customer}" in row
+
+
 @pytest.mark.parametrize(
     ("fault", "needle"),
     [("bogus=0.5", "KIND"), ("html=2", "RATE"), ("html=x", "RATE"), ("html", "KIND")],
@@ -529,26 +552,23 @@ def test_demo_refuses_a_busy_port() -> None:
     assert f"127.0.0.1:{port}" in err
 
 
-def test_demo_command_stops_on_sigterm(tmp_path: Path) -> None:
-    port, sim_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMMGW_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from app.cli import main; main()",
-            "demo",
-            "--json",
-            "--port",
-            str(port),
-            "--sim-port",
-            str(sim_port),
-        ],
-        cwd=tmp_path,
+def cli_process(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """The command line as its own process, as an operator starts it."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "from app.cli import main; main()", *args],
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+    )
+
+
+def test_demo_command_stops_on_sigterm(tmp_path: Path) -> None:
+    port, sim_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMMGW_")}
+    proc = cli_process(
+        tmp_path, env, "demo", "--json", "--port", str(port), "--sim-port", str(sim_port)
     )
     try:
         lines = []
@@ -598,3 +618,53 @@ def test_serve_refuses_a_short_admin_token(monkeypatch: pytest.MonkeyPatch) -> N
     for args in (("serve",), ("worker",), ("customers", "list")):
         err = one_line_error(cli(*args, code=2))
         assert "SMMGW_ADMIN_TOKEN" in err and "32" in err and "hunter2" not in err
+
+
+# --- serve: its port and its HTTP limits --------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1"])
+def test_serve_refuses_a_port_out_of_range_in_one_line(port: str) -> None:
+    err = one_line_error(cli("serve", "--port", port, code=2))
+    assert "--port" in err and port in err
+
+
+def test_serve_refuses_a_busy_port_in_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        err = one_line_error(cli("serve", "--port", str(port), code=1))
+    assert err.startswith(f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_serve_applies_its_http_limits(db_file: Path, tmp_path: Path) -> None:
+    """SMMGW_HTTP_*: an oversized request head is refused (h11), the API still answers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMMGW_")} | {
+        "SMMGW_DATABASE_URL": f"sqlite:///{db_file}",
+        "SMMGW_HTTP_PARSER": "h11",
+        "SMMGW_HTTP_MAX_HEADER_BYTES": "2048",
+        "SMMGW_UPSTREAM_URL": f"http://127.0.0.1:{free_port()}/api/v1",
+        "SMMGW_LOG_LEVEL": "WARNING",
+    }
+    proc = cli_process(tmp_path, env, "serve", "--port", str(port))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                health = httpx.get(f"{url}/healthz")
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.1)
+        assert health.status_code == 200
+        reply = httpx.post(f"{url}/api/v2", data={"key": "x", "action": "balance"})
+        assert reply.json() == {"error": "Invalid API key"}
+        try:  # refused while it is still being sent: a 431, or the connection cut under it
+            big = httpx.get(f"{url}/healthz", headers={"X-Big": "a" * 200_000})
+            assert big.status_code == 431, (big.status_code, big.text)
+        except httpx.TransportError:
+            pass
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)

@@ -29,8 +29,16 @@ from app.sync import sync_pass
 from app.upstream import UpstreamClient
 
 ADMIN_TOKEN = "admin-" + secrets.token_hex(16)
-FIELDS = {"request_id", "method", "path", "action", "customer_id", "outcome", "status",
-          "latency_ms"}
+FIELDS = {
+    "request_id",
+    "method",
+    "path",
+    "action",
+    "customer_id",
+    "outcome",
+    "status",
+    "latency_ms",
+}
 
 
 @pytest.fixture
@@ -82,7 +90,10 @@ async def test_one_line_per_request_with_its_fields(
     assert (status["outcome"], status["error"]) == ("incorrect_order", "Incorrect order ID")
     assert (services["customer_id"], services["outcome"]) == (None, "invalid_key")
     assert (bogus["action"], bogus["outcome"], bogus["customer_id"]) == (
-        "unknown", "incorrect_request", alice.id)
+        "unknown",
+        "incorrect_request",
+        alice.id,
+    )
     assert (health["path"], health["action"], health["outcome"]) == ("/healthz", None, "ok")
     assert len({line["request_id"] for line in logged}) == len(logged)
 
@@ -91,12 +102,18 @@ async def test_the_request_id_comes_from_the_client_when_sane(
     client: httpx.AsyncClient, db: Database, output: io.StringIO
 ) -> None:
     alice = await new_customer(db, "alice")
-    given = await client.post("/api/v2", data={"key": alice.key, "action": "balance"},
-                              headers={"X-Request-ID": "order-bot:42.a_b-c"})
+    given = await client.post(
+        "/api/v2",
+        data={"key": alice.key, "action": "balance"},
+        headers={"X-Request-ID": "order-bot:42.a_b-c"},
+    )
     assert given.headers["x-request-id"] == "order-bot:42.a_b-c"
     for insane in ("two words", "x" * 129, "new\\nline", "<script>"):
-        response = await client.post("/api/v2", data={"key": alice.key, "action": "balance"},
-                                     headers={"X-Request-ID": insane})
+        response = await client.post(
+            "/api/v2",
+            data={"key": alice.key, "action": "balance"},
+            headers={"X-Request-ID": insane},
+        )
         assert response.headers["x-request-id"] != insane
         assert len(response.headers["x-request-id"]) == 32
     ids = [line["request_id"] for line in access_lines(output)]
@@ -104,33 +121,52 @@ async def test_the_request_id_comes_from_the_client_when_sane(
 
 
 async def test_upstream_failures_are_logged_by_class_within_their_request(
-    gateway_app: FastAPI, client: httpx.AsyncClient, sim_client: httpx.AsyncClient,
-    db: Database, output: io.StringIO,
+    gateway_app: FastAPI,
+    client: httpx.AsyncClient,
+    sim_client: httpx.AsyncClient,
+    db: Database,
+    output: io.StringIO,
 ) -> None:
     gw = gateway_app.state.gateway
     assert (await sync_catalog(gw.db, gw.upstream)).ok
     alice = await new_customer(db, "alice", funds=10**10)
-    service = next(s for s in (await services_by_id(client, alice.key)).values()
-                   if s["type"] == "Default")
+    service = next(
+        s for s in (await services_by_id(client, alice.key)).values() if s["type"] == "Default"
+    )
     await set_faults(sim_client, {"error5xx": 1.0})
-    reply = await client.post("/api/v2", data={
-        "key": alice.key, "action": "add", "service": service["service"],
-        "link": "https://instagram.com/p/x", "quantity": service["min"]})
+    reply = await client.post(
+        "/api/v2",
+        data={
+            "key": alice.key,
+            "action": "add",
+            "service": service["service"],
+            "link": "https://instagram.com/p/x",
+            "quantity": service["min"],
+        },
+    )
     await set_faults(sim_client, {})
     assert "order" in reply.json()
     request_id = reply.headers["x-request-id"]
-    upstream = [line for line in lines(output) if line["logger"] == "smm_gateway.upstream"
-                and line["msg"].startswith("upstream add")]
+    upstream = [
+        line
+        for line in lines(output)
+        if line["logger"] == "smm_gateway.upstream" and line["msg"].startswith("upstream add")
+    ]
     assert [line["msg"].split(" in ")[0] for line in upstream] == [
-        "upstream add: ambiguous (http_5xx)"]
+        "upstream add: ambiguous (http_5xx)"
+    ]
     assert upstream[0]["level"] == "WARNING" and upstream[0]["request_id"] == request_id
     placed = [line for line in lines(output) if line["logger"] == "smm_gateway.orders"]
     assert placed and all(line["request_id"] == request_id for line in placed)
 
 
 async def test_no_secret_in_any_log_line(
-    gateway_app: FastAPI, client: httpx.AsyncClient, sim_client: httpx.AsyncClient,
-    db: Database, output: io.StringIO, caplog: pytest.LogCaptureFixture,
+    gateway_app: FastAPI,
+    client: httpx.AsyncClient,
+    sim_client: httpx.AsyncClient,
+    db: Database,
+    output: io.StringIO,
+    caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A scenario with errors and upstream failures of every kind: neither the customers' keys,
@@ -139,8 +175,9 @@ async def test_no_secret_in_any_log_line(
     gw = gateway_app.state.gateway
     assert (await sync_catalog(gw.db, gw.upstream)).ok
     alice = await new_customer(db, "alice", funds=10**10)
-    service = next(s for s in (await services_by_id(client, alice.key)).values()
-                   if s["type"] == "Default")
+    service = next(
+        s for s in (await services_by_id(client, alice.key)).values() if s["type"] == "Default"
+    )
     order = {"service": service["service"], "quantity": service["min"]}
     link = "https://instagram.com/p/secrets"
 
@@ -159,8 +196,9 @@ async def test_no_secret_in_any_log_line(
     # the admin API: a good token, a wrong one, and a key issued through it
     bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     assert (await client.get("/admin/summary", headers=bearer)).status_code == 200
-    assert (await client.get("/admin/summary",
-                             headers={"Authorization": f"Bearer {alice.key}"})).status_code == 401
+    assert (
+        await client.get("/admin/summary", headers={"Authorization": f"Bearer {alice.key}"})
+    ).status_code == 401
     issued = await client.post(f"/admin/customers/{alice.id}/keys", headers=bearer)
     assert issued.status_code == 201
     new_key = issued.json()["key"]
@@ -168,8 +206,9 @@ async def test_no_secret_in_any_log_line(
     assert (await client.get("/metrics")).status_code == 200
     # a connect failure to the upstream, whose error names the URL it tried
     simulated = gw.upstream
-    gw.upstream = UpstreamClient(f"http://127.0.0.1:1/api/v1?key={SIM_KEY}", SIM_KEY,
-                                 connect_timeout=1, read_timeout=1)
+    gw.upstream = UpstreamClient(
+        f"http://127.0.0.1:1/api/v1?key={SIM_KEY}", SIM_KEY, connect_timeout=1, read_timeout=1
+    )
     try:
         await add(client, alice.key, order | {"link": f"{link}/unreachable"})
     finally:
@@ -191,10 +230,16 @@ async def test_no_secret_in_any_log_line(
     written = output.getvalue()
     assert "Traceback" in written and "boom" in written
     assert '"outcome": "500"' in written
-    upstream_lines = [line["msg"] for line in lines(output)
-                      if line["logger"] == "smm_gateway.upstream"]
-    for kind in ("ambiguous (http_5xx)", "ambiguous (unreadable)", "ambiguous (protocol)",
-                 "refused (error_reply)", "refused (connect)"):
+    upstream_lines = [
+        line["msg"] for line in lines(output) if line["logger"] == "smm_gateway.upstream"
+    ]
+    for kind in (
+        "ambiguous (http_5xx)",
+        "ambiguous (unreadable)",
+        "ambiguous (protocol)",
+        "refused (error_reply)",
+        "refused (connect)",
+    ):
         assert any(kind in msg for msg in upstream_lines), kind
     for secret in keys:
         forms = {secret, urllib.parse.quote(secret), urllib.parse.quote_plus(secret)}
@@ -214,13 +259,18 @@ def test_uvicorns_access_line_has_its_key_masked(
     caplog.set_level(logging.INFO, logger="uvicorn.access")
     key = secrets.token_hex(32)
     uvicorn_access.info(
-        '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET",
-        f"/api/v2?action=balance&key={key}&order=1", "1.1", 200,
+        '%s - "%s %s HTTP/%s" %d',
+        "127.0.0.1:5000",
+        "GET",
+        f"/api/v2?action=balance&key={key}&order=1",
+        "1.1",
+        200,
     )
     assert key not in caplog.text
     assert "/api/v2?action=balance&key=***&order=1" in caplog.text
-    assert any(isinstance(f, AccessLogRedactor)
-               for f in logging.getLogger("uvicorn.access").filters)
+    assert any(
+        isinstance(f, AccessLogRedactor) for f in logging.getLogger("uvicorn.access").filters
+    )
 
 
 def test_redaction_patterns() -> None:
@@ -229,7 +279,8 @@ def test_redaction_patterns() -> None:
     assert redact("upstream%2Dsecret") == "upstream%2Dsecret"  # not a form it travels in
     assert redact("GET /api/v2?key=abc123&action=balance") == "GET /api/v2?key=***&action=balance"
     assert redact("api_key=abc&token=t1&idempotency_key=keep") == (
-        "api_key=***&token=***&idempotency_key=keep")
+        "api_key=***&token=***&idempotency_key=keep"
+    )
     assert redact('{"key": "abc", "action": "add"}') == '{"key": "***", "action": "add"}'
     assert redact("{'key': 'abc'}") == "{'key': '***'}"
     assert redact("Authorization: Bearer abc.DEF-123") == "Authorization: Bearer ***"
@@ -245,14 +296,21 @@ async def test_text_format_and_level(
 ) -> None:
     alice = await new_customer(db, "alice")
     buffer = io.StringIO()
-    configure_logging(gateway_settings(database_url, log_format="text", log_level="info"),
-                      stream=buffer)
+    configure_logging(
+        gateway_settings(database_url, log_format="text", log_level="info"), stream=buffer
+    )
     try:
         response = await client.post("/api/v2", data={"key": alice.key, "action": "balance"})
         [line] = buffer.getvalue().splitlines()
         assert " INFO smm_gateway.access: POST /api/v2 200 " in line
-        for part in (f"request_id={response.headers['x-request-id']}", "action=balance",
-                     f"customer_id={alice.id}", "outcome=ok", "status=200", "latency_ms="):
+        for part in (
+            f"request_id={response.headers['x-request-id']}",
+            "action=balance",
+            f"customer_id={alice.id}",
+            "outcome=ok",
+            "status=200",
+            "latency_ms=",
+        ):
             assert part in line
         quiet = io.StringIO()
         configure_logging(gateway_settings(database_url, log_level="WARNING"), stream=quiet)
@@ -268,3 +326,30 @@ def test_log_settings() -> None:
     for bad in ({"log_level": "loud"}, {"log_format": "xml"}):
         with pytest.raises(SettingsError):
             load_settings(**bad)
+
+
+async def test_text_lines_cannot_be_forged(
+    client: httpx.AsyncClient, db: Database, database_url: str
+) -> None:
+    """A path with %0D%0A (or a name with a newline) stays inside its own line, escaped; the
+    access line says which client asked."""
+    buffer = io.StringIO()
+    configure_logging(gateway_settings(database_url, log_format="text"), stream=buffer)
+    forged = "/x%0D%0A2026-01-01T00:00:00.000Z INFO smm_gateway.access: POST /admin 200%1B[2K"
+    try:
+        response = await client.get(forged)
+        assert response.status_code == 404
+        [line] = buffer.getvalue().splitlines()
+        assert "\r" not in buffer.getvalue() and "\x1b" not in line
+        assert "/x\\r\\n2026-01-01T00:00:00.000Z INFO" in line and "\\x1b[2K" in line
+        assert "client=127.0.0.1" in line
+    finally:
+        configure_logging(load_settings())
+
+
+async def test_the_access_line_names_the_client(
+    client: httpx.AsyncClient, output: io.StringIO
+) -> None:
+    await client.get("/healthz")
+    [line] = access_lines(output)
+    assert line["client"] == "127.0.0.1"

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import SIM_KEY
+from conftest import SIM_KEY, gateway_settings
 from fastapi import FastAPI
 from helpers import add, api, new_customer, services_by_id, set_faults, set_sim_balance, sim_calls
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,7 +33,7 @@ from app import gauges, metrics
 from app.catalog import LAST_ERROR, sync_catalog
 from app.db import Database
 from app.models import Order, Setting, utcnow
-from app.settings import Settings
+from app.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = "https://instagram.com/p/metrics"
@@ -483,3 +483,49 @@ async def test_serve_with_two_workers_counts_every_request_whichever_worker_answ
     assert "no-such-key" not in log_text
     assert '"logger": "smm_gateway.access"' in log_text
     assert '"logger": "uvicorn.access"' not in log_text  # ours replaces uvicorn's
+
+
+METRICS_TOKEN = "metrics-token-0123456789abcdef0123"
+
+
+class TestMetricsToken:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return gateway_settings(database_url, metrics_token=METRICS_TOKEN)
+
+    async def test_metrics_asks_for_its_bearer_token(self, client: httpx.AsyncClient) -> None:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": METRICS_TOKEN}):
+            refused = await client.get("/metrics", headers=headers)
+            assert refused.status_code == 401 and "smmgw_" not in refused.text
+            assert refused.headers["www-authenticate"] == "Bearer"
+        scraped = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert scraped.status_code == 200 and "smmgw_database_up 1.0" in scraped.text
+
+
+def test_a_short_metrics_token_is_refused() -> None:
+    with pytest.raises(SettingsError, match="SMMGW_METRICS_TOKEN"):
+        load_settings(metrics_token="short")
+
+
+async def test_refill_and_cancel_count_their_items_outcomes(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """A list reply whose every item is an error is not an `ok` request."""
+    alice = await new_customer(db, "alice")
+    before = await scrape(client)
+    for action, param in (("refill", "orders"), ("cancel", "orders"), ("refill_status", "refills")):
+        reply = await api(client, alice.key, action, **{param: "999998,999999,abc"})
+        assert isinstance(reply, list) and len(reply) == 3
+    after = await scrape(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    for action, error in (
+        ("refill", "incorrect_order"),
+        ("cancel", "incorrect_order"),
+        ("refill_status", "incorrect_refill"),
+    ):
+        assert moved("smmgw_requests_total", action=action, outcome="ok") == 0
+        assert moved("smmgw_requests_total", action=action, outcome=error) == 1
+        assert moved("smmgw_request_items_total", action=action, outcome=error) == 3

@@ -21,6 +21,7 @@ from sync_helpers import TOPUP, Account, Harness, expected_charge
 from app.db import SQLITE_BUSY_TIMEOUT_MS
 
 ADD_LATENCY_MS = 600
+ADD = {"service": 5, "link": "https://ig.test/a", "quantity": 1000, "idempotency_key": "bot-1"}
 
 
 async def add_while(h: Harness, customer: Account, fault: Callable[[], Awaitable[None]]) -> Any:
@@ -30,9 +31,7 @@ async def add_while(h: Harness, customer: Account, fault: Callable[[], Awaitable
     )
     assert response.status_code == 200, response.text
     adds = (await h.stats()).get("add", 0)
-    reply = asyncio.create_task(
-        h.call(customer.key, "add", service=5, link="https://ig.test/a", quantity=1000)
-    )
+    reply = asyncio.create_task(h.call(customer.key, "add", **ADD))
     for _ in range(500):  # until the simulator holds the call (at most 5 s)
         if (await h.stats()).get("add", 0) > adds:
             break
@@ -87,6 +86,8 @@ def hold_write_lock(h: Harness, seconds: float) -> Callable[[], Awaitable[None]]
 
 
 async def assert_placed_once(h: Harness, alice: Account, order_id: int) -> None:
+    # A bot that retries anyway (same Idempotency-Key) gets the same order, buys nothing more.
+    assert await h.call(alice.key, "add", **ADD) == {"status": "success", "order": order_id}
     upstream = await h.sim_orders()
     assert len(upstream) == 1  # exactly one upstream order: nothing was bought twice
     order = await h.order(order_id)

@@ -6,6 +6,7 @@ per-item overrides (/_sim/overrides), database faults from a second connection.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -148,3 +149,80 @@ def test_refill_words_are_not_order_words() -> None:
     assert contract.normalize_refill_status("Partial") is None
     assert contract.normalize_order_status("In Progress") == contract.IN_PROGRESS
     assert contract.normalize_refill_status("Inprogress") == contract.IN_PROGRESS
+
+
+# --- item 9: a fixed price an upstream rise overtook is reported, not suspended silently ----
+
+
+async def test_a_fixed_price_overtaken_by_a_rise_is_reported(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.admin import ops
+    from app.catalog import set_price
+
+    h = harness
+    alice = await h.customer(markup_bp=2500)
+    await set_price(h.db, 5, customer_id=alice.id, fixed_rate=parse_micros("2"))
+    synced = await ops.sync_catalog(h.db, h.gw.upstream)
+    assert synced.ok and synced.suspended == []  # 2.00 is above the cost of 1.02: sold
+
+    response = await h.sim_client.post("/_sim/catalog", json={"5": {"rate": "2.5"}})
+    assert response.status_code == 200, response.text
+    with caplog.at_level(logging.WARNING, logger="smm_gateway.catalog"):
+        synced = await ops.sync_catalog(h.db, h.gw.upstream)
+    assert synced.ok
+    assert [(p.service, p.customer, p.rate, p.cost) for p in synced.suspended] == [
+        (5, alice.id, "2.00", "2.50")
+    ]
+    assert f"service 5 for customer {alice.id}: fixed 2.00 < cost 2.50" in caplog.text
+
+    listed = {s.id: s for s in await ops.list_services(h.db, h.gw.settings)}
+    assert listed[5].suspended_for_customers == [alice.id]
+    assert all(s.suspended_for_customers == [] for sid, s in listed.items() if sid != 5)
+    # ... and the customer indeed cannot order it at that price.
+    services = await h.call(alice.key, "services")
+    assert 5 not in {int(s["service"]) for s in services}
+
+
+# --- the bounds themselves, one place for every upstream number -----------------------------
+
+GOOD_STATUS = {"status": "Partial", "charge": "0.5000", "start_count": "10", "remains": "+15"}
+GOOD_SERVICE = {
+    "service": "5",
+    "name": "x",
+    "type": "default",
+    "rate": "1.02",
+    "min": "10",
+    "max": "1000",
+}
+
+
+@pytest.mark.parametrize(
+    "poison", ["1e+30", "NaN", "-Infinity", "-5", "abc", [1], {"a": 1}, 10**30]
+)
+@pytest.mark.parametrize("field", ["charge", "start_count", "remains", "runs", "posts"])
+def test_every_status_number_is_bounded(field: str, poison: object) -> None:
+    from app.upstream import parse_order_status
+
+    assert parse_order_status(GOOD_STATUS) is not None
+    if field == "remains" and poison == "-5":
+        pytest.skip('"-5" is over-delivery by 5 on some panels (CONTRACT.md)')
+    assert parse_order_status({**GOOD_STATUS, field: poison}) is None
+
+
+@pytest.mark.parametrize("poison", ["1e+30", "NaN", "-1", "abc", [1], 10**20, "1e20"])
+@pytest.mark.parametrize("field", ["service", "rate", "min", "max"])
+def test_every_catalog_number_is_bounded(field: str, poison: object) -> None:
+    from app.upstream import parse_service
+
+    assert parse_service(GOOD_SERVICE) is not None
+    assert parse_service({**GOOD_SERVICE, field: poison}) is None
+
+
+def test_absent_numbers_are_not_poison() -> None:
+    from app.upstream import parse_order_status
+
+    parsed = parse_order_status({"status": "Pending", "charge": "", "start_count": None})
+    assert parsed is not None and parsed.charge_micros is None and parsed.start_count is None
+    over = parse_order_status({"status": "Completed", "remains": "-15"})
+    assert over is not None and (over.remains, over.overdelivered) == (0, 15)

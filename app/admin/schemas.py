@@ -379,6 +379,9 @@ class ServiceOut(_Out):
     unavailable: str | None = Field(
         None, description="Why customers cannot order it although it is listed upstream."
     )
+    suspended_for_customers: list[int] = Field(
+        [], description="Customers whose own fixed price is below cost: not sold to them."
+    )
     updated_at: Timestamp
 
     @classmethod
@@ -400,6 +403,7 @@ class ServiceOut(_Out):
             hidden=view.hidden,
             upstream_listed=view.upstream_listed,
             unavailable=view.unavailable,
+            suspended_for_customers=list(view.suspended_for),
             updated_at=view.updated_at,
         )
 
@@ -463,6 +467,15 @@ class PriceRuleIn(_In):
         return _bp(self.markup_percent)
 
 
+class SuspendedPriceOut(_Out):
+    """A fixed price the upstream's rate overtook: the service is not sold at it."""
+
+    service: int
+    customer: int | None = Field(description="None: the price for everyone.")
+    rate: Money
+    cost: Money
+
+
 class CatalogSyncOut(_Out):
     ok: bool
     services: int
@@ -470,6 +483,9 @@ class CatalogSyncOut(_Out):
     error: str | None
     family: str | None = Field(
         None, description="The upstream's family (smartpanel | standard), set or as heard."
+    )
+    suspended: list[SuspendedPriceOut] = Field(
+        [], description="Fixed prices now below the upstream's rate: not sold until changed."
     )
 
     @classmethod
@@ -480,6 +496,15 @@ class CatalogSyncOut(_Out):
             dropped=result.dropped,
             error=result.error,
             family=result.family,
+            suspended=[
+                SuspendedPriceOut(
+                    service=p.service_id,
+                    customer=p.customer_id,
+                    rate=render(p.rate),
+                    cost=render(p.cost),
+                )
+                for p in result.suspended
+            ],
         )
 
 

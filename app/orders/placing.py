@@ -64,7 +64,8 @@ OUTCOME_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0)
 
 # Outcomes this process heard but could not write, by order id: written by its next sync
 # pass (`recover_stale_sending`), and logged at ERROR for the operator in case it dies first.
-_unwritten: dict[int, int | Refused | Ambiguous] = {}
+# Keyed by database URL too: one process may hold several databases (tests, tools).
+_unwritten: dict[str, dict[int, int | Refused | Ambiguous]] = {}
 # What a database blip raises: a driver error (not a constraint), a pool wait, a refused
 # reconnect. IntegrityError is a bug or a race, never retried.
 _BLIPS = (DBAPIError, PoolTimeout, OSError)
@@ -200,14 +201,12 @@ async def commit_outcome(
         except _BLIPS as exc:
             if delay is None:
                 break
-            log.warning(
-                "order %s: outcome write failed (%s), retrying", order_id, _db_error(exc)
-            )
+            log.warning("order %s: outcome write failed (%s), retrying", order_id, _db_error(exc))
             await asyncio.sleep(delay)
         else:
-            _unwritten.pop(order_id, None)
+            _unwritten.get(db.url, {}).pop(order_id, None)
             return placement
-    _unwritten[order_id] = outcome
+    _unwritten.setdefault(db.url, {})[order_id] = outcome
     log.error(
         "order %s: the upstream answered %s but the database refused the write; the order "
         "stays sending (funds held) and is written by the next sync pass, or resolve it: "
@@ -223,13 +222,14 @@ async def commit_outcome(
 async def write_unwritten_outcomes(db: Database) -> None:
     """Outcomes `commit_outcome` could not write earlier: written now, before recovery may
     call their orders unknown; kept for the next pass if the database still fails."""
-    for order_id, outcome in list(_unwritten.items()):
+    pending = _unwritten.get(db.url, {})
+    for order_id, outcome in list(pending.items()):
         try:
             await _write_outcome(db, order_id, outcome)
         except _BLIPS as exc:
             log.error("order %s: outcome still not written (%s)", order_id, _db_error(exc))
             return
-        _unwritten.pop(order_id, None)
+        pending.pop(order_id, None)
         log.warning("order %s: outcome written late (%r)", order_id, outcome)
 
 

@@ -1,7 +1,7 @@
 """The contract's actions. Each takes the request's context and returns a JSON-able reply."""
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app.catalog import customer_catalog, priced_service
@@ -30,6 +30,8 @@ class ActionContext:
     caller: Caller
     params: dict[str, str]
     headers: Mapping[str, str]
+    # Per-item outcomes of a list reply (None: done; else its error), for the metrics.
+    items: list[str | None] = field(default_factory=list)
 
 
 Action = Callable[[ActionContext], Awaitable[Any]]
@@ -134,6 +136,7 @@ async def refill(ctx: ActionContext) -> Any:
     gw = ctx.gateway
     results = await request_refills(gw.db, gw.upstream, ctx.caller.customer_id, _known(raws))
     by_raw = _by_raw(raws, results, INCORRECT_ORDER)
+    ctx.items.extend(None if isinstance(r, int) else r for r in by_raw.values())
     return render.refill_many(by_raw) if many else render.refill_single(by_raw[raws[0]])
 
 
@@ -148,6 +151,7 @@ async def refill_status(ctx: ActionContext) -> Any:
         gw.settings.sync_interval_seconds,
     )
     by_raw = _by_raw(raws, results, (INCORRECT_REFILL,))
+    ctx.items.extend(None if isinstance(r, str) else r[0] for r in by_raw.values())
     return (
         render.refill_status_many(by_raw) if many else render.refill_status_single(by_raw[raws[0]])
     )
@@ -157,7 +161,9 @@ async def cancel(ctx: ActionContext) -> Any:
     raws, _ = _ids_param(ctx, "order", "orders", "order")
     gw = ctx.gateway
     results = await request_cancels(gw.db, gw.upstream, ctx.caller.customer_id, _known(raws))
-    return render.cancel_many(_by_raw(raws, results, INCORRECT_ORDER))
+    by_raw = _by_raw(raws, results, INCORRECT_ORDER)
+    ctx.items.extend(None if r is True else str(r) for r in by_raw.values())
+    return render.cancel_many(by_raw)
 
 
 ACTIONS: dict[str, Action] = {

@@ -18,7 +18,7 @@ from app.customers import authenticate
 from app.db import is_unreachable
 from app.limits import too_many_requests
 from app.logs import SCOPE_KEY, RequestInfo
-from app.metrics import error_class
+from app.metrics import error_class, observe_items
 from app.panel import render
 from app.panel.actions import ACTIONS, ActionContext
 from app.panel.params import BodyTooLarge, read_params
@@ -61,7 +61,8 @@ async def handle(request: Request) -> JSONResponse:
         info.customer_id = caller.customer_id
         if action is None:
             raise ContractError(INCORRECT_REQUEST)
-        reply = await action(ActionContext(gateway, caller, params, request.headers))
+        ctx = ActionContext(gateway, caller, params, request.headers)
+        reply = await action(ctx)
     except ContractError as exc:
         info.outcome, info.error = error_class(exc.message), exc.message
         return Reply(render.error(exc.message))
@@ -78,6 +79,10 @@ async def handle(request: Request) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         return Reply(render.error(INTERNAL_ERROR), status_code=500)
     info.outcome = "ok"
+    if ctx.items:  # a list reply: its errors are in the items
+        observe_items(name, ctx.items)
+        if None not in ctx.items:
+            info.outcome, info.error = error_class(ctx.items[0]), ctx.items[0]
     return Reply(reply)
 
 
