@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("smmgw:", max_length=64)
     log_level: LogLevel = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # 1 in N access lines of requests that went well (errors and refusals: every line); 1: all.
+    access_log_sample: int = Field(1, ge=1, le=1_000_000)
     max_body_bytes: int = Field(1_000_000, gt=0)
     max_ids_per_call: int = Field(100, ge=1, le=100)
     # Uvicorn's limits, set on purpose (README.md, "Behind a proxy"): past `concurrency`
