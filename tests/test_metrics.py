@@ -264,7 +264,7 @@ async def test_a_slow_refresh_holds_up_neither_scrapes_nor_customers(
 ) -> None:
     """The refresh waits on a slow upstream balance (the simulator's latency knob); scrapes
     and customer requests made meanwhile answer in a small fraction of that wait."""
-    slow_ms = 2000
+    slow_ms = 4000  # under the 5 s the refresh gives the balance
     alice = await new_customer(db, "alice", funds=10**9)
     snapshot = gateway_app.state.gateway.gauges
     await scrape(client)  # the first refresh has read the balance
