@@ -40,7 +40,7 @@ from datetime import datetime
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, select, update
 
 from app import contract
 from app.catalog import LAST_ERROR, SYNCED_AT, _set_kv, _upsert, upstream_state
@@ -84,37 +84,39 @@ def _age(now: datetime, then: datetime | None) -> float:
     return max(0.0, (now - as_utc(then)).total_seconds()) if then is not None else 0.0
 
 
-async def read_state(db: Database) -> DbState:
-    """One consistent snapshot of the gauges' figures (in a thread on SQLite)."""
-    state = DbState()
-    active = (
-        Order.state == PLACED,
-        Order.status.not_in(tuple(contract.FINAL_STATUSES)),
-        Order.settled_at.is_(None),
+_ACTIVE = (
+    Order.state == PLACED,
+    Order.status.not_in(tuple(contract.FINAL_STATUSES)),
+    Order.settled_at.is_(None),
+)
+_KEYS = (SYNCED_AT, LAST_ERROR, BALANCE_KEY, BALANCE_CHECKED_KEY)
+
+
+def _read(conn: Connection, state: DbState) -> None:
+    """Every gauge query, fetched whole: on SQLite this whole function runs in a thread (a
+    row fetched later, in the loop, could still be scanning)."""
+    rows = conn.execute(select(Order.state, func.count()).group_by(Order.state)).all()
+    state.orders_by_state = {name: count for name, count in rows}
+    oldest_refresh = func.min(func.coalesce(Order.refreshed_at, Order.created_at))
+    state.active, state.oldest_refresh = conn.execute(
+        select(func.count(), oldest_refresh).where(*_ACTIVE)
+    ).one()
+    state.unknown_oldest = conn.scalar(
+        select(func.min(Order.created_at)).where(Order.state == UNKNOWN)
     )
-    keys = (SYNCED_AT, LAST_ERROR, BALANCE_KEY, BALANCE_CHECKED_KEY)
+    state.held = conn.scalar(
+        select(func.count()).where(Order.held.is_not(None), Order.settled_at.is_(None))
+    )
+    rows = conn.execute(select(Setting.key, Setting.value).where(Setting.key.in_(_KEYS))).all()
+    state.kv = {key: value for key, value in rows}
+
+
+async def read_state(db: Database) -> DbState:
+    """One consistent snapshot of the gauges' figures, read off the event loop."""
+    state = DbState()
     try:
         async with db.snapshot() as conn:
-            rows = await conn.execute(select(Order.state, func.count()).group_by(Order.state))
-            state.orders_by_state = {name: count for name, count in rows}
-            count, oldest = (
-                await conn.execute(
-                    select(
-                        func.count(), func.min(func.coalesce(Order.refreshed_at, Order.created_at))
-                    ).where(*active)
-                )
-            ).one()
-            state.active, state.oldest_refresh = count, oldest
-            state.unknown_oldest = await conn.scalar(
-                select(func.min(Order.created_at)).where(Order.state == UNKNOWN)
-            )
-            state.held = await conn.scalar(
-                select(func.count()).where(Order.held.is_not(None), Order.settled_at.is_(None))
-            )
-            rows = await conn.execute(
-                select(Setting.key, Setting.value).where(Setting.key.in_(keys))
-            )
-            state.kv = {key: value for key, value in rows}
+            await conn.run_sync(_read, state)
     except Exception as exc:  # a scrape reports a database it cannot read; it never fails
         log.warning("metrics: database unreadable: %s", type(exc).__name__)
         return DbState(up=False, read_at=state.read_at)
