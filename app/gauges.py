@@ -286,6 +286,7 @@ class Gauges:
         self.refreshes = 0  # completed refreshes, for tests and curiosity
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reading: asyncio.Future[DbState] | None = None
 
     async def current(self) -> DbState:
         """The snapshot to render. Only the first scrape of a process waits, for the first read."""
@@ -296,12 +297,18 @@ class Gauges:
         assert self.state is not None
         return self.state
 
+    async def _read(self) -> DbState:
+        """read_state, shielded: a cancelled refresh must not leave a read running in a thread
+        on a connection that `close` is about to dispose of (SQLite would crash)."""
+        self._reading = asyncio.ensure_future(read_state(self.db))
+        return await asyncio.shield(self._reading)
+
     async def refresh(self) -> None:
-        state = await read_state(self.db)
+        state = await self._read()
         if state.up:
             try:
                 if await refresh_upstream_balance(self.db, self.upstream, state):
-                    state = await read_state(self.db)
+                    state = await self._read()
             except Exception:  # the balance is a nicety; the gauges must go on
                 log.exception("metrics: upstream balance refresh failed")
         self.state = state
@@ -327,3 +334,5 @@ class Gauges:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._reading is not None and not self._reading.done():
+            await self._reading  # finishes its statements before the database is disposed of
