@@ -7,6 +7,8 @@
   `X-Request-ID` when it is sane, else a fresh one), echoed in the reply's `X-Request-ID`; at
   the end one line on `smm_gateway.access` with request_id, method, path, action, customer_id,
   outcome, status, latency_ms. The panel handler fills in what only it knows (`RequestInfo`).
+  `SMMGW_ACCESS_LOG_SAMPLE=N` writes that line for one in N requests that went well (outcome
+  `ok`) and for every other request.
   Every other line logged while a request runs carries its request_id.
 - Secrets: the upstream key and the admin token (by value, also URL-encoded), the current
   request's customer key, anything shaped like `key=…`/`token=…`, `"key": "…"`,
@@ -224,14 +226,16 @@ class AccessLogRedactor(logging.Filter):
 
 
 _handler: logging.Handler | None = None
+_sample = 1  # SMMGW_ACCESS_LOG_SAMPLE
 _access_filter = AccessLogRedactor()
 
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> logging.Handler:
     """Our one handler on the root logger (replacing the one a previous call installed; other
     handlers, a test runner's say, are left alone). Returns it."""
-    global _handler
+    global _handler, _sample
     set_secrets(settings.upstream_key, settings.admin_token)
+    _sample = settings.access_log_sample
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     root = logging.getLogger()
@@ -280,6 +284,12 @@ class RequestLogMiddleware:
     def __init__(self, app: Any, on_done: RequestHook | None = None) -> None:
         self.app = app
         self.on_done = on_done
+        self._ok_seen = 0  # requests that went well, for SMMGW_ACCESS_LOG_SAMPLE
+
+    def _sampled(self) -> bool:
+        """One in `_sample` of the requests that went well gets its line, the first included."""
+        self._ok_seen += 1
+        return _sample == 1 or self._ok_seen % _sample == 1
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -311,7 +321,8 @@ class RequestLogMiddleware:
             if self.on_done is not None:
                 self.on_done(info, status, elapsed)
             level = logging.INFO if status < 500 else logging.ERROR
-            if access_log.isEnabledFor(level):
+            outcome = info.outcome or ("ok" if status < 400 else str(status))
+            if access_log.isEnabledFor(level) and (outcome != "ok" or self._sampled()):
                 # makeRecord + handle: Logger.log would also walk the stack for a caller that
                 # is always this line.
                 record = access_log.makeRecord(
@@ -330,7 +341,7 @@ class RequestLogMiddleware:
                     "client": _client(scope),
                     "action": info.action,
                     "customer_id": info.customer_id,
-                    "outcome": info.outcome or ("ok" if status < 400 else str(status)),
+                    "outcome": outcome,
                     "error": info.error,
                     "status": status,
                     "latency_ms": round(elapsed * 1000, 2),

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager, suppress
 import asyncpg
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from app import metrics
@@ -16,6 +16,7 @@ from app.admin.router import router as admin_router
 from app.catalog import catalog_state, stored_family, sync_catalog, upstream_state
 from app.db import Database, is_unreachable, ping
 from app.docs import install_docs
+from app.gauges import DbCollector, Gauges
 from app.head import HeadAsGetMiddleware
 from app.limits import build_limiter
 from app.logs import RequestLogMiddleware, configure_logging
@@ -39,8 +40,10 @@ class Gateway:
         self.db = Database(settings.database_url)
         self.upstream = UpstreamClient.from_settings(settings, transport=upstream_transport)
         self.limiter = build_limiter(settings)  # None: no per-key rate limit
+        self.gauges = Gauges(self.db, self.upstream, settings.metrics_refresh_seconds)
 
     async def close(self) -> None:
+        await self.gauges.close()
         if self.limiter is not None:
             await self.limiter.aclose()
         await self.upstream.aclose()
@@ -130,7 +133,6 @@ def create_app(
     app.include_router(panel_router)
     # Off (no SMMGW_ADMIN_TOKEN), the admin API answers 404 and the documents leave it out.
     app.include_router(admin_router, include_in_schema=bool(settings.admin_token))
-    app.include_router(metrics.router)
     app.add_middleware(HeadAsGetMiddleware)  # inside the log line: it still says HEAD
     # Request id, one log line and the request metrics per request (pure ASGI: cheap).
     app.add_middleware(RequestLogMiddleware, on_done=metrics.observe_request)
@@ -151,6 +153,22 @@ def create_app(
 
     for kind in (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         app.add_exception_handler(kind, _database_error)
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint(request: Request) -> Response:
+        """Prometheus: the counters, and the database gauges of the last snapshot (refreshed
+        every SMMGW_METRICS_REFRESH_SECONDS off the request path: a scrape reads nothing)."""
+        gateway = request.app.state.gateway
+        token = gateway.settings.metrics_token
+        if token and not metrics.bearer_is(request.headers.get("authorization", ""), token):
+            return Response(
+                "a valid metrics token is required\n",
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        state = await gateway.gauges.current()
+        body = await asyncio.to_thread(metrics.exposition, DbCollector(state))
+        return Response(body, media_type=metrics.CONTENT_TYPE)
+
     install_openapi(app, settings)
     install_docs(app)
     return app

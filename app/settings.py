@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # Off when a separate `smm-gateway worker` process runs the sync instead.
     sync_in_process: bool = True
     services_ttl_seconds: float = Field(600.0, gt=0)
+    # How often /metrics' database gauges are read (off the request path; a scrape reads none).
+    metrics_refresh_seconds: float = Field(5.0, gt=0)
     rate_limit_per_second: float = Field(20.0, ge=0)
     # Per-key token bucket: `burst` requests at once, refilled at `per_second`; 0 in either = off.
     rate_limit_burst: int = Field(40, ge=0)
@@ -47,6 +49,8 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("smmgw:", max_length=64)
     log_level: LogLevel = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # 1 in N access lines of requests that went well (errors and refusals: every line); 1: all.
+    access_log_sample: int = Field(1, ge=1, le=1_000_000)
     max_body_bytes: int = Field(1_000_000, gt=0)
     max_ids_per_call: int = Field(100, ge=1, le=100)
     # Uvicorn's limits, set on purpose (README.md, "Behind a proxy"): past `concurrency`

@@ -142,6 +142,8 @@ def _check(kind: str, status: int, body: bytes, expect: int) -> str | None:
     """None when the reply is what `kind` must answer; otherwise why not."""
     if status != 200:
         return f"HTTP {status}: {body[:160]!r}"
+    if kind == "metrics":  # Prometheus text, with the database gauges
+        return None if b"\nsmmgw_database_up 1.0" in body else f"no gauges: {body[:160]!r}"
     try:
         data = json.loads(body)
     except ValueError:
@@ -170,11 +172,14 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     host, port = spec["host"], spec["port"]
     body = spec["body"].encode()
-    raw = (
-        f"POST {spec['path']} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        "Content-Type: application/x-www-form-urlencoded\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
-    ).encode() + body
+    if spec.get("method") == "GET":
+        raw = f"GET {spec['path']} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    else:
+        raw = (
+            f"POST {spec['path']} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+        ).encode() + body
     kind, expect = spec["kind"], spec.get("expect", 0)
     warmup, seconds = spec["warmup"], spec["seconds"]
     latencies: list[int] = []
@@ -320,6 +325,7 @@ class Figure:
     concurrency: int
     expect: int = 0
     path: str = "/api/v2"
+    method: str = "POST"  # GET: no body (/metrics)
 
 
 def free_port() -> int:
@@ -504,6 +510,7 @@ class Bench:
             "host": HOST,
             "port": server.port,
             "path": figure.path,
+            "method": figure.method,
             "body": figure.body,
             "kind": figure.kind,
             "expect": figure.expect,
@@ -706,6 +713,14 @@ def measure(args: argparse.Namespace, url: str, tmp: Path, servers: dict[str, Se
             Figure(f"{name} body, bare endpoint", "bare", "bare", body, c_read),
         )
     calls_after = get(sim_port, "/_sim/stats")
+    # /metrics: the counters and the database gauges' snapshot (read in the background),
+    # scraped by 4 clients at once; against the bare endpoint's `balance`.
+    rows["metrics_gw"], rows["metrics_bare"] = bench.pair(
+        Figure(
+            "metrics scrape via gateway", "gateway", "metrics", "", 4, path="/metrics", method="GET"
+        ),
+        Figure("balance body, bare endpoint", "bare", "bare", bodies["balance"], 4),
+    )
     status_requests = rows["status_gw"].requests + rows["status100_gw"].requests
 
     report(
@@ -762,6 +777,11 @@ def report(
         ratio_line(
             f"{name}: gateway / bare req/s", rows[f"{name}_gw"], rows[f"{name}_bare"], GOALS[name]
         )
+    scrape = rows["metrics_gw"]
+    print(
+        f"| `/metrics` scrape: gateway CPU ms (p50 ms) | {scrape.server_cpu_ms:.3f} "
+        f"({scrape.pct_ms(0.5):.2f}) | | | |"
+    )
     before, after = calls
     delta = {
         action: n - before["calls"].get(action, 0)

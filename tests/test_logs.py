@@ -369,3 +369,41 @@ def test_a_traceback_in_text_cannot_forge_a_line(database_url: str) -> None:
         assert "\r" not in buffer.getvalue()
     finally:
         configure_logging(load_settings())
+class TestSampledAccessLines:
+    """SMMGW_ACCESS_LOG_SAMPLE=3: one line in three of the requests that went well (the first
+    included); every request that did not go well keeps its line, with the same fields."""
+
+    @pytest.fixture
+    def settings(self, database_url: str) -> Settings:
+        return gateway_settings(database_url, access_log_sample=3)
+
+    async def test_one_in_n_good_lines_and_every_other_line(
+        self, client: httpx.AsyncClient, db: Database, output: io.StringIO
+    ) -> None:
+        alice = await new_customer(db, "alice")
+        good = [
+            (await client.post("/api/v2", data={"key": alice.key, "action": "balance"})).headers[
+                "x-request-id"
+            ]
+            for _ in range(7)
+        ]
+        bad = [
+            (await client.post("/api/v2", data={"key": "nope", "action": "balance"})).headers[
+                "x-request-id"
+            ]
+            for _ in range(2)
+        ]
+        logged = access_lines(output)
+        assert [line["request_id"] for line in logged if line["outcome"] == "ok"] == [
+            good[0],
+            good[3],
+            good[6],
+        ]
+        assert [line["request_id"] for line in logged if line["outcome"] != "ok"] == bad
+        assert all(FIELDS <= set(line) and alice.key not in json.dumps(line) for line in logged)
+
+
+def test_the_access_log_sample_is_a_positive_whole_number() -> None:
+    for wrong in ("0", "-1", "x"):
+        with pytest.raises(SettingsError, match="SMMGW_ACCESS_LOG_SAMPLE"):
+            load_settings(access_log_sample=wrong)

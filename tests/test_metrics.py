@@ -2,7 +2,9 @@
 several worker processes add up (prometheus-client's multiprocess mode).
 
 Counters are process-wide, so the scenario compares a scrape after it with one before it; the
-database gauges start from an empty database in every test. Runs on SQLite and PostgreSQL.
+database gauges start from an empty database in every test. They come from a snapshot the
+gateway refreshes in the background (here every REFRESH seconds): `fresh_scrape` waits for a
+snapshot read after the change it follows. Runs on SQLite and PostgreSQL.
 """
 
 import asyncio
@@ -11,8 +13,10 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,16 +27,25 @@ from conftest import SIM_KEY, gateway_settings
 from fastapi import FastAPI
 from helpers import add, api, new_customer, services_by_id, set_faults, set_sim_balance, sim_calls
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import update
+from sqlalchemy import Engine, event, update
 
-from app import metrics
-from app.catalog import sync_catalog
+from app import gauges, metrics
+from app.catalog import LAST_ERROR, sync_catalog
 from app.db import Database
-from app.models import Order, utcnow
+from app.models import Order, Setting, utcnow
 from app.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = "https://instagram.com/p/metrics"
+REFRESH = 0.3  # SMMGW_METRICS_REFRESH_SECONDS in these tests
+FRESH_WITHIN = REFRESH + 5.0  # one interval, plus one refresh on a busy machine
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    from conftest import gateway_settings
+
+    return gateway_settings(database_url, metrics_refresh_seconds=REFRESH)
 
 
 def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -52,6 +65,18 @@ async def scrape(client: httpx.AsyncClient) -> dict:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return parse(response.text)
+
+
+async def fresh_scrape(app: FastAPI, client: httpx.AsyncClient) -> dict:
+    """A scrape whose database gauges were read after this call began."""
+    snapshot = app.state.gateway.gauges
+    since = time.monotonic()
+    await client.get("/metrics")  # the first scrape starts the refresh
+    deadline = since + FRESH_WITHIN
+    while snapshot.state is None or snapshot.state.read_at < since:
+        assert time.monotonic() < deadline, "no refresh within the interval"
+        await asyncio.sleep(0.02)
+    return await scrape(client)
 
 
 def default_service(services: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -80,7 +105,7 @@ async def test_a_scenario_moves_the_counters_and_the_database_gauges(
     assert await api(client, alice.key, "nonsense") == {"error": "Incorrect request"}
     assert await api(client, alice.key, "status", order="999999") == {"error": "Incorrect order ID"}
 
-    after = await scrape(client)
+    after = await fresh_scrape(gateway_app, client)
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -126,25 +151,27 @@ async def test_the_upstream_balance_is_asked_at_most_once_a_minute(
 
     await set_sim_balance(sim_client, "40")
     for _ in range(3):  # within the minute: the stored value, no upstream call
-        assert value(await scrape(client), "smmgw_upstream_balance", currency="USD") == 50
+        samples = await fresh_scrape(gateway_app, client)
+        assert value(samples, "smmgw_upstream_balance", currency="USD") == 50
     # A second instance on the same database shares the claim and the value.
     other = Database(db.url)
     try:
-        state = await metrics.read_state(other)
-        assert metrics._balance(state.kv[metrics.BALANCE_KEY])[0] == 50_000_000
+        state = await gauges.read_state(other)
+        assert gauges._balance(state.kv[gauges.BALANCE_KEY])[0] == 50_000_000
         gateway = gateway_app.state.gateway
-        assert not await metrics.refresh_upstream_balance(gateway, state)
+        assert not await gauges.refresh_upstream_balance(other, gateway.upstream, state)
     finally:
         await other.dispose()
     assert await sim_calls(sim_client, "balance") == 1
 
     async with db.write() as conn:  # a minute later
         await conn.execute(
-            update(metrics.Setting)
-            .where(metrics.Setting.key == metrics.BALANCE_CHECKED_KEY)
+            update(Setting)
+            .where(Setting.key == gauges.BALANCE_CHECKED_KEY)
             .values(value=(utcnow() - timedelta(seconds=61)).isoformat())
         )
-    assert value(await scrape(client), "smmgw_upstream_balance", currency="USD") == 40
+    samples = await fresh_scrape(gateway_app, client)
+    assert value(samples, "smmgw_upstream_balance", currency="USD") == 40
     assert await sim_calls(sim_client, "balance") == 2
 
 
@@ -183,9 +210,100 @@ async def test_sync_lag_is_the_age_of_the_oldest_refresh_among_active_orders(
             .where(Order.id == ids[2])
             .values(status="Completed", refreshed_at=now - timedelta(seconds=900))
         )
-    samples = await scrape(client)
+    samples = await fresh_scrape(gateway_app, client)
     assert value(samples, "smmgw_orders_active") == 2
     assert 300 <= value(samples, "smmgw_sync_lag_seconds") < 360
+
+
+# --- the snapshot: read off the request path --------------------------------------------------
+
+GAUGE_QUERY = "GROUP BY orders.state"  # the first statement of every gauge read
+
+
+async def test_scrapes_do_not_read_the_database_each_time(
+    gateway_app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Many scrapes, sequential and at once: the gauge queries run once per refresh interval,
+    not once per scrape."""
+    reads: list[float] = []
+
+    def count(_conn, _cursor, statement: str, *_args) -> None:  # type: ignore[no-untyped-def]
+        if GAUGE_QUERY in statement:
+            reads.append(time.monotonic())
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        started = time.monotonic()
+        for _ in range(20):
+            await scrape(client)
+        await asyncio.gather(*(scrape(client) for _ in range(20)))
+        elapsed = time.monotonic() - started
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert 1 <= len(reads) <= elapsed / REFRESH + 2, (len(reads), elapsed)
+
+
+async def test_the_gauges_are_fresh_within_the_interval_without_anyone_scraping(
+    gateway_app: FastAPI, client: httpx.AsyncClient, db: Database
+) -> None:
+    snapshot = gateway_app.state.gateway.gauges
+    assert value(await scrape(client), "smmgw_catalog_sync_failing") == 0
+    changed = time.monotonic()
+    async with db.write() as conn:  # what a failed catalog fetch writes
+        await conn.execute(Setting.__table__.insert().values(key=LAST_ERROR, value="http_5xx"))
+    while snapshot.state.read_at < changed:  # the background refresh, no scrape asking
+        assert time.monotonic() - changed < FRESH_WITHIN
+        await asyncio.sleep(0.02)
+    samples = await scrape(client)
+    assert value(samples, "smmgw_catalog_sync_failing") == 1
+    assert 0 <= value(samples, "smmgw_metrics_snapshot_age_seconds") < FRESH_WITHIN
+
+
+async def test_a_slow_refresh_holds_up_neither_scrapes_nor_customers(
+    gateway_app: FastAPI, client: httpx.AsyncClient, sim_client: httpx.AsyncClient, db: Database
+) -> None:
+    """The refresh waits on a slow upstream balance (the simulator's latency knob); scrapes
+    and customer requests made meanwhile answer in a small fraction of that wait."""
+    slow_ms = 4000  # under the 5 s the refresh gives the balance
+    alice = await new_customer(db, "alice", funds=10**9)
+    snapshot = gateway_app.state.gateway.gauges
+    await scrape(client)  # the first refresh has read the balance
+    response = await sim_client.post("/_sim/overrides", json={"latency_ms": {"balance": slow_ms}})
+    assert response.status_code == 200
+    async with db.write() as conn:  # the balance is due again
+        await conn.execute(
+            update(Setting)
+            .where(Setting.key == gauges.BALANCE_CHECKED_KEY)
+            .values(value=(utcnow() - timedelta(seconds=61)).isoformat())
+        )
+    calls = await sim_calls(sim_client, "balance")
+    for _ in range(int(FRESH_WITHIN / 0.02)):  # until the slow call is in flight
+        if await sim_calls(sim_client, "balance") > calls:
+            break
+        await asyncio.sleep(0.02)
+    in_flight = time.monotonic()
+    refreshes = snapshot.refreshes
+    took: dict[str, list[float]] = {"scrape": [], "balance": []}
+    for _ in range(10):
+        started = time.monotonic()
+        await scrape(client)
+        took["scrape"].append(time.monotonic() - started)
+        started = time.monotonic()
+        assert "balance" in await api(client, alice.key, "balance")
+        took["balance"].append(time.monotonic() - started)
+    assert snapshot.refreshes == refreshes, "the slow refresh ended while we measured"
+    assert time.monotonic() - in_flight < slow_ms / 1000
+    for name, times in took.items():
+        assert statistics.median(times) < slow_ms / 1000 / 20, (name, times)
+    await sim_client.post("/_sim/overrides", json={"latency_ms": {"balance": 0}})
+
+
+def test_the_instruments_import_nothing_of_the_application_above_them() -> None:
+    code = "import sys, app.metrics; print(sorted(m for m in sys.modules if m.startswith('app.')))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "['app.contract', 'app.metrics']"
 
 
 def test_error_strings_map_to_a_small_set_of_outcomes() -> None:
@@ -222,7 +340,7 @@ def test_multiprocess_mode_adds_up_every_worker(
             [sys.executable, "-c", _WORKER, str(count)], env=env, check=True, cwd=ROOT, timeout=120
         )
     monkeypatch.setenv(metrics.MULTIPROC_ENV, str(directory))
-    samples = parse(metrics.render(metrics.DbState()).decode())
+    samples = parse(metrics.exposition(gauges.DbCollector(gauges.DbState())).decode())
     assert value(samples, "smmgw_requests_total", action="balance", outcome="ok") == 8
     assert value(samples, "smmgw_request_duration_seconds_count", action="balance") == 8
     assert value(samples, "smmgw_database_up") == 0

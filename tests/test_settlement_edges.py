@@ -18,7 +18,7 @@ from app import ledger
 from app.contract import FINAL_STATUSES
 from app.db import UPSTREAM_ID_INDEX, Database, ensure_unique_upstream_ids
 from app.errors import OperatorError
-from app.metrics import read_state
+from app.gauges import read_state
 from app.models import Customer, Order
 from app.orders.queries import held_settlements
 from app.orders.resolution import resolve_order

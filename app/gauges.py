@@ -1,0 +1,338 @@
+"""The database gauges of `/metrics`, read off the request path.
+
+A scrape costs O(1): it renders the last snapshot. One background task per process reads the
+snapshot every SMMGW_METRICS_REFRESH_SECONDS (it starts with the first scrape, so a gateway
+nobody scrapes reads nothing), in one consistent read transaction that on SQLite runs in a
+thread: however large the orders table, neither a scrape nor a customer request waits for it.
+The gauges lag the database by at most one interval plus one read; their ages (sync lag,
+catalog age, …) are computed at scrape time.
+
+The gauges, whichever process or instance answers the scrape:
+
+- `smmgw_database_up`: 1 when the last snapshot could be read (the others are absent otherwise).
+- `smmgw_orders{state}`: orders by placement state (`sending`, `placed`, `rejected`, `unknown`).
+- `smmgw_orders_unknown`: orders whose fate at the upstream is unknown (funds held; an operator
+  resolves them: `smm-gateway orders resolve`); `smmgw_orders_unknown_oldest_age_seconds`.
+- `smmgw_settlements_held`: final orders not settled because the upstream reported neither
+  remains nor charge (listed by every CLI command and `ledger verify`).
+- `smmgw_orders_active`: placed orders not final yet; `smmgw_sync_lag_seconds`: age of the
+  oldest refresh among them (never refreshed: since created), 0 when there are none.
+- `smmgw_catalog_sync_age_seconds` (+Inf before the first sync), `smmgw_catalog_sync_failing`
+  (1 when the last catalog fetch failed and the last good catalog is being served),
+  `smmgw_upstream_key_refused` (1 when that fetch failed because the upstream refused our key).
+- `smmgw_upstream_balance{currency}` and `smmgw_upstream_balance_age_seconds`: the reseller's
+  own balance at the upstream. Asked by the refresh at most once a minute for all processes
+  and instances together (the claim is a row in the `kv` table), waiting at most 5 s; the value
+  is kept in `kv`, so every process reports the same one. Absent until first known.
+- `smmgw_metrics_snapshot_age_seconds`: how old the snapshot these gauges come from is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Connection, func, select, update
+
+from app import contract
+from app.catalog import LAST_ERROR, SYNCED_AT, _set_kv, _upsert, upstream_state
+from app.db import Database
+from app.models import Order, Setting, as_utc, utcnow
+from app.orders.placing import PLACED, STATES, UNKNOWN
+from app.upstream import UpstreamClient
+
+log = logging.getLogger("smm_gateway.metrics")
+
+BALANCE_INTERVAL_SECONDS = 60.0
+BALANCE_FETCH_SECONDS = 5.0
+BALANCE_KEY = "upstream_balance"  # {"micros": …, "currency": …, "at": iso}
+BALANCE_CHECKED_KEY = "upstream_balance_checked_at"
+
+
+@dataclass
+class DbState:
+    """What the database said at one refresh."""
+
+    up: bool = False
+    orders_by_state: dict[str, int] = field(default_factory=dict)
+    active: int = 0
+    oldest_refresh: datetime | None = None
+    unknown_oldest: datetime | None = None
+    held: int = 0
+    kv: dict[str, str] = field(default_factory=dict)
+    read_at: float = field(default_factory=time.monotonic)  # when the read began
+
+
+def _when(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return as_utc(datetime.fromisoformat(text))
+    except ValueError:
+        return None
+
+
+def _age(now: datetime, then: datetime | None) -> float:
+    return max(0.0, (now - as_utc(then)).total_seconds()) if then is not None else 0.0
+
+
+_ACTIVE = (
+    Order.state == PLACED,
+    Order.status.not_in(tuple(contract.FINAL_STATUSES)),
+    Order.settled_at.is_(None),
+)
+_KEYS = (SYNCED_AT, LAST_ERROR, BALANCE_KEY, BALANCE_CHECKED_KEY)
+
+
+def _read(conn: Connection, state: DbState) -> None:
+    """Every gauge query, fetched whole: on SQLite this whole function runs in a thread (a
+    row fetched later, in the loop, could still be scanning)."""
+    rows = conn.execute(select(Order.state, func.count()).group_by(Order.state)).all()
+    state.orders_by_state = {name: count for name, count in rows}
+    oldest_refresh = func.min(func.coalesce(Order.refreshed_at, Order.created_at))
+    state.active, state.oldest_refresh = conn.execute(
+        select(func.count(), oldest_refresh).where(*_ACTIVE)
+    ).one()
+    state.unknown_oldest = conn.scalar(
+        select(func.min(Order.created_at)).where(Order.state == UNKNOWN)
+    )
+    state.held = conn.scalar(
+        select(func.count()).where(Order.held.is_not(None), Order.settled_at.is_(None))
+    )
+    rows = conn.execute(select(Setting.key, Setting.value).where(Setting.key.in_(_KEYS))).all()
+    state.kv = {key: value for key, value in rows}
+
+
+async def read_state(db: Database) -> DbState:
+    """One consistent snapshot of the gauges' figures, read off the event loop."""
+    state = DbState()
+    try:
+        async with db.snapshot() as conn:
+            await conn.run_sync(_read, state)
+    except Exception as exc:  # a scrape reports a database it cannot read; it never fails
+        log.warning("metrics: database unreadable: %s", type(exc).__name__)
+        return DbState(up=False, read_at=state.read_at)
+    state.up = True
+    return state
+
+
+def _oldest(value: object) -> datetime | None:
+    """min() over a datetime column: a datetime, or SQLite's text of one."""
+    if isinstance(value, datetime):
+        return as_utc(value)
+    if isinstance(value, str):
+        return _when(value.replace(" ", "T"))
+    return None
+
+
+class DbCollector(Collector):
+    """The database-derived gauges of one snapshot; ages are counted at collection time."""
+
+    def __init__(self, state: DbState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        s, now = self.state, utcnow()
+        yield GaugeMetricFamily(
+            "smmgw_metrics_snapshot_age_seconds",
+            "Seconds since the snapshot behind the database gauges was read.",
+            value=max(0.0, time.monotonic() - s.read_at),
+        )
+        yield GaugeMetricFamily(
+            "smmgw_database_up", "1 when the database answered the refresh.", value=1 if s.up else 0
+        )
+        if not s.up:
+            return
+        by_state = GaugeMetricFamily("smmgw_orders", "Orders by placement state.", labels=["state"])
+        for name in sorted({*STATES, *s.orders_by_state}):
+            by_state.add_metric([name], s.orders_by_state.get(name, 0))
+        yield by_state
+        yield GaugeMetricFamily(
+            "smmgw_orders_unknown",
+            "Orders whose fate at the upstream is unknown: funds held until an operator resolves.",
+            value=s.orders_by_state.get(UNKNOWN, 0),
+        )
+        yield GaugeMetricFamily(
+            "smmgw_orders_unknown_oldest_age_seconds",
+            "Age of the oldest unresolved unknown order (0 when none).",
+            value=_age(now, _oldest(s.unknown_oldest)),
+        )
+        yield GaugeMetricFamily(
+            "smmgw_settlements_held",
+            "Final orders not settled: the upstream reported neither remains nor charge.",
+            value=s.held,
+        )
+        yield GaugeMetricFamily(
+            "smmgw_orders_active", "Placed orders not final yet.", value=s.active
+        )
+        yield GaugeMetricFamily(
+            "smmgw_sync_lag_seconds",
+            "Age of the oldest status refresh among active orders (0 when none).",
+            value=_age(now, _oldest(s.oldest_refresh)),
+        )
+        synced = _when(s.kv.get(SYNCED_AT))
+        yield GaugeMetricFamily(
+            "smmgw_catalog_sync_age_seconds",
+            "Seconds since the catalog was last fetched from the upstream (+Inf: never).",
+            value=_age(now, synced) if synced is not None else math.inf,
+        )
+        yield GaugeMetricFamily(
+            "smmgw_catalog_sync_failing",
+            "1 when the last catalog fetch failed (the last good catalog is served).",
+            value=1 if s.kv.get(LAST_ERROR) else 0,
+        )
+        yield GaugeMetricFamily(
+            "smmgw_upstream_key_refused",
+            "1 when the upstream refused our key (SMMGW_UPSTREAM_KEY) at the last catalog fetch.",
+            value=1 if upstream_state(s.kv) == "key_refused" else 0,
+        )
+        balance = _balance(s.kv.get(BALANCE_KEY))
+        if balance is not None:
+            micros, currency, at = balance
+            gauge = GaugeMetricFamily(
+                "smmgw_upstream_balance",
+                "The reseller's own balance at the upstream panel.",
+                labels=["currency"],
+            )
+            gauge.add_metric([currency], micros / 1_000_000)
+            yield gauge
+            yield GaugeMetricFamily(
+                "smmgw_upstream_balance_age_seconds",
+                "Seconds since the upstream balance was read.",
+                value=_age(now, at),
+            )
+
+
+def _balance(text: str | None) -> tuple[int, str, datetime | None] | None:
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        return int(data["micros"]), str(data.get("currency") or ""), _when(data.get("at"))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+# --- the upstream balance, at most once a minute for everyone -------------------------------
+
+
+async def _claim_balance_check(db: Database) -> bool:
+    """True for exactly one caller per interval, across processes and instances: the row is
+    locked (FOR UPDATE; BEGIN IMMEDIATE on SQLite) while its time is compared and moved."""
+    now = utcnow()
+    async with db.write() as conn:
+        await conn.execute(
+            _upsert(conn)(Setting)
+            .values(key=BALANCE_CHECKED_KEY, value="")
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+        last = await conn.scalar(
+            select(Setting.value).where(Setting.key == BALANCE_CHECKED_KEY).with_for_update()
+        )
+        checked = _when(last)
+        if checked is not None and _age(now, checked) < BALANCE_INTERVAL_SECONDS:
+            return False
+        await conn.execute(
+            update(Setting).where(Setting.key == BALANCE_CHECKED_KEY).values(value=now.isoformat())
+        )
+    return True
+
+
+async def refresh_upstream_balance(db: Database, upstream: UpstreamClient, state: DbState) -> bool:
+    """Ask the upstream for our balance when nobody did in the last minute; True when a new
+    value was stored."""
+    checked = _when(state.kv.get(BALANCE_CHECKED_KEY))
+    if checked is not None and _age(utcnow(), checked) < BALANCE_INTERVAL_SECONDS:
+        return False
+    if not await _claim_balance_check(db):
+        return False
+    try:
+        async with asyncio.timeout(BALANCE_FETCH_SECONDS):
+            result = await upstream.balance()
+    except TimeoutError:
+        log.warning("metrics: upstream balance not read within %.0f s", BALANCE_FETCH_SECONDS)
+        return False
+    if not isinstance(result, tuple):
+        log.warning(
+            "metrics: upstream balance unavailable (%s: %s)",
+            type(result).__name__.lower(),
+            result.reason,
+        )
+        return False
+    micros, currency = result
+    value = json.dumps({"micros": micros, "currency": currency, "at": utcnow().isoformat()})
+    async with db.write() as conn:
+        await _set_kv(conn, BALANCE_KEY, value)
+    return True
+
+
+# --- the snapshot and its refresh -----------------------------------------------------------
+
+
+class Gauges:
+    """The last snapshot, refreshed by one task every `interval` seconds once first asked."""
+
+    def __init__(self, db: Database, upstream: UpstreamClient, interval: float) -> None:
+        self.db, self.upstream, self.interval = db, upstream, interval
+        self.state: DbState | None = None
+        self.refreshes = 0  # completed refreshes, for tests and curiosity
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._reading: asyncio.Future[DbState] | None = None
+
+    async def current(self) -> DbState:
+        """The snapshot to render. Only the first scrape of a process waits, for the first read."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._refresh_forever())
+        if self.state is None:
+            await self._ready.wait()
+        assert self.state is not None
+        return self.state
+
+    async def _read(self) -> DbState:
+        """read_state, shielded: a cancelled refresh must not leave a read running in a thread
+        on a connection that `close` is about to dispose of (SQLite would crash)."""
+        self._reading = asyncio.ensure_future(read_state(self.db))
+        return await asyncio.shield(self._reading)
+
+    async def refresh(self) -> None:
+        state = await self._read()
+        if state.up:
+            try:
+                if await refresh_upstream_balance(self.db, self.upstream, state):
+                    state = await self._read()
+            except Exception:  # the balance is a nicety; the gauges must go on
+                log.exception("metrics: upstream balance refresh failed")
+        self.state = state
+        self.refreshes += 1
+        self._ready.set()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # the loop must outlive any one bad refresh
+                log.exception("metrics: gauge refresh failed")
+                if self.state is None:  # the first scrape must not wait forever
+                    self.state = DbState(up=False)
+                    self._ready.set()
+            await asyncio.sleep(self.interval)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._reading is not None and not self._reading.done():
+            await self._reading  # finishes its statements before the database is disposed of
