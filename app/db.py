@@ -34,6 +34,14 @@ log = logging.getLogger("smm_gateway.db")
 
 # What a database that cannot be reached raises (the server down, restarting, or the
 # connection cut), as opposed to a bug: a refused or reset socket, a server shutting down.
+# What a read on a connection the server dropped raises (asyncpg's own words for it).
+_DROPPED = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
+
 _UNREACHABLE = (
     OSError,
     TimeoutError,
@@ -229,7 +237,24 @@ class Database:
                         max_size=10,
                         reset=_keep_session,
                     )
-        return await self._pg_pool.fetch(postgres_sql, *args)
+        for attempt in (1, 2):
+            conn = await self._pg_pool.acquire()
+            try:
+                return await conn.fetch(postgres_sql, *args)
+            except _DROPPED as exc:
+                # A pooled connection the server dropped (a restart, pg_terminate_backend)
+                # fails, sometimes leaving asyncpg's protocol mid-operation: it is closed for
+                # good, and the read, harmless to repeat, gets one more try on a fresh one. A
+                # server still away fails again: that is an outage.
+                conn.terminate()
+                if attempt == 2:
+                    raise
+                log.info(
+                    "database: a pooled connection was gone (%s); reading again", type(exc).__name__
+                )
+            finally:
+                await self._pg_pool.release(conn)
+        raise AssertionError("unreachable")
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Conn]:
