@@ -294,7 +294,8 @@ def chromium() -> str:
 def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real gateway on a free port: uvicorn in a thread, SQLite, an unreachable upstream."""
     tmp = tmp_path_factory.mktemp("docs-gateway")
-    settings = _settings(tmp)
+    # The admin API on, so the rendered pages show it too (off, the documents leave it out).
+    settings = _settings(tmp).model_copy(update={"admin_token": "docs-admin-token-" + "x" * 32})
 
     async def migrate() -> None:
         db = Database(settings.database_url)
