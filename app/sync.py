@@ -27,7 +27,7 @@ from app.contract import (
     PARTIAL,
     SETTLE_BY_REMAINS,
 )
-from app.db import Database
+from app.db import Database, is_unreachable
 from app.models import Order, utcnow
 from app.orders.placing import PLACED, recover_stale_sending
 from app.settlement import ratio_refund, remains_refund
@@ -383,6 +383,9 @@ async def sync_forever(
                     result.upstream_calls,
                     result.settled,
                 )
-        except Exception:  # the loop must outlive any one bad pass
-            log.exception("sync pass failed")
+        except Exception as exc:  # the loop must outlive any one bad pass
+            if is_unreachable(exc):  # an outage: said once, by the database's own line
+                db.outage.failed(exc)
+            else:
+                log.exception("sync pass failed")
         await asyncio.sleep(interval)

@@ -25,6 +25,7 @@ from app.db import Database
 from app.main import create_app, refresh_catalog_forever
 from app.settings import Settings
 from app.simulator import SimConfig, create_simulator_app
+from app.sync import sync_forever
 
 UNAVAILABLE = {"error": "Service temporarily unavailable, try again later"}
 ADMIN_TOKEN = "outage-admin-token-0123456789abcdef"
@@ -124,12 +125,18 @@ async def test_postgresql_down_answers_try_again_later_and_comes_back(
             assert (await client.get("/healthz")).status_code == 503
             admin = await client.get("/admin/summary", headers=ADMIN)
             assert admin.status_code == 503, admin.text
-            # The catalog refresh loop meets the outage too, and says nothing more about it.
-            refresh = asyncio.create_task(refresh_catalog_forever(app.state.gateway))
+            # The catalog refresh and the order sync loops meet the outage too, and say nothing
+            # more about it, however many passes they make.
+            gateway = app.state.gateway
+            loops = [
+                asyncio.create_task(refresh_catalog_forever(gateway)),
+                asyncio.create_task(sync_forever(gateway.db, gateway.upstream, 0.05, 1.0)),
+            ]
             await asyncio.sleep(0.3)
-            refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresh
+            for loop in loops:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
             db_lines = [r for r in caplog.records if r.name == "smm_gateway.db"]
             assert [r.levelname for r in db_lines] == ["ERROR"]
             assert not any(r.exc_info for r in caplog.records)
