@@ -70,6 +70,15 @@ def _owned(order: _Claimed) -> tuple:  # type: ignore[type-arg]
     return (Order.id == order.id, Order.settled_at.is_(None), *held)
 
 
+def _still_held(batch: list[_Claimed]) -> tuple:  # type: ignore[type-arg]
+    """`_owned` for a whole batch of one claim (one owner)."""
+    return (
+        Order.id.in_([o.id for o in batch]),
+        Order.settled_at.is_(None),
+        Order.lease_owner == batch[0].lease_owner,
+    )
+
+
 async def _claim_batch(
     db: Database, refreshed_before: datetime, limit: int, lease: timedelta
 ) -> list[_Claimed]:
@@ -119,17 +128,12 @@ async def _renew(db: Database, batch: list[_Claimed], lease: timedelta) -> list[
     """Before another upstream call: extend the lease on what this pass still holds."""
     if not batch:
         return []
-    owner = batch[0].lease_owner
     async with db.write() as conn:
         kept = set(
             (
                 await conn.execute(
                     update(Order)
-                    .where(
-                        Order.id.in_([o.id for o in batch]),
-                        Order.lease_owner == owner,
-                        Order.settled_at.is_(None),
-                    )
+                    .where(*_still_held(batch))
                     .values(lease_until=utcnow() + lease)
                     .returning(Order.id)
                 )
@@ -247,11 +251,7 @@ async def _release(db: Database, batch: list[_Claimed], **values: object) -> Non
     async with db.write() as conn:
         await conn.execute(
             update(Order)
-            .where(
-                Order.id.in_([o.id for o in batch]),
-                Order.lease_owner == batch[0].lease_owner,
-                Order.settled_at.is_(None),
-            )
+            .where(*_still_held(batch))
             .values(lease_until=None, lease_owner=None, **values)
         )
 
