@@ -26,7 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app.simulator import words
 from app.simulator.amounts import padded, to_micros, unpadded
 from app.simulator.catalog import Service
-from app.simulator.overrides import get_overrides, set_overrides
+from app.simulator.overrides import get_overrides, json_object_update, set_overrides
 from app.simulator.state import (
     E_ACTION,
     E_DRIPFEED,
@@ -556,14 +556,8 @@ async def get_faults(request: Request) -> Response:
 
 async def set_faults(request: Request) -> Response:
     sim: Simulator = request.app.state.sim
-    try:
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise ValueError("the body must be a JSON object {KIND: RATE}")
-        sim.set_faults(body)
-    except ValueError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=400)
-    return JSONResponse(sim.faults)
+    refused = await json_object_update(request, sim.set_faults, "{KIND: RATE}")
+    return refused or JSONResponse(sim.faults)
 
 
 async def get_stats(request: Request) -> Response:

@@ -9,7 +9,7 @@ costs or keeps upstream stays the simulator's own). Kept apart from the state so
 one self-contained knob.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import Request
@@ -57,17 +57,25 @@ class Overrides:
         return {**tables, "latency_ms": self.latency_ms}
 
 
+async def json_object_update(
+    request: Request, apply: Callable[[dict[str, Any]], None], shape: str
+) -> JSONResponse | None:
+    """Apply a knob's JSON object body; a 400 with the reason when it is not one `apply` takes."""
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError(f"the body must be a JSON object {shape}".rstrip())
+        apply(body)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return None
+
+
 async def get_overrides(request: Request) -> Response:
     return JSONResponse(request.app.state.sim.overrides.listing())
 
 
 async def set_overrides(request: Request) -> Response:
     overrides: Overrides = request.app.state.sim.overrides
-    try:
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise ValueError("the body must be a JSON object")
-        overrides.set(body)
-    except ValueError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=400)
-    return JSONResponse(overrides.listing())
+    refused = await json_object_update(request, overrides.set, "")
+    return refused or JSONResponse(overrides.listing())
