@@ -60,7 +60,7 @@ async def test_never_in_the_documents_when_on(dashboard: httpx.AsyncClient) -> N
 async def test_pages_ask_for_sign_in_and_the_cookie_is_strict(
     dashboard: httpx.AsyncClient,
 ) -> None:
-    for path in ("/dashboard",):
+    for path in ("/dashboard", "/dashboard/customers", "/dashboard/ledger"):
         answer = await dashboard.get(path)
         assert answer.status_code == 303, path
         assert answer.headers["location"].startswith("/dashboard/login?next=")

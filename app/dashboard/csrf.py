@@ -20,7 +20,8 @@ async def form_is_ours(request: Request, session: Session | None) -> bool:
     """True when the POST came from one of our pages: its Origin (when the browser says one)
     is this host, and its form's token is the session's."""
     origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
+    # "null": a browser that hides the origin (privacy settings); the token decides alone.
+    if origin not in (None, "null") and urlsplit(origin).netloc != request.headers.get("host"):
         return False
     if session is None:
         return False

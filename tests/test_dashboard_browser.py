@@ -1,0 +1,125 @@
+"""The dashboard's flows in headless Chromium (tests/browser.py), on SQLite and PostgreSQL:
+each ends with `ledger verify` clean, no request to any host but 127.0.0.1, no failed request
+and no console error (a CSP violation is one)."""
+
+from collections.abc import Iterator
+
+import pytest
+from browser import Chromium, Stack, launch, notice, rendered, sign_in, stack_on
+from playwright.sync_api import Page, expect
+
+from app.db import Database
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Chromium]:
+    yield from launch()
+
+
+@pytest.fixture
+def stack(db: Database, database_url: str) -> Iterator[Stack]:
+    """`db` empties the database first (PostgreSQL's is shared by the session)."""
+    with stack_on(database_url) as served:
+        yield served
+        assert served.verify() == {"clean": True, "problems": []}
+
+
+def balance_shown(page: Page) -> str:
+    return page.locator("#balance").inner_text()
+
+
+def test_customers_and_money(chromium: Chromium, stack: Stack) -> None:
+    chromium.page(stack.url, lambda page: customers_and_money(page, stack))
+
+
+def customers_and_money(page: Page, stack: Stack) -> None:
+    sign_in(page)
+    page.click("nav >> text=Customers")
+    rendered(page)
+    form = page.locator("#create-customer")
+    form.locator("input[name=name]").fill("Acme Reseller")
+    form.locator("input[name=markup_percent]").fill("10")
+    form.locator("button").click()
+    rendered(page)
+    key = page.locator("#api-key").inner_text().strip()
+    assert len(key) == 64
+    assert stack.balance(key) == "0.00"
+
+    page.click("text=Go to the customer's page")
+    rendered(page)
+    assert balance_shown(page) == "0.00 USD"
+    for _ in range(2):  # the same payment posted twice: credited once
+        topup = page.locator("#topup")
+        topup.locator("input[name=amount]").fill("25.00")
+        topup.locator("input[name=ref]").fill("pay-1001")
+        topup.locator("button").click()
+        rendered(page)
+    assert "posted before" in notice(page) and "nothing credited again" in notice(page)
+    assert balance_shown(page) == "25.00 USD"
+    assert stack.balance(key) == "25.00"
+
+    adjust = page.locator("#adjust")
+    adjust.locator("input[name=amount]").fill("-5")
+    adjust.locator("input[name=ref]").fill("fix-1")
+    adjust.locator("input[name=memo]").fill("goodwill reversed")
+    adjust.locator("button").click()
+    assert balance_shown(page) == "20.00 USD"
+    adjust.locator("input[name=amount]").fill("-500")  # never below zero: refused, nothing moves
+    adjust.locator("button").click()
+    expect(page.locator("p.notice.error")).to_be_visible()
+    assert balance_shown(page) == "20.00 USD"
+
+    page.click("nav >> text=Ledger")
+    rendered(page)
+    rows = page.locator("table.entries tbody tr")
+    expect(rows).to_have_count(2)
+    assert "pay-1001" in rows.nth(1).inner_text() and "25.00" in rows.nth(1).inner_text()
+    page.click("#verify")
+    expect(page.locator("#verify-result")).to_contain_text("clean")
+
+
+def test_keys_settings_and_disabling(chromium: Chromium, stack: Stack) -> None:
+    chromium.page(stack.url, lambda page: keys_settings_and_disabling(page, stack))
+
+
+def keys_settings_and_disabling(page: Page, stack: Stack) -> None:
+    sign_in(page)
+    page.goto("/dashboard/customers")
+    page.locator("#create-customer input[name=name]").fill("Bot Shop")
+    page.locator("#create-customer button").click()
+    first = page.locator("#api-key").inner_text().strip()
+    page.click("text=Go to the customer's page")
+    page.click("text=Issue another key")
+    rendered(page)
+    second = page.locator("#api-key").inner_text().strip()
+    assert second != first and stack.balance(second) == "0.00"
+    page.click("text=Go to the customer's page")
+    page.locator("#keys tr", has_text=first[:8]).locator("button:has-text('Revoke')").click()
+    rendered(page)
+    assert "revoked" in notice(page)
+    assert stack.balance(first) is None and stack.balance(second) == "0.00"
+
+    settings = page.locator("#settings")
+    settings.locator("input[name=markup_percent]").fill("35")
+    settings.locator("select[name=dialect]").select_option("smartpanel")
+    settings.locator("button").click()
+    rendered(page)
+    assert "markup 35%" in notice(page) and "smartpanel" in notice(page)
+
+    page.locator("form:has(button:has-text('Disable')) input[type=checkbox]").check()
+    page.click("button:has-text('Disable')")
+    rendered(page)
+    assert "disabled" in notice(page)
+    assert stack.balance(second) is None
+    page.click("button:has-text('Enable')")
+    assert stack.balance(second) == "0.0000"  # the smartpanel dialect's way of saying it
+
+    page.click("nav >> text=Customers")
+    page.fill("input[name=q]", "bot")
+    page.click("button:has-text('Search')")
+    expect(page.locator("#customers tbody tr")).to_have_count(1)
+    page.click("button:has-text('Sign out')")
+    rendered(page)
+    assert "Signed out." in notice(page)
+    page.goto("/dashboard/customers")
+    expect(page.locator("input[name=token]")).to_be_visible()
