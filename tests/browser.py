@@ -129,6 +129,24 @@ class Stack:
         assert isinstance(reply, dict)
         return None if "error" in reply else reply["balance"]
 
+    def admin(self, method: str, path: str, **kw: Any) -> Any:
+        reply = self.http.request(method, f"/admin{path}", headers=AUTH, **kw)
+        assert reply.status_code < 300, (reply.status_code, reply.text)
+        return reply.json()
+
+    def customer_with_funds(self, name: str, amount: str) -> tuple[int, str]:
+        """A customer made and topped up through the admin API (the dashboard's own forms
+        are proven in test_customers_and_money); returns its id and key."""
+        made = self.admin("POST", "/customers", json={"name": name, "markup_percent": "20"})
+        self.admin("POST", f"/customers/{made['id']}/topup", json={"amount": amount})
+        return made["id"], made["key"]
+
+    def default_service(self, key: str) -> dict[str, Any]:
+        """A plain service (quantity × rate) from the customer's own `services` list."""
+        listing = self.panel(key, "services")
+        assert isinstance(listing, list) and listing
+        return next(s for s in listing if s["type"] == "Default")
+
     def sim_orders(self) -> list[dict]:  # type: ignore[type-arg]
         return httpx.get(f"{self.sim_url}/_sim/orders", timeout=10).json()
 

@@ -3,6 +3,7 @@ each ends with `ledger verify` clean, no request to any host but 127.0.0.1, no f
 and no console error (a CSP violation is one)."""
 
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 from browser import Chromium, Stack, launch, notice, rendered, sign_in, stack_on
@@ -123,3 +124,81 @@ def keys_settings_and_disabling(page: Page, stack: Stack) -> None:
     assert "Signed out." in notice(page)
     page.goto("/dashboard/customers")
     expect(page.locator("input[name=token]")).to_be_visible()
+
+
+def test_orders_and_resolving_unknown_ones(chromium: Chromium, stack: Stack) -> None:
+    stack.admin("POST", "/services/sync")
+    customer_id, key = stack.customer_with_funds("Orders Inc", "100.00")
+    service = stack.default_service(key)
+    quantity = int(service["min"])
+    placed = stack.panel(
+        key,
+        "add",
+        service=service["service"],
+        link="https://x.test/a/sim:complete",
+        quantity=quantity,
+    )
+    # The upstream takes these two, then never answers: `unknown`, funds held.
+    lost = [
+        stack.panel(
+            key,
+            "add",
+            service=service["service"],
+            link=f"https://x.test/{n}/sim:timeout",
+            quantity=quantity,
+        )
+        for n in ("b", "c")
+    ]
+    assert all(isinstance(o, dict) and "order" in o for o in (placed, *lost)), (placed, lost)
+    unknown_ids = [int(o["order"]) for o in lost]  # type: ignore[index]
+    upstream_id = {str(o["params"]["link"]): int(o["id"]) for o in stack.sim_orders()}
+    balance_before = stack.balance(key)
+
+    def flow(page: Page) -> None:
+        sign_in(page)
+        page.click("nav >> text=Orders")
+        rendered(page)
+        expect(page.locator("#orders tbody tr")).to_have_count(3)
+        page.select_option("#order-filters select[name=state]", "unknown")
+        page.click("#order-filters button")
+        rendered(page)
+        rows = page.locator("#orders tbody tr")
+        expect(rows).to_have_count(2)
+        page.click(f"#orders a:text-is('{unknown_ids[0]}')")
+        rendered(page)
+        expect(page.locator("#order-state")).to_have_text("unknown")
+        # Ask the provider about the id found there: its answer is shown beside the form.
+        page.fill("#ask input[name=check]", str(upstream_id["https://x.test/b/sim:timeout"]))
+        page.click("#ask button")
+        rendered(page)
+        says = page.locator("#provider-says")
+        expect(says).to_contain_text("It matches this order.")
+        expect(says).to_contain_text("Pending")
+        page.click("#resolve-placed button")
+        rendered(page)
+        assert "resolved: placed as upstream order" in notice(page)
+        expect(page.locator("#order-state")).to_have_text("placed")
+
+        # The other one, said to be placed as the id just given to the first: refused.
+        page.goto(f"/dashboard/orders/{unknown_ids[1]}")
+        page.fill(
+            "#resolve-placed input[name=upstream_order_id]",
+            str(upstream_id["https://x.test/b/sim:timeout"]),
+        )
+        page.click("#resolve-placed button")
+        expect(page.locator("p.notice.error").first).to_contain_text("belongs to order")
+        expect(page.locator("#order-state")).to_have_text("unknown")
+        page.locator("#resolve-not-placed input[type=checkbox]").check()
+        page.click("#resolve-not-placed button")
+        rendered(page)
+        assert "not placed: refunded" in notice(page)
+        expect(page.locator("#order-state")).to_have_text("rejected")
+        expect(page.locator("table.entries tbody tr")).to_have_count(2)  # charge, refund
+
+        page.goto(f"/dashboard/orders?customer={customer_id}&state=placed")
+        expect(page.locator("#orders tbody tr")).to_have_count(2)
+
+    chromium.page(stack.url, flow)
+    # The not-placed order's charge came back; the placed ones stay paid.
+    charge = stack.admin("GET", f"/orders/{unknown_ids[1]}")["charge"]
+    assert Decimal(stack.balance(key) or "0") == Decimal(balance_before or "0") + Decimal(charge)
