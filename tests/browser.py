@@ -2,6 +2,7 @@
 browser Playwright downloads), with every host but 127.0.0.1 unreachable, against a gateway
 served by uvicorn on a port with the simulator, on its own port, as its upstream."""
 
+import json
 import os
 import queue
 import re
@@ -146,6 +147,13 @@ class Stack:
         listing = self.panel(key, "services")
         assert isinstance(listing, list) and listing
         return next(s for s in listing if s["type"] == "Default")
+
+    def sim_services(self) -> dict[int, dict[str, Any]]:
+        """The simulator's own catalog, as its API answers it (what the gateway pays)."""
+        reply = httpx.post(
+            f"{self.sim_url}/api/v1", data={"key": SIM_KEY, "action": "services"}, timeout=10
+        )
+        return {int(s["service"]): s for s in json.loads(reply.text)}
 
     def sim_orders(self) -> list[dict]:  # type: ignore[type-arg]
         return httpx.get(f"{self.sim_url}/_sim/orders", timeout=10).json()

@@ -60,7 +60,14 @@ async def test_never_in_the_documents_when_on(dashboard: httpx.AsyncClient) -> N
 async def test_pages_ask_for_sign_in_and_the_cookie_is_strict(
     dashboard: httpx.AsyncClient,
 ) -> None:
-    for path in ("/dashboard", "/dashboard/customers", "/dashboard/ledger"):
+    for path in (
+        "/dashboard",
+        "/dashboard/customers",
+        "/dashboard/orders",
+        "/dashboard/services/1",
+        "/dashboard/ledger",
+        "/dashboard/report",
+    ):
         answer = await dashboard.get(path)
         assert answer.status_code == 303, path
         assert answer.headers["location"].startswith("/dashboard/login?next=")

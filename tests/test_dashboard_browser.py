@@ -202,3 +202,92 @@ def test_orders_and_resolving_unknown_ones(chromium: Chromium, stack: Stack) -> 
     # The not-placed order's charge came back; the placed ones stay paid.
     charge = stack.admin("GET", f"/orders/{unknown_ids[1]}")["charge"]
     assert Decimal(stack.balance(key) or "0") == Decimal(balance_before or "0") + Decimal(charge)
+
+
+def micros(text: str) -> int:
+    return int(Decimal(text) * 1_000_000)
+
+
+def test_prices_and_the_margin_on_the_overview(chromium: Chromium, stack: Stack) -> None:
+    customer_id, key = stack.customer_with_funds("Margins Ltd", "50.00")
+    stack.admin("POST", "/customers", json={"name": "Plain"})  # no markup of its own
+
+    def prices(page: Page) -> int:
+        sign_in(page)
+        page.click("nav >> text=Services")
+        rendered(page)
+        page.click("#sync-catalog")
+        rendered(page)
+        assert notice(page).startswith("Catalog synced:")
+        service_id = int(page.locator("#services tbody tr td a").first.inner_text())
+        page.goto(f"/dashboard/services/{service_id}")
+        rendered(page)
+        # Before setting a price: whom a price for everyone would reach, and why not the rest.
+        table = page.locator("#customer-prices")
+        expect(table.locator("tr", has_text="Margins Ltd")).to_contain_text(
+            "their own markup of 20%"
+        )
+        expect(table.locator("tr", has_text="Plain")).to_contain_text("the default markup")
+        form = page.locator("#set-price")
+        form.locator("input[name=markup_percent]").fill("50")
+        form.locator("button").click()
+        rendered(page)
+        said = notice(page)
+        assert "for every customer without a price of their own: 1 customer" in said
+        assert "Margins Ltd" in said and "their own markup of 20% comes first" in said
+        expect(table.locator("tr", has_text="Plain")).to_contain_text("the price for everyone")
+        cost = micros(page.locator("#cost").inner_text().split()[0])
+        plain_rate = table.locator("tr", has_text="Plain").locator("td").nth(1).inner_text()
+        assert micros(plain_rate) == -(-cost * 15_000 // 10_000)  # cost × 1.5, rounded up
+        form.locator("input[name=rate]").fill(str(Decimal(cost * 3) / 1_000_000))
+        form.locator("input[name=customer]").fill(str(customer_id))
+        form.locator("button").click()
+        assert "for customer" in notice(page) and "only" in notice(page)
+        mine = table.locator("tr", has_text="Margins Ltd")
+        expect(mine).to_contain_text("their own price for this service")
+        assert micros(mine.locator("td").nth(1).inner_text()) == cost * 3
+        expect(page.locator("#rules tbody tr")).to_have_count(2)
+        return service_id
+
+    service_id = chromium.page(stack.url, prices)
+    offered = {int(s["service"]): s for s in stack.panel(key, "services")}  # type: ignore[union-attr]
+    upstream_rate = micros(stack.sim_services()[service_id]["rate"])
+    assert micros(offered[service_id]["rate"]) == upstream_rate * 3
+    quantity = int(offered[service_id]["min"])
+    order = stack.panel(
+        key, "add", service=service_id, link="https://x.test/m/sim:complete", quantity=quantity
+    )
+    lost = stack.panel(
+        key, "add", service=service_id, link="https://x.test/n/sim:timeout", quantity=quantity
+    )
+    charge = micros(stack.panel(key, "status", order=order["order"])["charge"])  # type: ignore[index]
+    held = micros(stack.panel(key, "status", order=lost["order"])["charge"])  # type: ignore[index]
+    cost = -(-upstream_rate * quantity // 1000)  # DESIGN.md: ceil(rate × units / 1000)
+    expected_margin = (charge - cost) + (held - cost)  # an unknown order counts: it may exist
+
+    def overview(page: Page) -> None:
+        sign_in(page)
+        rendered(page)
+        assert micros(page.locator("#today-margin").inner_text()) == expected_margin
+        assert micros(page.locator("#month-margin").inner_text()) == expected_margin
+        bars = page.locator("#margin-chart rect")
+        expect(bars).to_have_count(30)
+        assert Decimal(str(expected_margin)) / 1_000_000 == Decimal(
+            bars.last.locator("title").text_content().split("margin ")[1].split()[0]  # type: ignore[union-attr]
+        )
+        expect(page.locator("#states")).to_contain_text("unknown")
+        expect(page.locator("#balances")).to_contain_text("USD")
+        expect(page.locator("#catalog-age")).to_contain_text("ago")
+        attention = page.locator("#attention")
+        attention.locator(f"a:text-is('order {lost['order']}')").click()  # type: ignore[index]
+        rendered(page)
+        expect(page.locator("#resolve-not-placed")).to_be_visible()
+        page.goto("/dashboard")
+        page.click("#sync-now")
+        rendered(page)
+        assert notice(page).startswith("Sync pass:")
+        page.click("text=Report for any period")
+        rendered(page)
+        assert micros(page.locator("#report-margin").inner_text()) == expected_margin
+
+    chromium.page(stack.url, overview)
