@@ -47,7 +47,8 @@ class Chromium:
     raises what it raised.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, viewport: dict[str, int] | None = None) -> None:
+        self.viewport = viewport or {"width": 1280, "height": 900}
         self._jobs: queue.Queue[tuple[Callable[[Browser], Any], Future[Any]] | None] = queue.Queue()
         self._started: Future[None] = Future()
         self._thread = threading.Thread(target=self._main, name="chromium", daemon=True)
@@ -83,7 +84,7 @@ class Chromium:
         then: nothing was asked of another host, no request failed, no console error."""
 
         def step(browser: Browser) -> T:
-            with open_page(browser, base_url) as (page, watch):
+            with open_page(browser, base_url, self.viewport) as (page, watch):
                 result = flow(page)
             assert watch.outside == [], "the dashboard asked hosts other than the gateway"
             assert watch.problems == []
@@ -189,8 +190,10 @@ class Watch:
 
 
 @contextmanager
-def open_page(browser: Browser, base_url: str) -> Iterator[tuple[Page, Watch]]:
-    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+def open_page(
+    browser: Browser, base_url: str, viewport: dict[str, int]
+) -> Iterator[tuple[Page, Watch]]:
+    context = browser.new_context(base_url=base_url, viewport=viewport)  # type: ignore[arg-type]
     watch = Watch()
 
     def only_here(route: Route) -> None:

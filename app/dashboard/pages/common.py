@@ -1,10 +1,12 @@
 """What every page module reaches for: the gateway's parts, ids in paths, paging."""
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Path, Request
 
 from app.db import Database
+from app.models import as_utc
 from app.settings import Settings
 from app.upstream import UpstreamClient
 
@@ -30,3 +32,11 @@ def page_number(text: str | None) -> int:
     if text and text.isascii() and text.isdigit() and 0 < int(text) < 1_000_000:
         return int(text)
     return 1
+
+
+def stored_moment(text: str | None) -> datetime | None:
+    """A time the gateway stored as ISO text (the catalog's last sync), or None."""
+    try:
+        return as_utc(datetime.fromisoformat(text)) if text else None
+    except ValueError:
+        return None

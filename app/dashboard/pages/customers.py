@@ -155,17 +155,21 @@ async def change(request: Request, customer_id: RowId) -> Response:
 
 @router.post("/{customer_id}/disable")
 async def disable(request: Request, customer_id: RowId) -> Response:
-    async def run() -> str:
-        await ops.update_customer(db_of(request), settings_of(request), customer_id, disabled=True)
-        return f"Customer {customer_id} disabled: their keys open nothing until enabled"
-
-    return await act(request, _back(customer_id), run)
+    return await _set_disabled(request, customer_id, True)
 
 
 @router.post("/{customer_id}/enable")
 async def enable(request: Request, customer_id: RowId) -> Response:
+    return await _set_disabled(request, customer_id, False)
+
+
+async def _set_disabled(request: Request, customer_id: int, disabled: bool) -> Response:
     async def run() -> str:
-        await ops.update_customer(db_of(request), settings_of(request), customer_id, disabled=False)
+        await ops.update_customer(
+            db_of(request), settings_of(request), customer_id, disabled=disabled
+        )
+        if disabled:
+            return f"Customer {customer_id} disabled: their keys open nothing until enabled"
         return f"Customer {customer_id} enabled"
 
     return await act(request, _back(customer_id), run)

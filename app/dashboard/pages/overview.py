@@ -16,7 +16,7 @@ from app.admin.schemas import UpstreamBalanceOut
 from app.catalog import LAST_ERROR, SYNCED_AT, upstream_state
 from app.dashboard.auth import DashboardRoute, act
 from app.dashboard.chart import margin_chart
-from app.dashboard.pages.common import db_of, settings_of, upstream_of
+from app.dashboard.pages.common import db_of, settings_of, stored_moment, upstream_of
 from app.dashboard.render import page
 from app.errors import OperatorError
 from app.gauges import read_state
@@ -41,13 +41,6 @@ async def _balance(request: Request) -> UpstreamBalanceOut:
         )
 
 
-def _when(text: str | None) -> datetime | None:
-    try:
-        return as_utc(datetime.fromisoformat(text)) if text else None
-    except ValueError:
-        return None
-
-
 @router.get("")
 async def overview(request: Request) -> Response:
     db, settings = db_of(request), settings_of(request)
@@ -59,7 +52,7 @@ async def overview(request: Request) -> Response:
     services = await ops.list_services(db, settings)
     now = datetime.now(UTC)
     oldest = None if state.oldest_refresh is None else as_utc(state.oldest_refresh)
-    synced_at = _when(state.kv.get(SYNCED_AT))
+    synced_at = stored_moment(state.kv.get(SYNCED_AT))
     last_error = state.kv.get(LAST_ERROR) or None
     return page(
         request,

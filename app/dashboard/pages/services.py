@@ -11,7 +11,7 @@ from app.admin import ops
 from app.admin.schemas import PriceRuleIn, ServiceOut, ServiceRename
 from app.dashboard.auth import DashboardRoute, act
 from app.dashboard.forms import fields, ticked
-from app.dashboard.pages.common import RowId, db_of, settings_of, upstream_of
+from app.dashboard.pages.common import RowId, db_of, settings_of, stored_moment, upstream_of
 from app.dashboard.queries import RuleRow, price_rules
 from app.dashboard.render import page
 from app.errors import NotFound
@@ -70,7 +70,7 @@ async def services(request: Request, q: str = "", all: str = "") -> Response:
         rule_lines=rule_lines,
         q=q,
         show_all=bool(all),
-        synced_at=state.get(catalog.SYNCED_AT),
+        synced_at=stored_moment(state.get(catalog.SYNCED_AT)),
         last_error=state.get(catalog.LAST_ERROR),
         default_markup=bp_to_percent(settings.default_markup_bp),
     )
