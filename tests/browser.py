@@ -19,7 +19,7 @@ import httpx
 import pytest
 from conftest import SIM_KEY, gateway_settings
 from dashboard_helpers import TOKEN, served
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_playwright
 
 from app.main import create_app
 from app.simulator import SimConfig, create_simulator_app
@@ -226,11 +226,22 @@ def open_page(
 
 
 def rendered(page: Page) -> None:
-    """The page is whole: its stylesheet loaded and applied, its heading shown."""
+    """The page is whole: loaded, its stylesheet applied, its heading shown."""
+    page.wait_for_load_state("load")
     header = page.locator("header.top")
-    expect(header).to_be_visible()
-    assert header.evaluate("e => getComputedStyle(e).backgroundColor") == HEADER_BLUE
+    expect(header).to_have_css("background-color", HEADER_BLUE)
     expect(page.locator("main h1").first).to_be_visible()
+
+
+def go(page: Page, target: str | Locator) -> None:
+    """Click a link or a form's button, and wait for the page it leads to (a form posts, is
+    redirected and the next page loads: reading before that would read the old page)."""
+    with page.expect_navigation():
+        if isinstance(target, str):
+            page.click(target)
+        else:
+            target.click()
+    rendered(page)
 
 
 def sign_in(page: Page, token: str = TOKEN) -> None:
@@ -238,7 +249,7 @@ def sign_in(page: Page, token: str = TOKEN) -> None:
     expect(page).to_have_url(re.compile(r"/dashboard/login\?next="))
     rendered(page)
     page.fill("input[name=token]", token)
-    page.click("button:has-text('Sign in')")
+    go(page, "button:has-text('Sign in')")
     page.wait_for_url("**/dashboard")
     rendered(page)
 
