@@ -7,19 +7,37 @@ fetch leaves the last good catalog in place.
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
 from app.family import FAMILIES, Family
-from app.models import Customer, PriceRule, Service, Setting, utcnow
+from app.models import (
+    DEFAULT_PROVIDER_ID,
+    Customer,
+    PriceRule,
+    Provider,
+    Service,
+    ServiceOffer,
+    Setting,
+    utcnow,
+)
 from app.money import apply_markup, render
 from app.upstream import Refused, UpstreamClient, UpstreamService, is_upstream_key_error
 
+if TYPE_CHECKING:
+    from app.providers import ProviderClients
+
 log = logging.getLogger("smm_gateway.catalog")
+
+# Local ids of services first seen at a provider other than `default` start here: far above
+# any id a panel hands out, so `default`'s own ids (which are its services' local ids, as
+# before there were providers) never meet them. Below 2**31: services.id is an INTEGER.
+OTHER_PROVIDERS_FIRST_ID = 1_000_000_000
 
 SYNCED_AT = "catalog_synced_at"
 LAST_ERROR = "catalog_last_error"
@@ -265,6 +283,7 @@ class SyncResult:
     error: str | None = None
     family: Family | None = None  # the upstream's family, as configured or heard
     suspended: tuple[SuspendedPrice, ...] = ()  # fixed prices now below cost: not sold
+    provider: str | None = None
 
 
 def _upsert(conn: Conn):  # type: ignore[no-untyped-def]
@@ -276,55 +295,228 @@ async def _set_kv(conn: Conn, key: str, value: str) -> None:
     await conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
 
 
-async def sync_catalog(db: Database, upstream: UpstreamClient) -> SyncResult:
-    """Fetch the upstream catalog into the table; on any failure keep the last good one."""
+async def sync_catalog(
+    db: Database, upstream: UpstreamClient, provider_id: int = DEFAULT_PROVIDER_ID
+) -> SyncResult:
+    """Fetch one provider's catalog into its offers (and the services they deliver); on any
+    failure keep the last good one. Provider `default`'s services keep their own ids as local
+    ids; another provider's new service gets a local id of its own (OTHER_PROVIDERS_FIRST_ID
+    and up), which the operator can map onto an existing service (`services map`)."""
     fetched = await upstream.services()
     if isinstance(fetched, Refused) and is_upstream_key_error(fetched.message):
-        return await _record_failure(db, f"{KEY_REFUSED}: {fetched.message}")
+        return await _record_failure(db, f"{KEY_REFUSED}: {fetched.message}", provider_id)
     if not isinstance(fetched, list):
-        return await _record_failure(db, f"{type(fetched).__name__}: {fetched.reason}")
+        return await _record_failure(db, f"{type(fetched).__name__}: {fetched.reason}", provider_id)
     if not fetched:
         # An empty catalog from a live panel is far likelier a glitch than a real change.
-        return await _record_failure(db, "the upstream listed no services")
+        return await _record_failure(db, "the upstream listed no services", provider_id)
     now = utcnow()
     async with db.write() as conn:
-        insert = _upsert(conn)
-        for svc in fetched:
-            values = _service_values(svc)
-            stmt = insert(Service).values(id=svc.service_id, updated_at=now, **values)
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["id"],
-                    set_={**values, "upstream_listed": True, "updated_at": now},
+        offers = {
+            psid: sid
+            for psid, sid in await conn.execute(
+                select(ServiceOffer.provider_service_id, ServiceOffer.service_id).where(
+                    ServiceOffer.provider_id == provider_id
                 )
             )
+        }
+        touched = set(offers.values())
+        for svc in fetched:
+            values = _offer_values(svc)
+            if svc.service_id in offers:
+                await conn.execute(
+                    update(ServiceOffer)
+                    .where(
+                        ServiceOffer.provider_id == provider_id,
+                        ServiceOffer.provider_service_id == svc.service_id,
+                    )
+                    .values(**values, updated_at=now)
+                )
+                continue
+            local_id = await _home_for(conn, provider_id, svc)
+            if local_id is None:
+                continue
+            await conn.execute(
+                insert(ServiceOffer).values(
+                    service_id=local_id,
+                    provider_id=provider_id,
+                    provider_service_id=svc.service_id,
+                    position=0,
+                    updated_at=now,
+                    **values,
+                )
+            )
+            touched.add(local_id)
         ids = [svc.service_id for svc in fetched]
-        dropped = await conn.execute(
-            update(Service)
-            .where(Service.id.not_in(ids), Service.upstream_listed.is_(True))
-            .values(upstream_listed=False, updated_at=now)
+        await conn.execute(
+            update(ServiceOffer)
+            .where(
+                ServiceOffer.provider_id == provider_id,
+                ServiceOffer.provider_service_id.not_in(ids),
+                ServiceOffer.listed.is_(True),
+            )
+            .values(listed=False, updated_at=now)
         )
-        await _set_kv(conn, SYNCED_AT, now.isoformat())
-        await _set_kv(conn, LAST_ERROR, "")
-        if upstream.family is not None:
-            await _set_kv(conn, FAMILY, upstream.family)
+        dropped = await _recompute(conn, touched, now)
+        await _record_success(conn, provider_id, upstream, now)
         suspended = await suspended_prices(conn)
-    if dropped.rowcount:
-        log.warning("catalog: %d services no longer listed upstream, now hidden", dropped.rowcount)
+    if dropped:
+        log.warning("catalog: %d services no longer listed upstream, now hidden", dropped)
     if suspended:
         log.warning(
             "catalog: %d fixed prices are below the upstream's rate, not sold until changed: %s",
             len(suspended),
             "; ".join(p.describe() for p in suspended[:20]),
         )
-    log.info("catalog: %d services synced from a %s upstream", len(fetched), upstream.family)
+    log.info(
+        "catalog: %d services synced from a %s upstream (provider %s)",
+        len(fetched),
+        upstream.family,
+        upstream.provider,
+    )
     return SyncResult(
         True,
         services=len(fetched),
-        dropped=dropped.rowcount,
+        dropped=dropped,
         family=upstream.family,
         suspended=suspended,
+        provider=upstream.provider,
     )
+
+
+async def sync_catalogs(db: Database, clients: "ProviderClients") -> list[SyncResult]:
+    """Every enabled provider's catalog, one after the other; one that fails keeps its last
+    good offers and does not stop the others."""
+    return [
+        await sync_catalog(db, client, provider_id)
+        for provider_id, client in sorted(clients.enabled().items())
+    ]
+
+
+async def _home_for(conn: Conn, provider_id: int, svc: UpstreamService) -> int | None:
+    """The local service a provider's new service delivers: for `default`, the one with its
+    own id (created if new); for another provider, a new one of its own."""
+    now = utcnow()
+    if provider_id == DEFAULT_PROVIDER_ID:
+        taken = await conn.scalar(
+            select(ServiceOffer.provider_id).where(ServiceOffer.service_id == svc.service_id)
+        )
+        exists = await conn.scalar(select(Service.id).where(Service.id == svc.service_id))
+        if exists is None:
+            await conn.execute(
+                insert(Service).values(id=svc.service_id, updated_at=now, **_service_values(svc))
+            )
+        elif taken is not None and svc.service_id >= OTHER_PROVIDERS_FIRST_ID:
+            log.warning(
+                "catalog: provider default's service %d collides with another provider's"
+                " local service: skipped",
+                svc.service_id,
+            )
+            return None
+        return svc.service_id
+    highest = await conn.scalar(
+        select(func.max(Service.id)).where(Service.id >= OTHER_PROVIDERS_FIRST_ID)
+    )
+    local_id = max(OTHER_PROVIDERS_FIRST_ID, (highest or 0) + 1)
+    await conn.execute(insert(Service).values(id=local_id, updated_at=now, **_service_values(svc)))
+    return local_id
+
+
+async def _record_success(
+    conn: Conn, provider_id: int, upstream: UpstreamClient, now: datetime
+) -> None:
+    family = upstream.family
+    await conn.execute(
+        update(Provider)
+        .where(Provider.id == provider_id)
+        .values(
+            catalog_synced_at=now,
+            catalog_error=None,
+            **({"family_heard": family} if family is not None else {}),
+        )
+    )
+    if provider_id == DEFAULT_PROVIDER_ID:  # /healthz and `summary` read these, as before
+        await _set_kv(conn, SYNCED_AT, now.isoformat())
+        await _set_kv(conn, LAST_ERROR, "")
+        if family is not None:
+            await _set_kv(conn, FAMILY, family)
+
+
+_REFERENCE_FIELDS = (
+    "name",
+    "category",
+    "type",
+    "rate",
+    "min",
+    "max",
+    "dripfeed",
+    "refill",
+    "cancel",
+    "description",
+)
+
+
+async def _recompute(conn: Conn, service_ids: set[int] | None, now: datetime) -> int:
+    """Each service's row from its reference offer: the first (by position) listed offer of an
+    enabled provider. A service left without one is no longer listed (hidden from customers).
+    `service_ids` None: every service. Returns how many services stopped being listed."""
+    offers = (
+        select(ServiceOffer.service_id, *(getattr(ServiceOffer, f) for f in _REFERENCE_FIELDS))
+        .join(Provider, Provider.id == ServiceOffer.provider_id)
+        .where(ServiceOffer.listed.is_(True), Provider.enabled.is_(True))
+        .order_by(ServiceOffer.service_id, ServiceOffer.position, ServiceOffer.id)
+    )
+    current = select(
+        Service.id, *(getattr(Service, f) for f in _REFERENCE_FIELDS), Service.upstream_listed
+    )
+    if service_ids is not None:
+        chosen = sorted(service_ids)
+        offers = offers.where(ServiceOffer.service_id.in_(chosen))
+        current = current.where(Service.id.in_(chosen))
+    reference: dict[int, tuple] = {}
+    for row in await conn.execute(offers):
+        reference.setdefault(row[0], tuple(row[1:]))
+    dropped = 0
+    for row in (await conn.execute(current)).all():
+        sid, fields, listed = row[0], tuple(row[1:-1]), row[-1]
+        best = reference.get(sid)
+        if best is None:
+            if listed:
+                dropped += 1
+                await conn.execute(
+                    update(Service)
+                    .where(Service.id == sid)
+                    .values(upstream_listed=False, updated_at=now)
+                )
+            continue
+        if listed and tuple(_plain(v) for v in fields) == tuple(_plain(v) for v in best):
+            continue
+        await conn.execute(
+            update(Service)
+            .where(Service.id == sid)
+            .values(
+                **dict(zip(_REFERENCE_FIELDS, best, strict=True)),
+                upstream_listed=True,
+                updated_at=now,
+            )
+        )
+    return dropped
+
+
+def _plain(value: object) -> object:
+    return bool(value) if isinstance(value, bool) else value
+
+
+async def recompute_services(db: Database, service_ids: set[int] | None = None) -> int:
+    """After a provider is enabled or disabled, or an offer moved: every service's reference."""
+    async with db.write() as conn:
+        return await _recompute(conn, service_ids, utcnow())
+
+
+def _offer_values(svc: UpstreamService) -> dict[str, object]:
+    values = _service_values(svc)
+    del values["upstream_listed"]
+    return {**values, "listed": True}
 
 
 def _service_values(svc: UpstreamService) -> dict[str, object]:
@@ -343,8 +535,16 @@ def _service_values(svc: UpstreamService) -> dict[str, object]:
     }
 
 
-async def _record_failure(db: Database, error: str) -> SyncResult:
-    synced = (await catalog_state(db)).get(SYNCED_AT)
+async def _record_failure(
+    db: Database, error: str, provider_id: int = DEFAULT_PROVIDER_ID
+) -> SyncResult:
+    if provider_id == DEFAULT_PROVIDER_ID:
+        synced = (await catalog_state(db)).get(SYNCED_AT)
+    else:
+        async with db.read() as conn:
+            synced = await conn.scalar(
+                select(Provider.catalog_synced_at).where(Provider.id == provider_id)
+            )
     serving = (
         "serving the last good catalog"
         if synced
@@ -352,7 +552,11 @@ async def _record_failure(db: Database, error: str) -> SyncResult:
     )
     log.warning("catalog: upstream fetch failed (%s); %s", error, serving)
     async with db.write() as conn:
-        await _set_kv(conn, LAST_ERROR, error)
+        await conn.execute(
+            update(Provider).where(Provider.id == provider_id).values(catalog_error=error[:500])
+        )
+        if provider_id == DEFAULT_PROVIDER_ID:
+            await _set_kv(conn, LAST_ERROR, error)
     return SyncResult(False, error=error)
 
 

@@ -352,23 +352,46 @@ def _upgrade_head(connection: Connection) -> None:
 
 
 UPSTREAM_ID_INDEX = "uq_orders_upstream_order_id"
+# One upstream order of one provider (migration 0005: orders.provider_id) belongs to one order.
 SHARED_UPSTREAM_IDS = (
-    "SELECT upstream_order_id, MIN(id), MAX(id), COUNT(*) FROM orders"
+    "SELECT upstream_order_id, MIN(id), MAX(id), COUNT(*), provider_id FROM orders"
     " WHERE upstream_order_id IS NOT NULL AND state <> 'rejected'"
-    " GROUP BY upstream_order_id HAVING COUNT(*) > 1 ORDER BY upstream_order_id"
+    " GROUP BY provider_id, upstream_order_id HAVING COUNT(*) > 1"
+    " ORDER BY provider_id, upstream_order_id"
 )
 
 
+def _upstream_id_columns(connection: Connection) -> list[str]:
+    """The index's columns for this schema: before migration 0005 there is no provider."""
+    columns = {c["name"] for c in inspect(connection).get_columns("orders")}
+    return (
+        ["provider_id", "upstream_order_id"] if "provider_id" in columns else ["upstream_order_id"]
+    )
+
+
 def ensure_unique_upstream_ids(connection: Connection) -> bool:
-    """Make the database refuse a second order on one upstream order, when its data allows:
-    a database where two orders already share one keeps a plain index (so a migration never
-    fails on old data), `ledger verify` lists them, and the next `migrate` after they are
-    fixed makes the index unique. Returns whether it is unique now."""
+    """Make the database refuse a second order on one upstream order (of one provider), when
+    its data allows: a database where two orders already share one keeps a plain index (so a
+    migration never fails on old data), `ledger verify` lists them, and the next `migrate`
+    after they are fixed makes the index unique. Returns whether it is unique now."""
+    columns = _upstream_id_columns(connection)
     found = {i["name"]: i for i in inspect(connection).get_indexes("orders")}
     current = found.get(UPSTREAM_ID_INDEX)
+    if current is not None and list(current["column_names"]) != columns:
+        connection.execute(text(f"DROP INDEX {UPSTREAM_ID_INDEX}"))
+        current = None
     if current is not None and current["unique"]:
         return True
-    shared = connection.execute(text(SHARED_UPSTREAM_IDS)).first() is not None
+    group = ", ".join(columns)
+    shared = (
+        connection.execute(
+            text(
+                f"SELECT {group} FROM orders WHERE upstream_order_id IS NOT NULL"
+                f" AND state <> 'rejected' GROUP BY {group} HAVING COUNT(*) > 1"
+            )
+        ).first()
+        is not None
+    )
     if current is not None and shared:
         return False
     if current is not None:
@@ -376,7 +399,7 @@ def ensure_unique_upstream_ids(connection: Connection) -> bool:
     unique = "" if shared else "UNIQUE "
     connection.execute(
         text(
-            f"CREATE {unique}INDEX {UPSTREAM_ID_INDEX} ON orders (upstream_order_id)"
+            f"CREATE {unique}INDEX {UPSTREAM_ID_INDEX} ON orders ({group})"
             " WHERE state <> 'rejected'"
         )
     )

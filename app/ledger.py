@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.db import SHARED_UPSTREAM_IDS, Conn, Database
 from app.errors import NotFound, OperatorError
-from app.models import Customer, LedgerEntry, Order, utcnow
+from app.models import DEFAULT_PROVIDER_ID, Customer, LedgerEntry, Order, utcnow
 from app.money import MAX_AMOUNT, render
 from app.settlement import settlement_problems
 
@@ -397,5 +397,6 @@ async def _shared_upstream_ids(conn: Conn) -> list[str]:
     more: its index stayed plain, app.db.ensure_unique_upstream_ids)."""
     return [
         f"upstream order {uid} is attached to {count} orders ({first} … {last})"
-        for uid, first, last, count in await conn.execute(text(SHARED_UPSTREAM_IDS))
+        + ("" if provider == DEFAULT_PROVIDER_ID else f" on provider {provider}")
+        for uid, first, last, count, provider in await conn.execute(text(SHARED_UPSTREAM_IDS))
     ]

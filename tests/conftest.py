@@ -81,6 +81,13 @@ async def _truncate_postgres(db: Database) -> None:
         )
         for schema, sequence in sequences.all():
             await conn.execute(text(f'ALTER SEQUENCE "{schema}"."{sequence}" RESTART'))
+        # Provider `default` is the migration's (0005), as in a freshly migrated database.
+        await conn.execute(
+            text(
+                "INSERT INTO providers (name, enabled, created_at, updated_at)"
+                " VALUES ('default', true, now(), now())"
+            )
+        )
 
 
 @pytest.fixture(scope="session")
