@@ -5,7 +5,7 @@ fetch leaves the last good catalog in place.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -304,12 +304,17 @@ async def sync_catalog(
     and up), which the operator can map onto an existing service (`services map`)."""
     fetched = await upstream.services()
     if isinstance(fetched, Refused) and is_upstream_key_error(fetched.message):
-        return await _record_failure(db, f"{KEY_REFUSED}: {fetched.message}", provider_id)
-    if not isinstance(fetched, list):
-        return await _record_failure(db, f"{type(fetched).__name__}: {fetched.reason}", provider_id)
-    if not fetched:
+        error = f"{KEY_REFUSED}: {fetched.message}"
+    elif not isinstance(fetched, list):
+        error = f"{type(fetched).__name__}: {fetched.reason}"
+    elif not fetched:
         # An empty catalog from a live panel is far likelier a glitch than a real change.
-        return await _record_failure(db, "the upstream listed no services", provider_id)
+        error = "the upstream listed no services"
+    else:
+        error = None
+    if error is not None or not isinstance(fetched, list):
+        failed = await _record_failure(db, error or "", provider_id)
+        return replace(failed, provider=upstream.provider)
     now = utcnow()
     async with db.write() as conn:
         offers = {
@@ -770,3 +775,164 @@ async def personal_rules(db: Database, service_id: int) -> set[int]:
             )
         )
         return {customer_id for (customer_id,) in rows}
+
+
+# --- a service's offers (which providers deliver it) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class OfferView:
+    service_id: int
+    provider_id: int
+    provider: str
+    provider_service_id: int
+    position: int
+    name: str
+    type: str
+    rate: int
+    min: int
+    max: int
+    listed: bool
+    enabled: bool  # its provider's
+    updated_at: datetime
+
+
+async def list_offers(db: Database, service_id: int | None = None) -> list[OfferView]:
+    """Offers in the order they are tried (position), by service."""
+    stmt = (
+        select(
+            ServiceOffer.service_id,
+            ServiceOffer.provider_id,
+            Provider.name,
+            ServiceOffer.provider_service_id,
+            ServiceOffer.position,
+            ServiceOffer.name,
+            ServiceOffer.type,
+            ServiceOffer.rate,
+            ServiceOffer.min,
+            ServiceOffer.max,
+            ServiceOffer.listed,
+            Provider.enabled,
+            ServiceOffer.updated_at,
+        )
+        .join(Provider, Provider.id == ServiceOffer.provider_id)
+        .order_by(ServiceOffer.service_id, ServiceOffer.position, ServiceOffer.id)
+    )
+    if service_id is not None:
+        stmt = stmt.where(ServiceOffer.service_id == service_id)
+    async with db.read() as conn:
+        return [OfferView(*row) for row in await conn.execute(stmt)]
+
+
+async def map_offer(
+    db: Database,
+    service_id: int,
+    provider_id: int,
+    provider_service_id: int,
+    position: int | None = None,
+) -> set[int]:
+    """Make a provider's service (as synced) an alternative of local service `service_id`,
+    at `position` (default: after the others). The local service it delivered until now,
+    left without offers, is no longer listed. Returns the services whose offers changed."""
+    async with db.write() as conn:
+        local = await conn.scalar(select(Service.type).where(Service.id == service_id))
+        if local is None:
+            raise NotFound(f"no service {service_id}")
+        row = (
+            await conn.execute(
+                select(ServiceOffer.id, ServiceOffer.service_id, ServiceOffer.type).where(
+                    ServiceOffer.provider_id == provider_id,
+                    ServiceOffer.provider_service_id == provider_service_id,
+                )
+            )
+        ).first()
+        if row is None:
+            raise NotFound(
+                f"that provider lists no service {provider_service_id} (as last synced):"
+                " run `smm-gateway services sync` first"
+            )
+        if row.type != local:
+            raise OperatorError(
+                f"its service {provider_service_id} is of type {row.type!r}, service"
+                f" {service_id} of type {local!r}: an order would be taken as another thing"
+            )
+        other = await conn.scalar(
+            select(ServiceOffer.id).where(
+                ServiceOffer.service_id == service_id,
+                ServiceOffer.provider_id == provider_id,
+                ServiceOffer.id != row.id,
+            )
+        )
+        if other is not None:
+            raise OperatorError(
+                f"service {service_id} has an offer of that provider already: unmap it first"
+            )
+        if position is None:
+            highest = await conn.scalar(
+                select(func.max(ServiceOffer.position)).where(
+                    ServiceOffer.service_id == service_id, ServiceOffer.id != row.id
+                )
+            )
+            position = 0 if highest is None else highest + 1
+        await conn.execute(
+            update(ServiceOffer)
+            .where(ServiceOffer.id == row.id)
+            .values(service_id=service_id, position=position, updated_at=utcnow())
+        )
+        changed = {service_id, row.service_id}
+        await _recompute(conn, changed, utcnow())
+    return changed
+
+
+async def unmap_offer(db: Database, service_id: int, provider_id: int) -> int:
+    """Take a provider's offer off local service `service_id`: it goes back to a service of
+    its own (provider `default`'s: the one with its own id; another's: a new local id).
+    Returns the local service it delivers now."""
+    async with db.write() as conn:
+        row = (
+            await conn.execute(
+                select(ServiceOffer).where(
+                    ServiceOffer.service_id == service_id, ServiceOffer.provider_id == provider_id
+                )
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"service {service_id} has no offer of that provider")
+        offer = row[0]
+        if provider_id == DEFAULT_PROVIDER_ID:
+            home = offer.provider_service_id
+            if home == service_id:
+                raise OperatorError(
+                    f"service {service_id} is provider default's own service {home}: hide it,"
+                    " or move other offers before it (services map … --position 0)"
+                )
+            if await conn.scalar(
+                select(ServiceOffer.id).where(
+                    ServiceOffer.service_id == home, ServiceOffer.provider_id == provider_id
+                )
+            ):
+                raise OperatorError(f"service {home} has another offer of provider default")
+            if await conn.scalar(select(Service.id).where(Service.id == home)) is None:
+                await conn.execute(
+                    insert(Service).values(id=home, updated_at=utcnow(), **_row_values(offer))
+                )
+        else:
+            highest = await conn.scalar(
+                select(func.max(Service.id)).where(Service.id >= OTHER_PROVIDERS_FIRST_ID)
+            )
+            home = max(OTHER_PROVIDERS_FIRST_ID, (highest or 0) + 1)
+            await conn.execute(
+                insert(Service).values(id=home, updated_at=utcnow(), **_row_values(offer))
+            )
+        await conn.execute(
+            update(ServiceOffer)
+            .where(ServiceOffer.id == offer.id)
+            .values(service_id=home, position=0, updated_at=utcnow())
+        )
+        await _recompute(conn, {service_id, home}, utcnow())
+    return home
+
+
+def _row_values(offer: ServiceOffer) -> dict[str, object]:
+    values = {f: getattr(offer, f) for f in _REFERENCE_FIELDS}
+    return {**values, "upstream_listed": offer.listed}

@@ -17,12 +17,13 @@ Choices (DESIGN.md, "Providers"):
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from app.catalog import PricedService
 from app.contract import INCORRECT_SERVICE, ContractError
 from app.db import Database
 from app.family import UpstreamRules, rules_for
+from app.models import as_utc, utcnow
 from app.orders.validation import OrderRequest, validate_add
 from app.providers import ProviderClients
 from app.upstream import (
@@ -34,6 +35,11 @@ from app.upstream import (
 )
 
 log = logging.getLogger("smm_gateway.orders")
+
+# A provider that refused for lack of funds is tried after the others for this long (or until
+# it takes an order, or its balance is heard above zero): then it is the operator's first
+# choice again, in case it was topped up meanwhile.
+FUNDS_RETRY = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class Attempt:
 
 _OFFERS_SQL = """
 SELECT o.provider_id, o.provider_service_id, o.type, o.rate, o.min, o.max, o.dripfeed,
-       p.out_of_funds_at IS NOT NULL, p.updated_at
+       p.out_of_funds_at, p.updated_at
 FROM service_offers o JOIN providers p ON p.id = o.provider_id
 WHERE o.service_id = {service} AND o.listed AND p.enabled
 ORDER BY o.position, o.id
@@ -76,17 +82,27 @@ async def offers_of(db: Database, service_id: int) -> list[Offer]:
     rows = await db.fetch(
         _OFFERS_SQL.format(service="?"), _OFFERS_SQL.format(service="$1"), service_id
     )
+    recently = utcnow() - FUNDS_RETRY
     return [
-        Offer(pid, psid, type_, rate, low, high, bool(drip), bool(out), _moment(at))
+        Offer(
+            pid,
+            psid,
+            type_,
+            rate,
+            low,
+            high,
+            bool(drip),
+            out is not None and _moment(out) > recently,
+            _moment(at),
+        )
         for pid, psid, type_, rate, low, high, drip, out, at in rows
     ]
 
 
 def _moment(value: object) -> datetime:
     # SQLite's raw rows carry text; the registry compares what the ORM read.
-    if isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return as_utc(moment)
 
 
 @dataclass(frozen=True)
