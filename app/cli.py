@@ -427,7 +427,9 @@ def simulator(
         " Ctrl-C stops it",
         err=True,
     )
-    run_simulator(sim, host, port)
+    # Ctrl-C is how it stops: uvicorn re-raises the signal once it has shut down.
+    with suppress(KeyboardInterrupt):
+        run_simulator(sim, host, port)
 
 
 def _faults(specs: list[str], kinds: Sequence[str]) -> dict[str, float]:
@@ -1513,7 +1515,8 @@ def report(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Revenue, upstream cost and margin per customer and per service, and the totals.
+    """Revenue, upstream cost and margin per customer, per service and per provider, and the
+    totals.
     Counts orders that may exist upstream (placed, unknown); refunds are already netted."""
     period = _checked(
         ReportPeriod,
@@ -1533,6 +1536,9 @@ def report(
         "",
         "by service:",
         _report_table(result.by_service),
+        "",
+        "by provider:",
+        _report_table(result.by_provider),
         "",
         f"total: {total.orders} orders, revenue {total.revenue}, upstream cost"
         f" {total.upstream_cost}, margin {total.margin}",

@@ -42,7 +42,9 @@ class Gateway:
         # One client per provider (the transport, when given, serves every one of them).
         self.providers = ProviderClients(settings, upstream_transport)
         self.limiter = build_limiter(settings)  # None: no per-key rate limit
-        self.gauges = Gauges(self.db, self.upstream, settings.metrics_refresh_seconds)
+        self.gauges = Gauges(
+            self.db, self.upstream, settings.metrics_refresh_seconds, clients=self.providers
+        )
 
     @property
     def upstream(self) -> UpstreamClient:

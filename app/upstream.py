@@ -270,7 +270,7 @@ class UpstreamClient:
                             action, reason, elapsed_ms, message)
             case Ambiguous(reason=reason):
                 log.warning("upstream %s: ambiguous (%s) in %.0f ms", action, reason, elapsed_ms)
-        metrics.observe_upstream(action, outcome, elapsed_ms / 1000)
+        metrics.observe_upstream(action, outcome, elapsed_ms / 1000, self.provider)
         return outcome
 
     async def _post(self, form: dict[str, str]) -> Outcome:

@@ -391,3 +391,69 @@ async def test_adding_a_provider_with_a_key_needs_the_secret(
             db, settings, name="c", url="http://c.test/api/v2", key="k" * 10
         )
     assert [v.name for v in await providers.list_providers(db)] == ["default"]
+
+
+# --- report and metrics by provider -------------------------------------------------------------
+
+
+async def test_the_report_shows_revenue_cost_and_margin_per_provider(
+    two: Two, db: Database
+) -> None:
+    customer = await _customer(db)
+    listing = await services_by_id(two.client, customer.key)
+    await _one_on_each(two, db, customer)
+    two.clock.advance(30)
+    await sync_pass(db, two.gw.providers, sending_grace_seconds=60)
+    report = (await ops.report(db, two.gw.settings)).model_dump(mode="json")
+    charge = expected_charge(listing[9], 1000)
+    by_provider = {line["name"]: line for line in report["by_provider"]}
+    for name, rate in (("default", "0.0450"), ("b", B_RATES[9])):
+        line = by_provider[name]
+        revenue, cost = parse_micros(line["revenue"]), parse_micros(line["upstream_cost"])
+        assert (line["orders"], revenue, cost) == (1, charge, _cost(rate, 1000)), line
+        assert parse_micros(line["margin"]) == charge - cost
+    total = report["total"]
+    assert parse_micros(total["margin"]) == sum(
+        parse_micros(line["margin"]) for line in by_provider.values()
+    )
+    await assert_ledger_clean(db)
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset], float]:  # type: ignore[type-arg]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_by_provider(two: Two, db: Database) -> None:
+    customer = await _customer(db)
+    before = _samples((await two.client.get("/metrics")).text)
+    await set_sim_balance(two.sim_a, "0")
+    await _order(two, customer)  # refused by default (funds), taken by b
+    await set_faults(two.sim_b, {"error5xx": 1.0})
+    await _order(two, customer)  # b first now, ambiguous: unknown on b
+    await providers.update_provider(db, two.gw.settings, "b", low_balance_threshold=10**12)
+    await two.gw.gauges.refresh()  # the snapshot a scrape renders, read now
+    after = _samples((await two.client.get("/metrics")).text)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    calls = "smmgw_provider_calls_total"
+    assert moved(calls, provider="default", action="add", outcome="refused:error_reply") == 1
+    assert moved(calls, provider="b", action="add", outcome="answer") == 1
+    assert moved(calls, provider="b", action="add", outcome="ambiguous:http_5xx") == 1
+    unknown = "smmgw_provider_orders_unknown"
+    assert after[(unknown, frozenset({("provider", "b")}))] == 1
+    assert after[(unknown, frozenset({("provider", "default")}))] == 0
+    # Balances as the first scrape's refresh heard them, b's below its threshold.
+    b_balance = after[
+        ("smmgw_provider_balance", frozenset({("provider", "b"), ("currency", "USD")}))
+    ]
+    assert b_balance > 0
+    assert after[("smmgw_provider_low_balance", frozenset({("provider", "b")}))] == 1

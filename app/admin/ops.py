@@ -457,10 +457,13 @@ async def run_sync_pass(
 ) -> SyncPassOut:
     """One status-sync pass (also turns orders stranded in `sending` into `unknown`)."""
     from app.main import sending_grace_seconds  # here: app.main imports the admin router
+    from app.orders.placing import SEND_MARGIN_SECONDS
 
-    result = await sync_pass(
-        db, upstream, sending_grace_seconds=sending_grace_seconds(settings), on_batch=on_batch
-    )
+    clients = as_clients(upstream)
+    await clients.refresh(db)
+    # A provider may have timeouts longer than the settings': the longest call decides.
+    grace = max(sending_grace_seconds(settings), clients.max_call_seconds + SEND_MARGIN_SECONDS)
+    result = await sync_pass(db, clients, sending_grace_seconds=grace, on_batch=on_batch)
     return SyncPassOut.of(result)
 
 

@@ -901,7 +901,7 @@ class ReportTotal(_Out):
 
 
 class ReportLineOut(ReportTotal):
-    id: int = Field(description="The customer's or the service's id.")
+    id: int = Field(description="The customer's, the service's or the provider's id.")
     name: str
 
     @classmethod
@@ -918,6 +918,9 @@ class ReportOut(_Out):
     by_customer: list[ReportLineOut]
     by_service: list[ReportLineOut]
     total: ReportTotal
+    by_provider: list[ReportLineOut] = Field(
+        [], description="Each provider's orders: what they paid us, what it kept, the margin."
+    )
 
     @classmethod
     def of(cls, report: Report, currency: str) -> Self:
@@ -928,6 +931,7 @@ class ReportOut(_Out):
             by_customer=[ReportLineOut.of_line(line) for line in report.by_customer],
             by_service=[ReportLineOut.of_line(line) for line in report.by_service],
             total=ReportTotal.of(report.total),
+            by_provider=[ReportLineOut.of_line(line) for line in report.by_provider],
         )
 
 
