@@ -12,6 +12,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from app.customers import CALLER_COLUMNS, CALLER_WIDTH, KEYED_FROM, KEYED_WHERE, Caller, hash_key
 from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
 from app.family import FAMILIES, Family
@@ -210,6 +211,33 @@ async def priced_service(
         markup_bp,
         default_bp,
     )
+
+
+# --- the catalog's version (migration 0006: triggers move it with every change) -------------
+
+_KEYED_VERSION = (
+    f"SELECT {CALLER_COLUMNS}, COALESCE((SELECT version FROM catalog_version WHERE id = 1), 0)"
+    f" FROM {KEYED_FROM} WHERE {KEYED_WHERE}"
+)
+_KEYED_VERSION_SQLITE = _KEYED_VERSION.format("?")
+_KEYED_VERSION_PG = _KEYED_VERSION.format("$1")
+_OWN_PRICES = "SELECT DISTINCT customer_id FROM price_rules WHERE customer_id IS NOT NULL"
+
+
+async def caller_and_catalog_version(db: Database, key: str) -> tuple[Caller | None, int]:
+    """The key's live customer (None: no such key) and the catalog's version, in one read:
+    the whole database work of a `services` request whose reply is rendered already."""
+    if not key:
+        return None, 0
+    rows = await db.fetch(_KEYED_VERSION_SQLITE, _KEYED_VERSION_PG, hash_key(key))
+    if not rows:
+        return None, 0
+    return Caller(*rows[0][:CALLER_WIDTH]), rows[0][CALLER_WIDTH]
+
+
+async def customers_with_own_prices(db: Database) -> frozenset[int]:
+    """The customers with a price rule of their own (any service)."""
+    return frozenset(row[0] for row in await db.fetch(_OWN_PRICES, _OWN_PRICES))
 
 
 def _rule(columns: tuple) -> Rule | None:

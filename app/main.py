@@ -23,6 +23,7 @@ from app.logs import RequestLogMiddleware, configure_logging
 from app.orders.placing import SEND_MARGIN_SECONDS
 from app.panel.openapi import install_openapi
 from app.panel.router import router as panel_router
+from app.panel.services_cache import ServicesCache
 from app.settings import Settings, get_settings
 from app.sync import sync_forever
 from app.upstream import UpstreamClient
@@ -41,6 +42,7 @@ class Gateway:
         self.upstream = UpstreamClient.from_settings(settings, transport=upstream_transport)
         self.limiter = build_limiter(settings)  # None: no per-key rate limit
         self.gauges = Gauges(self.db, self.upstream, settings.metrics_refresh_seconds)
+        self.services_cache = ServicesCache()  # the rendered `services` replies
 
     async def close(self) -> None:
         await self.gauges.close()
@@ -153,6 +155,7 @@ def create_app(
 
     for kind in (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         app.add_exception_handler(kind, _database_error)
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint(request: Request) -> Response:
         """Prometheus: the counters, and the database gauges of the last snapshot (refreshed
