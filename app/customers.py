@@ -2,9 +2,10 @@
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import get_args
+from typing import Any, get_args
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -55,16 +56,29 @@ class KeyView:
     revoked_at: datetime | None
 
 
-# The key's live customer, as the first columns of a hot read: `KEYED_FROM` joined to what
-# the read needs (app.orders.queries joins the orders of `status`), `KEYED_WHERE` with the
-# key hash as its first parameter ({}: the placeholder of the dialect).
-CALLER_COLUMNS = "c.id, c.dialect, c.markup_bp, c.balance"
+# The key's live customer, as the first columns of a hot read (`keyed_select`): other reads
+# join what they need to it (`status` its orders, `add` its priced service), one statement.
+_CALLER_COLUMNS = "c.id, c.dialect, c.markup_bp, c.balance"
 CALLER_WIDTH = 4
-KEYED_FROM = "api_keys k JOIN customers c ON c.id = k.customer_id"
-KEYED_WHERE = "k.key_hash = {} AND k.revoked_at IS NULL AND NOT c.disabled"
-_AUTHENTICATE = f"SELECT {CALLER_COLUMNS} FROM {KEYED_FROM} WHERE {KEYED_WHERE}"
-_AUTHENTICATE_SQLITE = _AUTHENTICATE.format("?")
-_AUTHENTICATE_PG = _AUTHENTICATE.format("$1")
+_KEYED_FROM = "api_keys k JOIN customers c ON c.id = k.customer_id"
+_KEYED_WHERE = "k.key_hash = {key} AND k.revoked_at IS NULL AND NOT c.disabled"
+
+
+def keyed_select(columns: str = "", joins: str = "") -> str:
+    """SELECT the caller's columns (then `columns`) from the key's live customer (`c`), with
+    `joins`; `{key}` is left for the key hash's placeholder: `.format(key="$1")`."""
+    more = f", {columns}" if columns else ""
+    return f"SELECT {_CALLER_COLUMNS}{more} FROM {_KEYED_FROM} {joins} WHERE {_KEYED_WHERE}"
+
+
+def split_caller(row: Sequence[Any]) -> tuple[Caller, tuple[Any, ...]]:
+    """A keyed_select row: the caller, and the columns the read added."""
+    return Caller(*row[:CALLER_WIDTH]), tuple(row[CALLER_WIDTH:])
+
+
+_AUTHENTICATE = keyed_select()
+_AUTHENTICATE_SQLITE = _AUTHENTICATE.format(key="?")
+_AUTHENTICATE_PG = _AUTHENTICATE.format(key="$1")
 
 
 async def authenticate(db: Database, key: str) -> Caller | None:

@@ -24,7 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Executable, create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 import migrations
@@ -53,6 +53,16 @@ _UNREACHABLE = (
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionDoesNotExistError,
 )
+
+
+def _as_sqlalchemy(sql: str, exc: BaseException) -> DBAPIError:
+    """A driver error as SQLAlchemy would have raised it, for callers written against those."""
+    kind = (
+        IntegrityError
+        if isinstance(exc, asyncpg.IntegrityConstraintViolationError)
+        else OperationalError
+    )
+    return kind(sql, None, exc)
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -300,6 +310,16 @@ class Database:
         self._write_lock = asyncio.Lock()
         self.outage = Outage()
 
+    def _hot_pool(self) -> HotPool:
+        pool = self._pg_pool
+        if pool is None:
+            # No floor: the pool opens connections as reads need them, so a server that is
+            # away costs one failed connect per read, not a retry loop in the background.
+            pool = self._pg_pool = HotPool(
+                self.url.replace("postgresql+asyncpg://", "postgresql://", 1), max_size=10
+            )
+        return pool
+
     async def fetch(self, sqlite_sql: str, postgres_sql: str, *args: Any) -> list[Sequence[Any]]:
         """One hot read, straight through the driver; the SQL is given in each dialect.
 
@@ -310,13 +330,7 @@ class Database:
             if self._sqlite_reader is None:
                 self._sqlite_reader = _open_sqlite_reader(self.url)
             return self._sqlite_reader.execute(sqlite_sql, args).fetchall()
-        pool = self._pg_pool
-        if pool is None:
-            # No floor: the pool opens connections as reads need them, so a server that is
-            # away costs one failed connect per read, not a retry loop in the background.
-            pool = self._pg_pool = HotPool(
-                self.url.replace("postgresql+asyncpg://", "postgresql://", 1), max_size=10
-            )
+        pool = self._hot_pool()
         for attempt in (1, 2):
             conn = await pool.acquire()
             try:
@@ -343,6 +357,48 @@ class Database:
                 pool.release(conn)
                 return rows
         raise AssertionError("unreachable")
+
+    async def pg_write(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        """One writing statement on PostgreSQL, through the driver on a hot-read connection:
+        autocommit, so the statement is its own transaction (all of it or nothing). Never
+        retried here (a write may have committed before its reply was lost: the caller knows
+        whether repeating it is harmless). Driver errors are raised as SQLAlchemy's
+        (IntegrityError for a constraint, OperationalError otherwise), chained to the
+        driver's, as the SQLAlchemy path raises them."""
+        pool = self._hot_pool()
+        try:
+            conn = await pool.acquire()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # refused to connect
+            raise _as_sqlalchemy(sql, exc) from exc
+        try:
+            rows = await conn.fetch(sql, *args)
+        except asyncpg.PostgresError as exc:
+            if conn.is_closed():  # the server is shutting down, or terminated us
+                pool.discard(conn)
+                pool.discard_idle()
+            else:
+                pool.release(conn)  # refused by the server: the session is fine
+            raise _as_sqlalchemy(sql, exc) from exc
+        except BaseException as exc:
+            pool.discard(conn)  # dropped, cancelled, or a client error: state unknown
+            if isinstance(exc, _DROPPED) and not isinstance(exc, OSError):
+                pool.discard_idle()
+                raise _as_sqlalchemy(sql, exc) from exc
+            raise
+        pool.release(conn)
+        return rows
+
+    async def sqlite_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` on the stdlib connection inside one write transaction (BEGIN IMMEDIATE, as
+        `write()`): a few prebuilt statements without SQLAlchemy's per-statement work. sqlite3
+        errors are raised as SQLAlchemy's (IntegrityError, OperationalError, ...)."""
+        async with self.write() as conn:
+            assert isinstance(conn, InLoopConnection)
+            raw = conn.sync_connection.connection.driver_connection
+            try:
+                return fn(raw)
+            except sqlite3.Error as exc:
+                raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Conn]:

@@ -12,10 +12,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -30,6 +30,7 @@ from app.contract import (
 )
 from app.db import Database
 from app.models import Order, as_utc, utcnow
+from app.orders.hot_writes import NoFunds, commit_intent_row, mark_row
 from app.orders.validation import OrderRequest
 from app.parsing import is_unicode
 from app.upstream import (
@@ -71,15 +72,6 @@ _unwritten: dict[str, dict[int, int | Refused | Ambiguous]] = {}
 _BLIPS = (DBAPIError, PoolTimeout, OSError)
 
 
-# Built once (phases 1 and 3 of every order); the SET of _MARK comes from the parameters.
-_orders = Order.__table__
-_INSERT_ORDER = insert(_orders)
-_MARK = update(_orders).where(
-    _orders.c.id == bindparam("order_id"),
-    _orders.c.state.in_(bindparam("from_states", expanding=True)),
-)
-
-
 class NotEnoughFunds(ContractError):
     def __init__(self) -> None:
         super().__init__(NOT_ENOUGH_FUNDS)
@@ -113,8 +105,9 @@ async def place_order(
         )
         if earlier is not None:
             return earlier
+    now = utcnow()
     try:
-        order_id = await commit_intent(db, customer_id, request, idempotency_key)
+        order_id = await commit_intent(db, customer_id, request, idempotency_key, now)
     except IntegrityError:
         # The same Idempotency-Key raced us and won: answer what it answers.
         earlier = await _replay(
@@ -124,13 +117,19 @@ async def place_order(
             raise
         return earlier
     # Shielded: a client that hangs up must not abandon an order between phases 2 and 3.
-    return await asyncio.shield(send_and_commit(db, upstream, order_id, request))
+    return await asyncio.shield(send_and_commit(db, upstream, order_id, request, now))
 
 
 async def send_and_commit(
-    db: Database, upstream: UpstreamClient, order_id: int, request: OrderRequest
+    db: Database,
+    upstream: UpstreamClient,
+    order_id: int,
+    request: OrderRequest,
+    committed_at: datetime | None = None,
 ) -> Placement:
-    if not await _still_sendable(db, order_id):
+    """Phase 2 and 3. `committed_at`: when this process committed the intent (its
+    created_at), so that a young order needs no read to know it is still ours to send."""
+    if not _young(committed_at) and not await _still_sendable(db, order_id):
         # Stalled past the margin (a pause, an overloaded host): recovery may already call
         # this order unknown and an operator refund it, so it must never reach the upstream.
         await reject_and_refund(
@@ -140,51 +139,54 @@ async def send_and_commit(
     return await commit_outcome(db, order_id, await upstream.add(request.upstream_params))
 
 
+def _young(created_at: datetime | None) -> bool:
+    """Younger than the margin: no recovery (which waits out the whole sending grace) nor
+    operator (who resolves only `unknown` orders) can have touched it, so it is `sending`."""
+    return created_at is not None and created_at > utcnow() - timedelta(seconds=SEND_MARGIN_SECONDS)
+
+
 async def _still_sendable(db: Database, order_id: int) -> bool:
     """Still `sending`, and young enough that the call ends before recovery may step in."""
     async with db.read() as conn:
         row = (
             await conn.execute(select(Order.state, Order.created_at).where(Order.id == order_id))
         ).first()
-    return (
-        row is not None
-        and row.state == SENDING
-        and as_utc(row.created_at) > utcnow() - timedelta(seconds=SEND_MARGIN_SECONDS)
-    )
+    return row is not None and row.state == SENDING and _young(as_utc(row.created_at))
 
 
 async def commit_intent(
-    db: Database, customer_id: int, request: OrderRequest, idempotency_key: str | None
+    db: Database,
+    customer_id: int,
+    request: OrderRequest,
+    idempotency_key: str | None,
+    now: datetime | None = None,
 ) -> int:
-    now = utcnow()
-    async with db.write() as conn:
-        order_id = (
-            await conn.execute(
-                _INSERT_ORDER,
-                {
-                    "customer_id": customer_id,
-                    "service_id": request.service_id,
-                    "state": SENDING,
-                    "status": PENDING,
-                    "params": json.dumps(request.upstream_params),
-                    "quantity": request.quantity,
-                    "rate": request.rate,
-                    "charge": request.charge,
-                    "cost": request.cost,
-                    "service_type": request.service_type,
-                    "settle_by": settle_by(request.service_type),
-                    "refunded": 0,
-                    "announced": False,
-                    "idempotency_key": idempotency_key or None,
-                    "request_hash": request_hash(request),
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-        ).inserted_primary_key[0]
-        if not await ledger.debit_for_order(conn, customer_id, order_id, request.charge):
-            raise NotEnoughFunds  # rolls the order back with the transaction
-    return order_id
+    """Phase 1: the order (`sending`) with its charge debited and entered, or NotEnoughFunds
+    and nothing written; one statement on PostgreSQL (app/orders/hot_writes.py)."""
+    now = now or utcnow()
+    order = {
+        "customer_id": customer_id,
+        "service_id": request.service_id,
+        "state": SENDING,
+        "status": PENDING,
+        "params": json.dumps(request.upstream_params),
+        "quantity": request.quantity,
+        "rate": request.rate,
+        "charge": request.charge,
+        "cost": request.cost,
+        "service_type": request.service_type,
+        "settle_by": settle_by(request.service_type),
+        "refunded": 0,
+        "announced": False,
+        "idempotency_key": idempotency_key or None,
+        "request_hash": request_hash(request),
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        return await commit_intent_row(db, customer_id, request.charge, now, order)
+    except NoFunds:
+        raise NotEnoughFunds from None
 
 
 async def commit_outcome(
@@ -329,18 +331,9 @@ async def _mark(
     db: Database, order_id: int, state: str, from_states: tuple[str, ...], **values: object
 ) -> bool:
     """Move the order to `state` if it is in one of `from_states`; False if it was not."""
-    async with db.write() as conn:
-        result = await conn.execute(
-            _MARK,
-            {
-                "order_id": order_id,
-                "from_states": from_states,
-                "state": state,
-                "updated_at": utcnow(),
-                **values,
-            },
-        )
-    return result.rowcount == 1
+    return await mark_row(
+        db, order_id, from_states, {"state": state, "updated_at": utcnow(), **values}
+    )
 
 
 async def reject_and_refund(db: Database, order_id: int, *, error: str, note: str) -> bool:

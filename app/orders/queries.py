@@ -8,13 +8,12 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.customers import (
-    CALLER_COLUMNS,
     CALLER_WIDTH,
-    KEYED_FROM,
-    KEYED_WHERE,
     Caller,
     authenticate,
     hash_key,
+    keyed_select,
+    split_caller,
 )
 from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
@@ -134,20 +133,18 @@ _STATUS_ONE_PG = _STATUS_SQL.format("$1", "= $2::bigint")
 # customer's orders (tests/test_query_plans.py saw it, through the (customer_id,
 # idempotency_key) index). By id alone only the primary key descends to them: ≤ 100 rows.
 _STATUS_COLUMNS = "o.id, o.status, o.quantity, o.charge, o.refunded, o.start_count, o.remains"
-_KEYED_STATUS = (
-    f"SELECT {CALLER_COLUMNS}, {_STATUS_COLUMNS} FROM {KEYED_FROM}"
-    " LEFT JOIN orders o ON o.customer_id = c.id AND o.id IDS"
-    f" AND (o.state IN ({_VISIBLE}) OR o.announced) WHERE {KEYED_WHERE}"
+_KEYED_STATUS = keyed_select(
+    _STATUS_COLUMNS,
+    "LEFT JOIN orders o ON o.customer_id = c.id AND o.id IDS"
+    f" AND (o.state IN ({_VISIBLE}) OR o.announced)",
 )
 _KEYED_STATUS_PG = (
     f"WITH o AS MATERIALIZED (SELECT o.customer_id, {_STATUS_COLUMNS} FROM orders o"
-    f" WHERE o.id IDS AND (o.state IN ({_VISIBLE}) OR o.announced))"
-    f" SELECT {CALLER_COLUMNS}, {_STATUS_COLUMNS} FROM {KEYED_FROM}"
-    f" LEFT JOIN o ON o.customer_id = c.id WHERE {KEYED_WHERE}"
-)
-_KEYED_ONE_SQLITE = _KEYED_STATUS.replace("IDS", "= ?2").format("?1")
-_KEYED_ONE_PG = _KEYED_STATUS_PG.replace("IDS", "= $2::bigint").format("$1")
-_KEYED_MANY_PG = _KEYED_STATUS_PG.replace("IDS", "= ANY($2::bigint[])").format("$1")
+    f" WHERE o.id IDS AND (o.state IN ({_VISIBLE}) OR o.announced)) "
+) + keyed_select(_STATUS_COLUMNS, "LEFT JOIN o ON o.customer_id = c.id")
+_KEYED_ONE_SQLITE = _KEYED_STATUS.replace("IDS", "= ?2").format(key="?1")
+_KEYED_ONE_PG = _KEYED_STATUS_PG.replace("IDS", "= $2::bigint").format(key="$1")
+_KEYED_MANY_PG = _KEYED_STATUS_PG.replace("IDS", "= ANY($2::bigint[])").format(key="$1")
 _keyed_many_sqlite: dict[int, str] = {}  # by the number of ids: each one prepared once
 
 
@@ -155,7 +152,9 @@ def _keyed_many_sqlite_sql(count: int) -> str:
     sql = _keyed_many_sqlite.get(count)
     if sql is None:
         marks = ", ".join(f"?{n}" for n in range(2, count + 2))
-        sql = _keyed_many_sqlite[count] = _KEYED_STATUS.replace("IDS", f"IN ({marks})").format("?1")
+        sql = _keyed_many_sqlite[count] = _KEYED_STATUS.replace("IDS", f"IN ({marks})").format(
+            key="?1"
+        )
     return sql
 
 
@@ -179,13 +178,9 @@ async def caller_and_orders(
         rows = await db.fetch(_KEYED_MANY_PG, _KEYED_MANY_PG, digest, ids)
     if not rows:
         return None, {}
-    caller = Caller(*rows[0][:CALLER_WIDTH])
-    found = {
-        row[CALLER_WIDTH]: OrderStatusView(*row[CALLER_WIDTH:])
-        for row in rows
-        if row[CALLER_WIDTH] is not None
-    }
-    return caller, found
+    caller, _ = split_caller(rows[0])
+    at = CALLER_WIDTH  # where each row's order columns start (NULL: none found)
+    return caller, {row[at]: OrderStatusView(*row[at:]) for row in rows if row[at] is not None}
 
 
 async def customer_orders(

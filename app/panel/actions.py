@@ -4,7 +4,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from app.catalog import caller_and_catalog_version, priced_service
+from app.catalog import (
+    PricedService,
+    caller_and_catalog_version,
+    caller_and_priced_service,
+    priced_service,
+)
 from app.contract import (
     INCORRECT_ORDER,
     INCORRECT_REFILL,
@@ -58,15 +63,38 @@ async def balance(ctx: ActionContext) -> Any:
     return render.balance(ctx.caller.balance, ctx.gateway.settings.currency, ctx.caller.dialect)
 
 
+@dataclass(frozen=True)
+class ServiceRead:
+    """What `add`'s keyed read found: the service at the caller's price, or None."""
+
+    service: PricedService | None
+
+
+async def add_read(gateway: "Gateway", key: str, params: dict[str, str]) -> tuple[Any, Any]:
+    """`add`'s key lookup and its priced service in one read. A request `add` will refuse
+    for its service id gets the plain lookup: an invalid key is answered first."""
+    try:
+        service_id = parse_service_id(params)
+    except ContractError:
+        return await authenticate(gateway.db, key), None
+    caller, service = await caller_and_priced_service(
+        gateway.db, key, service_id, gateway.settings.default_markup_bp
+    )
+    return caller, ServiceRead(service)
+
+
 async def add(ctx: ActionContext) -> Any:
     gw, caller = ctx.gateway, ctx.caller
-    service = await priced_service(
-        gw.db,
-        parse_service_id(ctx.params),
-        caller.customer_id,
-        caller.markup_bp,
-        gw.settings.default_markup_bp,
-    )
+    if isinstance(ctx.prefetched, ServiceRead):
+        service = ctx.prefetched.service
+    else:
+        service = await priced_service(
+            gw.db,
+            parse_service_id(ctx.params),
+            caller.customer_id,
+            caller.markup_bp,
+            gw.settings.default_markup_bp,
+        )
     if service is None:
         raise ContractError(INCORRECT_SERVICE)
     request = validate_add(ctx.params, service, gw.upstream.rules)
@@ -191,7 +219,11 @@ async def cancel(ctx: ActionContext) -> Any:
 # Actions whose reads come with the key lookup, in one statement: (caller or None, what the
 # action reads), instead of app.customers.authenticate alone.
 KeyedRead = Callable[["Gateway", str, dict[str, str]], Awaitable[tuple[Any, Any]]]
-KEYED_READS: dict[str, KeyedRead] = {"status": status_read, "services": services_read}
+KEYED_READS: dict[str, KeyedRead] = {
+    "status": status_read,
+    "services": services_read,
+    "add": add_read,
+}
 
 ACTIONS: dict[str, Action] = {
     "services": services,
