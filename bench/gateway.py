@@ -467,14 +467,17 @@ async def customer_order_ids(url: str, customer_id: int, limit: int) -> list[int
 
 
 @contextlib.contextmanager
-def database(kind: str, tmp: Path) -> Iterator[str]:
+def database(kind: str, tmp: Path, socket_dir: str | None = None) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
         return
     asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"))
     asyncio.run(_pg_admin(f"CREATE DATABASE {PG_DB}"))
     try:
-        yield f"postgresql+asyncpg://{PG_SERVER.split('://', 1)[1]}/{PG_DB}"
+        if socket_dir:  # the server's Unix socket instead of TCP on 127.0.0.1
+            yield f"postgresql+asyncpg://postgres@/{PG_DB}?host={socket_dir}"
+        else:
+            yield f"postgresql+asyncpg://{PG_SERVER.split('://', 1)[1]}/{PG_DB}"
     finally:
         asyncio.run(_pg_admin(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)"))
 
@@ -606,6 +609,12 @@ def main() -> int:
         default="WARNING",
         help="SMMGW_LOG_LEVEL (INFO writes the gateway's access line per request)",
     )
+    parser.add_argument(
+        "--pg-socket",
+        metavar="DIR",
+        help="PostgreSQL: connect the gateway through the Unix socket in DIR (e.g."
+        " /var/run/postgresql) instead of TCP to 127.0.0.1",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
     args = parser.parse_args()
@@ -615,7 +624,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     try:
-        with database(args.db, tmp) as url:
+        with database(args.db, tmp, args.pg_socket) as url:
             return measure(args, url, tmp, servers)
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
@@ -693,7 +702,8 @@ def measure(args: argparse.Namespace, url: str, tmp: Path, servers: dict[str, Se
         f"smm-gateway bench: db={args.db}; {args.seconds:g} s per figure in {args.rounds} "
         f"slices, each after {args.warmup:g} s warm-up; add = service {service['service']} "
         f"x {quantity}; pinning {'off' if args.no_pin else 'on'}; "
-        f"gateway log level {args.gateway_log_level}",
+        f"gateway log level {args.gateway_log_level}"
+        f"{'; PostgreSQL via ' + args.pg_socket if args.pg_socket else ''}",
         flush=True,
     )
 

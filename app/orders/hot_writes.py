@@ -37,7 +37,7 @@ def _pg_type(column: Column[Any]) -> str:
 
 def _sqlite_binder(column: Column[Any]) -> Callable[[Any], Any]:
     """How SQLAlchemy stores a value of this column on SQLite (datetimes as its text)."""
-    process = column.type.bind_processor(_SQLITE)
+    process = column.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)
     return process if process is not None else (lambda value: value)
 
 
