@@ -24,8 +24,11 @@ ADJUSTMENT = "adjustment"
 KINDS = (TOPUP, CHARGE, REFUND, ADJUSTMENT)
 
 
+CHARGE_REF_PREFIX = "charge:"  # + the order id (app/orders/hot_writes.py builds it in SQL)
+
+
 def charge_ref(order_id: int) -> str:
-    return f"charge:{order_id}"
+    return f"{CHARGE_REF_PREFIX}{order_id}"
 
 
 def refund_ref(order_id: int) -> str:

@@ -23,6 +23,7 @@ from app.logs import RequestLogMiddleware, configure_logging
 from app.orders.placing import SEND_MARGIN_SECONDS
 from app.panel.openapi import install_openapi
 from app.panel.router import router as panel_router
+from app.panel.services_cache import ServicesCache
 from app.providers import ProviderClients
 from app.settings import Settings, get_settings
 from app.sync import sync_forever
@@ -45,6 +46,7 @@ class Gateway:
         self.gauges = Gauges(
             self.db, self.upstream, settings.metrics_refresh_seconds, clients=self.providers
         )
+        self.services_cache = ServicesCache()  # the rendered `services` replies
 
     @property
     def upstream(self) -> UpstreamClient:
@@ -172,6 +174,7 @@ def create_app(
 
     for kind in (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         app.add_exception_handler(kind, _database_error)
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint(request: Request) -> Response:
         """Prometheus: the counters, and the database gauges of the last snapshot (refreshed

@@ -282,3 +282,13 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class CatalogVersion(Base):
+    """One row (id 1): a number that triggers move with every change of what `services`
+    shows (migration 0006), so each instance knows when its rendered catalog is stale."""
+
+    __tablename__ = "catalog_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger)
