@@ -40,7 +40,7 @@ from datetime import datetime
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, literal_column, select, update
 
 from app import contract
 from app.catalog import LAST_ERROR, SYNCED_AT, _set_kv, _upsert, upstream_state
@@ -84,8 +84,11 @@ def _age(now: datetime, then: datetime | None) -> float:
     return max(0.0, (now - as_utc(then)).total_seconds()) if then is not None else 0.0
 
 
+# 'placed' written into the SQL (as app.sync does): the planner then reads the active orders
+# through the partial index ix_orders_due, not the whole table.
+_PLACED_LITERAL = literal_column(f"'{PLACED}'")
 _ACTIVE = (
-    Order.state == PLACED,
+    Order.state == _PLACED_LITERAL,
     Order.status.not_in(tuple(contract.FINAL_STATUSES)),
     Order.settled_at.is_(None),
 )
@@ -105,7 +108,10 @@ def _read(conn: Connection, state: DbState) -> None:
         select(func.min(Order.created_at)).where(Order.state == UNKNOWN)
     )
     state.held = conn.scalar(
-        select(func.count()).where(Order.held.is_not(None), Order.settled_at.is_(None))
+        # Only a placed order's settlement is ever held (app.sync): the index of those.
+        select(func.count()).where(
+            Order.held.is_not(None), Order.settled_at.is_(None), Order.state == _PLACED_LITERAL
+        )
     )
     rows = conn.execute(select(Setting.key, Setting.value).where(Setting.key.in_(_KEYS))).all()
     state.kv = {key: value for key, value in rows}
