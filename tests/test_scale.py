@@ -10,6 +10,8 @@ a million orders on PostgreSQL, bench/README.md "Scale").
 
 import random
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,9 @@ from test_query_plans import never_analysed  # noqa: F401 (a fixture)
 from app import ledger
 from app.customers import authenticate
 from app.db import Database
-from app.models import Customer, Order
+from app.gauges import read_state
+from app.models import DUE_WHERE, Customer, Order
+from app.orders.placing import PLACED
 from app.sync import sync_pass
 from app.upstream import UpstreamClient
 
@@ -51,18 +55,39 @@ async def test_the_fill_keeps_the_ledger_invariants_and_its_keys_work(db: Databa
     assert (caller.customer_id, caller.balance) == (filled.heavy_customer, heavy_balance)
 
 
-def _claims(db: Database) -> tuple[Any, Any, list[tuple[str, Any]]]:
-    """The engine a pass writes through, the listener, and the list it fills with the pass's
-    claim statements."""
-    engine = db._sqlite_write if db.is_sqlite else db._pg.sync_engine  # type: ignore[union-attr]
+@contextmanager
+def _statements(engine: Any, wanted: Callable[[str], bool]) -> Iterator[list[tuple[str, Any]]]:
+    """The statements (and their parameters) `engine` runs inside the block that `wanted`
+    selects."""
     seen: list[tuple[str, Any]] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        if "SKIP LOCKED" in statement or ("ORDER BY" in statement and "LIMIT" in statement):
+        if wanted(statement):
             seen.append((statement, params))
 
     event.listen(engine, "before_cursor_execute", record)
-    return engine, record, seen
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def _plans(db: Database, engine: Any, statement: str, params: Any) -> dict[str, str]:
+    """The plans of `statement`: SQLite's; PostgreSQL's generic and per-call ones."""
+    if db.is_sqlite:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params).all()
+        return {"sqlite": " / ".join(str(row[-1]) for row in rows)}
+    conn = await asyncpg.connect(db.url.replace("+asyncpg", "", 1), timeout=10)
+    try:
+        found = {}
+        for mode in ("force_generic_plan", "force_custom_plan"):
+            await conn.execute(f"SET plan_cache_mode = {mode}")
+            rows = await conn.fetch(f"EXPLAIN {statement}", *params)
+            found[mode] = "\n".join(row[0] for row in rows)
+        return found
+    finally:
+        await conn.close()
 
 
 async def test_a_sync_pass_claims_through_the_due_index_on_stale_statistics(
@@ -87,30 +112,37 @@ async def test_a_sync_pass_claims_through_the_due_index_on_stale_statistics(
     await fill(db.url, 3_000, customers=100, seed=5, upstream_ids=ids)
     calls = sim.calls["status"]
 
-    engine, listener, seen = _claims(db)
-    result = await sync_pass(db, upstream, sending_grace_seconds=60)
-    event.remove(engine, "before_cursor_execute", listener)
+    engine = db._sqlite_write if db.is_sqlite else db._pg.sync_engine  # type: ignore[union-attr]
+    with _statements(engine, lambda sql: "ORDER BY" in sql and "LIMIT" in sql) as seen:
+        result = await sync_pass(db, upstream, sending_grace_seconds=60)
     assert (result.polled, result.upstream_calls, sim.calls["status"] - calls) == (300, 3, 3)
     assert await ledger.verify(db) == []
-    assert seen, "no claim statement was seen"
+    assert len(seen) >= 3, seen  # each batch's claim
 
     for statement, params in seen:
-        if db.is_sqlite:
-            assert db._sqlite_write is not None
-            with db._sqlite_write.connect() as conn:
-                rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params).all()
-            plan = " / ".join(str(row[-1]) for row in rows)
-            assert "USING INDEX ix_orders_due" in plan, plan
-            assert "TEMP B-TREE" not in plan, plan  # read in the index's order: no sort
-            continue
-        url = db.url.replace("postgresql+asyncpg://", "postgresql://", 1)
-        conn = await asyncpg.connect(url, timeout=10)
-        try:
-            for mode in ("force_generic_plan", "force_custom_plan"):
-                await conn.execute(f"SET plan_cache_mode = {mode}")
-                rows = await conn.fetch(f"EXPLAIN {statement}", *params)
-                plan = "\n".join(row[0] for row in rows)
-                assert "Index Scan using ix_orders_due on orders" in plan, (mode, plan)
-                assert "Sort" not in plan and "Seq Scan" not in plan, (mode, plan)
-        finally:
-            await conn.close()
+        for mode, plan in (await _plans(db, engine, statement, params)).items():
+            assert "USING INDEX ix_orders_due" in plan or (
+                "Index Scan using ix_orders_due on orders" in plan
+            ), (mode, plan)
+            # Read in the index's order: no sort, no other scan.
+            assert not any(word in plan for word in ("TEMP B-TREE", "Sort", "Seq")), (mode, plan)
+
+
+def test_the_index_condition_names_the_placed_state() -> None:
+    """DUE_WHERE is written out in SQL for the planners; it must say what PLACED says."""
+    assert f"state = '{PLACED}'" in DUE_WHERE
+
+
+async def test_the_active_order_gauges_read_through_the_due_index_on_stale_statistics(
+    never_analysed: Database,  # noqa: F811
+) -> None:
+    db = never_analysed
+    filled = await fill(db.url, 3_000, customers=100, seed=6)
+    engine = db._sqlite_read if db.is_sqlite else db._pg.sync_engine  # type: ignore[union-attr]
+    with _statements(engine, lambda sql: DUE_WHERE in sql) as seen:
+        state = await read_state(db)
+    assert (state.up, state.active, state.held) == (True, filled.active, 0)
+    assert len(seen) == 2, seen  # the active orders' count and age; the held settlements
+    for statement, params in seen:
+        for mode, plan in (await _plans(db, engine, statement, params)).items():
+            assert "ix_orders_due" in plan and "Seq Scan" not in plan, (mode, plan)
