@@ -249,19 +249,26 @@ async def sync_figures(url: str, sim: gw.Server) -> dict[str, Any]:
 async def plans(url: str, filled: Filled) -> dict[str, str]:
     """The plans of the reads whose cost must not grow with the table: one line each."""
     from app.db import Database
+    from app.gauges import _FINAL_SQL, _unsettled_placed
 
     customer, order = filled.heavy_customer, filled.heavy_active_order
+    kind = "sqlite" if url.startswith("sqlite") else "postgresql"
+    dialect = argparse.Namespace(dialect=argparse.Namespace(name=kind))
     queries = {
         "status": (
             "SELECT id, status FROM orders WHERE customer_id = {c} AND"
             " (state IN ('sending', 'placed', 'unknown') OR announced) AND id = {o}"
         ),
-        "sync claim": (
-            "SELECT id FROM orders WHERE state = 'placed' AND status NOT IN"
-            " ('Completed', 'Partial', 'Canceled', 'Expired') AND settled_at IS NULL"
-            " AND upstream_order_id IS NOT NULL ORDER BY refreshed_at ASC NULLS FIRST, id"
-            " LIMIT 100"
+        "sync claim": (  # the second of app.sync's two reads (the refreshed orders)
+            "SELECT id FROM orders WHERE settled_at IS NULL AND state = 'placed' AND status"
+            " NOT IN ('Completed', 'Partial', 'Canceled', 'Expired') AND upstream_order_id IS"
+            " NOT NULL AND refreshed_at < CURRENT_TIMESTAMP ORDER BY refreshed_at, id LIMIT 100"
         ),
+        "gauges: active orders": (  # as app.gauges writes it for this database
+            "SELECT count(*), min(coalesce(refreshed_at, created_at))"
+            f" {_unsettled_placed(dialect)} AND status NOT IN ({_FINAL_SQL})"
+        ),
+        "gauges: by state": "SELECT state, count(*) FROM orders GROUP BY state",
     }
     db = Database(url)
     found: dict[str, str] = {}
