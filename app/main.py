@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app import metrics
 from app.admin.router import router as admin_router
 from app.catalog import catalog_state, stored_family, sync_catalogs, upstream_state
+from app.dashboard.router import routes as dashboard_routes
 from app.db import Database, is_unreachable, ping
 from app.docs import install_docs
 from app.gauges import DbCollector, Gauges
@@ -154,6 +155,8 @@ def create_app(
     app.include_router(panel_router)
     # Off (no SMMGW_ADMIN_TOKEN), the admin API answers 404 and the documents leave it out.
     app.include_router(admin_router, include_in_schema=bool(settings.admin_token))
+    # The operator's web pages: off (404) like the admin API, never in the documents.
+    app.include_router(dashboard_routes, include_in_schema=False)
     app.add_middleware(HeadAsGetMiddleware)  # inside the log line: it still says HEAD
     # Request id, one log line and the request metrics per request (pure ASGI: cheap).
     app.add_middleware(RequestLogMiddleware, on_done=metrics.observe_request)

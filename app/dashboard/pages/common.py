@@ -1,0 +1,42 @@
+"""What every page module reaches for: the gateway's parts, ids in paths, paging."""
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Path, Request
+
+from app.db import Database
+from app.models import as_utc
+from app.settings import Settings
+from app.upstream import UpstreamClient
+
+# Ids in paths: within the columns' range (a huge one is a 422, not a database overflow).
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+PAGE_SIZE = 50
+
+
+def db_of(request: Request) -> Database:
+    return request.app.state.gateway.db
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.gateway.settings
+
+
+def upstream_of(request: Request) -> UpstreamClient:
+    return request.app.state.gateway.upstream
+
+
+def page_number(text: str | None) -> int:
+    """A page number from a query string: 1 for anything that is not a small positive one."""
+    if text and text.isascii() and text.isdigit() and 0 < int(text) < 1_000_000:
+        return int(text)
+    return 1
+
+
+def stored_moment(text: str | None) -> datetime | None:
+    """A time the gateway stored as ISO text (the catalog's last sync), or None."""
+    try:
+        return as_utc(datetime.fromisoformat(text)) if text else None
+    except ValueError:
+        return None
