@@ -34,9 +34,11 @@ def page_number(text: str | None) -> int:
     return 1
 
 
-def stored_moment(text: str | None) -> datetime | None:
-    """A time the gateway stored as ISO text (the catalog's last sync), or None."""
+def stored_moment(value: object) -> datetime | None:
+    """A stored time, UTC: a datetime, or the ISO text SQLite or the `kv` table hold it as."""
+    if isinstance(value, datetime):
+        return as_utc(value)
     try:
-        return as_utc(datetime.fromisoformat(text)) if text else None
+        return as_utc(datetime.fromisoformat(value)) if isinstance(value, str) and value else None
     except ValueError:
         return None

@@ -20,7 +20,6 @@ from app.dashboard.pages.common import db_of, settings_of, stored_moment, upstre
 from app.dashboard.render import page
 from app.errors import OperatorError
 from app.gauges import read_state
-from app.models import as_utc
 from app.orders.placing import STATES, UNKNOWN
 from app.orders.queries import held_settlements
 
@@ -51,7 +50,7 @@ async def overview(request: Request) -> Response:
     days = await report.daily(db, today - timedelta(days=CHART_DAYS - 1), today)
     services = await ops.list_services(db, settings)
     now = datetime.now(UTC)
-    oldest = None if state.oldest_refresh is None else as_utc(state.oldest_refresh)
+    oldest = stored_moment(state.oldest_refresh)
     synced_at = stored_moment(state.kv.get(SYNCED_AT))
     last_error = state.kv.get(LAST_ERROR) or None
     return page(
