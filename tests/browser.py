@@ -118,6 +118,7 @@ class Stack:
     url: str
     sim_url: str
     http: httpx.Client
+    panel_b_url: str  # a second simulator, for a second provider
 
     def panel(self, key: str, action: str, **params: object) -> object:
         data = {"key": key, "action": action} | {k: str(v) for k, v in params.items()}
@@ -156,29 +157,38 @@ class Stack:
         )
         return {int(s["service"]): s for s in json.loads(reply.text)}
 
-    def sim_orders(self) -> list[dict]:  # type: ignore[type-arg]
-        return httpx.get(f"{self.sim_url}/_sim/orders", timeout=10).json()
+    def sim_orders(self, sim_url: str | None = None) -> list[dict]:  # type: ignore[type-arg]
+        return httpx.get(f"{sim_url or self.sim_url}/_sim/orders", timeout=10).json()
 
     def verify(self) -> dict:  # type: ignore[type-arg]
         return self.http.get("/admin/ledger/verify", headers=AUTH).json()
 
 
+PANEL_B_KEY = "panel-b-key"
+SECRET_KEY = "a-dashboard-test-secret-of-32-characters"
+
+
 @contextmanager
 def stack_on(database_url: str, **overrides: object) -> Iterator[Stack]:
     # tick: an order stays as placed until a test moves it; a short read timeout makes
-    # sim:timeout an `unknown` order quickly.
+    # sim:timeout an `unknown` order quickly. A second simulator (the standard family, a key
+    # of its own) stands in for another provider, for the tests that add one.
     sim = create_simulator_app(SimConfig(key=SIM_KEY, tick_seconds=3600.0, seed=1))
-    with served(sim) as sim_url:
+    panel_b = create_simulator_app(
+        SimConfig(key=PANEL_B_KEY, dialect="standard", tick_seconds=3600.0, seed=2)
+    )
+    with served(sim) as sim_url, served(panel_b) as panel_b_url:
         values = {
             "upstream_url": f"{sim_url}/api/v1",
             "admin_token": TOKEN,
+            "secret_key": SECRET_KEY,
             "upstream_timeout_seconds": 1.0,
             "upstream_connect_timeout_seconds": 1.0,
         } | overrides
         settings = gateway_settings(database_url, **values)
         with served(create_app(settings, background=False)) as url:
             with httpx.Client(base_url=url, timeout=15) as http:
-                yield Stack(url, sim_url, http)
+                yield Stack(url, sim_url, http, panel_b_url)
 
 
 @dataclass

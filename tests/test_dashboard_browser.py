@@ -6,7 +6,17 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-from browser import Chromium, Stack, go, launch, notice, rendered, sign_in, stack_on
+from browser import (
+    PANEL_B_KEY,
+    Chromium,
+    Stack,
+    go,
+    launch,
+    notice,
+    rendered,
+    sign_in,
+    stack_on,
+)
 from playwright.sync_api import Page, expect
 
 from app.db import Database
@@ -291,3 +301,76 @@ def test_prices_and_the_margin_on_the_overview(chromium: Chromium, stack: Stack)
         assert micros(page.locator("#report-margin").inner_text()) == expected_margin
 
     chromium.page(stack.url, overview)
+
+
+def test_a_second_provider(chromium: Chromium, stack: Stack) -> None:
+    _, key = stack.customer_with_funds("Two Panels", "60.00")
+
+    def add_and_map(page: Page) -> int:
+        sign_in(page)
+        go(page, "nav >> text=Providers")
+        expect(page.locator("#providers tbody tr")).to_have_count(1)  # `default`
+        form = page.locator("#add-provider")
+        form.locator("input[name=name]").fill("panel-b")
+        form.locator("input[name=url]").fill(f"{stack.panel_b_url}/api/v2")
+        form.locator("input[name=key]").fill(PANEL_B_KEY)
+        form.locator("input[name=low_balance]").fill("5000")
+        go(page, form.locator("button"))
+        assert "Provider panel-b added" in notice(page)
+        facts = page.locator("#provider-facts")
+        expect(facts).to_contain_text("fingerprint")
+        assert PANEL_B_KEY not in page.content()  # never shown again
+        go(page, "#ask-balance")
+        assert "Balance at panel-b: 1000.00" in notice(page)
+        assert "below its low-balance threshold" in notice(page)
+
+        go(page, "nav >> text=Services")
+        go(page, "#sync-catalog")
+        assert notice(page).startswith("Catalog synced:")
+        service_id = int(page.locator("#services tbody tr td a").first.inner_text())
+        page.goto(f"/dashboard/services/{service_id}")
+        rendered(page)
+        form = page.locator("#map-offer")
+        form.locator("select[name=provider]").select_option("panel-b")
+        form.locator("input[name=provider_service_id]").fill(str(service_id))
+        form.locator("input[name=position]").fill("0")
+        go(page, form.locator("button"))
+        assert "tried in this order: panel-b, default" in notice(page)
+        expect(page.locator("#offers tbody tr").first).to_contain_text("panel-b")
+        return service_id
+
+    service_id = chromium.page(stack.url, add_and_map)
+    offered = {int(s["service"]): s for s in stack.panel(key, "services")}  # type: ignore[union-attr]
+    quantity = int(offered[service_id]["min"])
+    first = stack.panel(
+        key, "add", service=service_id, link="https://x.test/b1/sim:complete", quantity=quantity
+    )
+    assert isinstance(first, dict) and "order" in first
+    assert [o["params"]["link"] for o in stack.sim_orders(stack.panel_b_url)] == [
+        "https://x.test/b1/sim:complete"
+    ]
+    assert stack.sim_orders() == []  # panel-b first: default got nothing
+
+    def orders_and_disable(page: Page) -> None:
+        sign_in(page)
+        expect(page.locator("#balances")).to_contain_text("panel-b")
+        expect(page.locator("#balances")).to_contain_text("low")
+        page.goto("/dashboard/orders?provider=panel-b")
+        rendered(page)
+        expect(page.locator("#orders tbody tr")).to_have_count(1)
+        go(page, f"#orders a:text-is('{first['order']}')")
+        expect(page.locator("#order-provider")).to_have_text("panel-b")
+        go(page, "#order-provider a")
+        page.locator("form:has(button:has-text('Disable')) input[type=checkbox]").check()
+        go(page, "button:has-text('Disable')")
+        assert "panel-b disabled" in notice(page)
+        page.goto("/dashboard/report")
+        rendered(page)
+        expect(page.locator("h2:has-text('By provider') + table")).to_contain_text("panel-b")
+
+    chromium.page(stack.url, orders_and_disable)
+    second = stack.panel(
+        key, "add", service=service_id, link="https://x.test/b2/sim:complete", quantity=quantity
+    )
+    assert isinstance(second, dict) and "order" in second
+    assert [o["params"]["link"] for o in stack.sim_orders()] == ["https://x.test/b2/sim:complete"]

@@ -7,8 +7,8 @@ from fastapi import Path, Request
 
 from app.db import Database
 from app.models import as_utc
+from app.providers import ProviderClients
 from app.settings import Settings
-from app.upstream import UpstreamClient
 
 # Ids in paths: within the columns' range (a huge one is a 422, not a database overflow).
 RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -23,8 +23,9 @@ def settings_of(request: Request) -> Settings:
     return request.app.state.gateway.settings
 
 
-def upstream_of(request: Request) -> UpstreamClient:
-    return request.app.state.gateway.upstream
+def clients_of(request: Request) -> ProviderClients:
+    """Every provider's client: each order is checked, synced and resolved at its own."""
+    return request.app.state.gateway.providers
 
 
 def page_number(text: str | None) -> int:
