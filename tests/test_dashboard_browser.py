@@ -13,11 +13,13 @@ from browser import (
     go,
     launch,
     notice,
+    open_page,
     rendered,
     sign_in,
     stack_on,
 )
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Error as PlaywrightError
 
 from app.db import Database
 
@@ -374,3 +376,16 @@ def test_a_second_provider(chromium: Chromium, stack: Stack) -> None:
     )
     assert isinstance(second, dict) and "order" in second
     assert [o["params"]["link"] for o in stack.sim_orders()] == ["https://x.test/b2/sim:complete"]
+
+
+def test_the_browser_reaches_nothing_but_the_gateway(chromium: Chromium, stack: Stack) -> None:
+    """The guard the other tests rely on: a request to another host is stopped and seen."""
+
+    def step(browser: Browser) -> list[str]:
+        with open_page(browser, stack.url, chromium.viewport) as (page, watch):
+            sign_in(page)
+            with pytest.raises(PlaywrightError):
+                page.goto("http://cdn.example.test/some.css")
+        return watch.outside
+
+    assert chromium.run(step) == ["http://cdn.example.test/some.css"]
