@@ -167,3 +167,11 @@ async def test_the_stylesheet_is_served_by_the_gateway(dashboard: httpx.AsyncCli
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert "http" not in css.text  # no font or image from anywhere else
     assert (await dashboard.get("/dashboard/static/../settings.py")).status_code == 404
+
+
+async def test_a_page_that_does_not_exist_is_a_page_too(dashboard: httpx.AsyncClient) -> None:
+    await sign_in(dashboard)
+    for path in ("/dashboard/customers/abc", "/dashboard/orders/0", "/dashboard/orders/99"):
+        answer = await dashboard.get(path)
+        assert answer.status_code == 404, path
+        assert "Not found" in answer.text and "Sign out" in answer.text, path

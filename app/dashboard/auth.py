@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
@@ -67,6 +68,8 @@ class DashboardRoute(APIRoute):
                 response = await handler(request)
             except NotFound as exc:
                 response = page(request, "missing.html", status_code=404, what=str(exc))
+            except RequestValidationError:  # a path id that is no id (`/orders/abc`, `/orders/0`)
+                response = page(request, "missing.html", status_code=404, what="No such page")
             current = request.state.session
             if current is not None and current.dirty:
                 sessions.write(response, current, token, secure=_secure(request))
