@@ -13,7 +13,9 @@ import pytest
 from conftest import gateway_settings
 from dashboard_helpers import TOKEN, csrf_of, sign_in
 from fastapi import FastAPI
+from starlette.responses import Response
 
+from app.dashboard import session as sessions
 from app.db import Database
 from app.main import create_app
 
@@ -175,3 +177,14 @@ async def test_a_page_that_does_not_exist_is_a_page_too(dashboard: httpx.AsyncCl
         answer = await dashboard.get(path)
         assert answer.status_code == 404, path
         assert "Not found" in answer.text and "Sign out" in answer.text, path
+
+
+def test_notices_never_grow_the_cookie_past_what_a_browser_keeps() -> None:
+    session = sessions.fresh(signed_in=True)
+    for n in range(10):
+        session.notify(f"notice {n}: " + "é" * 2000, "error")  # escaped in JSON: 6 bytes each
+    response = Response()
+    sessions.write(response, session, TOKEN, secure=False)
+    cookie = response.headers["set-cookie"]
+    assert len(cookie) < 4000
+    assert session.notices and session.notices[-1][1].startswith("notice 9")  # the newest stays

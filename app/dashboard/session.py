@@ -21,8 +21,11 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 COOKIE = "smmgw_dashboard"
 PATH = "/dashboard"
 _PURPOSE = b"smm-gateway dashboard session v1"
-_MAX_NOTICES = 4  # a cookie holds about 4 KB: a few lines at most
+_MAX_NOTICES = 4
 _NOTICE_CHARS = 600
+# A browser drops a cookie over 4 KB (name, attributes and all): a session that grew past this
+# would sign its holder out. Older notices go first, then the last one is cut shorter.
+COOKIE_BUDGET = 3600
 
 
 @dataclass
@@ -84,16 +87,29 @@ def read(request: Request, admin_token: str, lifetime: float) -> Session | None:
     return session
 
 
-def write(response: Response, session: Session, admin_token: str, *, secure: bool) -> None:
+def _signed(session: Session, admin_token: str) -> str:
     data = {
         "in": session.signed_in,
         "csrf": session.csrf,
         "since": session.since,
         "notices": session.notices,
     }
+    return _serializer(admin_token).dumps(data)
+
+
+def write(response: Response, session: Session, admin_token: str, *, secure: bool) -> None:
+    value = _signed(session, admin_token)
+    while len(value) > COOKIE_BUDGET and session.notices:
+        if len(session.notices) > 1:
+            session.notices = session.notices[1:]
+        else:
+            level, text = session.notices[0]
+            shorter = text[: len(text) // 2]
+            session.notices = [(level, shorter + "…")] if len(shorter) > 20 else []
+        value = _signed(session, admin_token)
     response.set_cookie(
         COOKIE,
-        _serializer(admin_token).dumps(data),
+        value,
         path=PATH,
         httponly=True,
         samesite="strict",
