@@ -123,11 +123,17 @@ async def _customer(db: Database, name: str = "c") -> Customer:
     return await new_customer(db, name, funds=parse_micros("100"))
 
 
-async def _order(two: Two, customer: Customer, service: int = 9, **params: Any) -> Any:
+async def _order(
+    two: Two,
+    customer: Customer,
+    service: int = 9,
+    headers: dict[str, str] | None = None,
+    **params: Any,
+) -> Any:
     values: dict[str, Any] = {"service": service, "link": "https://x.test/p/sim:complete"}
     values["quantity"] = 1000
     values.update(params)
-    return await add(two.client, customer.key, values)
+    return await add(two.client, customer.key, values, headers=headers)
 
 
 def _cost(rate: str, units: int) -> int:
@@ -251,6 +257,38 @@ async def test_after_an_ambiguous_answer_nothing_else_is_tried(
     assert (order.state, order.provider_id) == ("unknown", DEFAULT)
     assert await sim_calls(two.sim_b) == 0
     assert await balance_of(db, customer) < before  # funds held
+    await assert_ledger_clean(db)
+
+
+async def test_an_ambiguous_answer_after_a_failover_leaves_the_order_unknown_there(
+    two: Two, db: Database
+) -> None:
+    """A refuses for funds, B takes the order but the reply is lost: the order is `unknown`
+    on B (recorded there before it was sent), its charge held; A is not asked again."""
+    customer = await _customer(db)
+    await set_sim_balance(two.sim_a, "0")
+    await set_faults(two.sim_b, {"drop": 1.0})
+    order = await get_order(db, (await _order(two, customer))["order"])
+    assert (order.state, order.provider_id, order.upstream_order_id) == ("unknown", B, None)
+    assert order.params["service"] == "9" and await sim_calls(two.sim_a) == 1
+    [at_b] = await sim_orders(two.sim_b)
+    assert at_b["params"]["link"] == order.params["link"]
+    assert len(await _one_charge(db, customer, order.id)) == 1
+    await assert_ledger_clean(db)
+
+
+async def test_a_replayed_idempotency_key_answers_the_failed_over_order(
+    two: Two, db: Database
+) -> None:
+    customer = await _customer(db)
+    await set_sim_balance(two.sim_a, "0")
+    keyed = {"Idempotency-Key": "bot-retry-1"}
+    first = await _order(two, customer, headers=keyed)
+    again = await _order(two, customer, headers=keyed)
+    assert first == again and "order" in first
+    assert (await get_order(db, first["order"])).provider_id == B
+    assert len(await sim_orders(two.sim_b)) == 1
+    assert len(await _one_charge(db, customer, first["order"])) == 1
     await assert_ledger_clean(db)
 
 
