@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.db import SHARED_UPSTREAM_IDS, Conn, Database
 from app.errors import NotFound, OperatorError
-from app.models import Customer, LedgerEntry, Order, utcnow
+from app.models import DEFAULT_PROVIDER_ID, Customer, LedgerEntry, Order, utcnow
 from app.money import MAX_AMOUNT, render
 from app.settlement import settlement_problems
 
@@ -24,8 +24,11 @@ ADJUSTMENT = "adjustment"
 KINDS = (TOPUP, CHARGE, REFUND, ADJUSTMENT)
 
 
+CHARGE_REF_PREFIX = "charge:"  # + the order id (app/orders/hot_writes.py builds it in SQL)
+
+
 def charge_ref(order_id: int) -> str:
-    return f"charge:{order_id}"
+    return f"{CHARGE_REF_PREFIX}{order_id}"
 
 
 def refund_ref(order_id: int) -> str:
@@ -397,5 +400,6 @@ async def _shared_upstream_ids(conn: Conn) -> list[str]:
     more: its index stayed plain, app.db.ensure_unique_upstream_ids)."""
     return [
         f"upstream order {uid} is attached to {count} orders ({first} … {last})"
-        for uid, first, last, count in await conn.execute(text(SHARED_UPSTREAM_IDS))
+        + ("" if provider == DEFAULT_PROVIDER_ID else f" on provider {provider}")
+        for uid, first, last, count, provider in await conn.execute(text(SHARED_UPSTREAM_IDS))
     ]

@@ -1,13 +1,15 @@
-"""Revenue, upstream cost and margin, per customer and per service, over a period."""
+"""Revenue, upstream cost and margin, per customer, per service and per provider, over a
+period. An order's cost is its own provider's: what that provider charged (or its rate for
+the order until it reports a charge)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, and_, case, func, select
 
 from app.contract import CANCELED
 from app.db import Database
-from app.models import Customer, Order, Service
+from app.models import Customer, Order, Provider, Service
 from app.orders.placing import PLACED, UNKNOWN
 
 
@@ -28,6 +30,7 @@ class Report:
     by_customer: list[ReportLine]
     by_service: list[ReportLine]
     total: ReportLine
+    by_provider: list[ReportLine] = field(default_factory=list)
 
 
 def _period(since: datetime | None, until: datetime | None) -> list[ColumnElement[bool]]:
@@ -39,8 +42,17 @@ def _period(since: datetime | None, until: datetime | None) -> list[ColumnElemen
     return where
 
 
+_GROUPED_BY = {
+    Customer: Order.customer_id,
+    Service: Order.service_id,
+    Provider: Order.provider_id,
+}
+
+
 async def _lines(
-    db: Database, where: list[ColumnElement[bool]], by: type[Customer] | type[Service]
+    db: Database,
+    where: list[ColumnElement[bool]],
+    by: type[Customer] | type[Service] | type[Provider],
 ) -> list[ReportLine]:
     revenue = func.sum(Order.charge - Order.refunded)
     # What the upstream keeps: nothing of an order settled Canceled (whatever it reported
@@ -53,7 +65,7 @@ async def _lines(
             else_=Order.cost,
         )
     )
-    join_on = by.id == (Order.customer_id if by is Customer else Order.service_id)
+    join_on = by.id == _GROUPED_BY[by]
     stmt = (
         select(by.id, by.name, func.count(Order.id), revenue, cost)
         .join(by, join_on)
@@ -82,4 +94,5 @@ async def build_report(
         sum(line.upstream_cost for line in by_customer),
         sum(line.margin for line in by_customer),
     )
-    return Report(since, until, by_customer, by_service, total)
+    by_provider = await _lines(db, where, Provider)
+    return Report(since, until, by_customer, by_service, total, by_provider)

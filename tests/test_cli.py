@@ -22,8 +22,11 @@ from conftest import POSTGRES_ADMIN_URL, SKIP_POSTGRES
 from helpers import free_port, simulator_on_port
 from typer.testing import CliRunner
 
+from app import providers
 from app.cli import app
+from app.db import Database
 from app.demo import DEMO_DB, demo_running
+from app.money import parse_micros
 from app.simulator import SimConfig
 
 SIM_KEY = "cli-test-sim-key"
@@ -668,3 +671,40 @@ def test_serve_applies_its_http_limits(db_file: Path, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
+
+
+def test_providers_add_list_show_set_and_the_low_balance_warning(
+    monkeypatch: pytest.MonkeyPatch, db_file: Path
+) -> None:
+    """Issue 13: a provider's key needs SMMGW_SECRET_KEY, is never shown after it is set (a
+    fingerprint names it), and a balance heard below the threshold is a warning line on
+    every command."""
+    new = ("providers", "add", "b", "--url", "http://b.test/api/v2", "--key", "b-key-123")
+    added = cli(*new, code=1)
+    assert "SMMGW_SECRET_KEY" in one_line_error(added)
+    monkeypatch.setenv("SMMGW_SECRET_KEY", "x" * 40)
+    shown = cli_json(*new, "--family", "standard", "--low-balance", "5")
+    assert (shown["name"], shown["family"], shown["low_balance_threshold"]) == (
+        "b",
+        "standard",
+        "5.00",
+    )
+    listed = cli_json("providers", "list")
+    assert [p["name"] for p in listed] == ["default", "b"]
+    assert listed[0]["url"] is None and listed[0]["key"] == "from SMMGW_UPSTREAM_KEY"
+    for args in (("providers", "list"), ("providers", "show", "b"), ("providers", "show", "2")):
+        assert "b-key-123" not in cli(*args).output
+    assert cli_json("providers", "set", "b", "--timeout", "7")["read_timeout_seconds"] == 7.0
+    assert cli_json("providers", "disable", "b")["enabled"] is False
+    assert cli_json("providers", "enable", "2")["enabled"] is True
+    assert "WARNING: low balance" not in cli("customers", "list").stderr
+
+    async def heard_balance() -> None:
+        db = Database(f"sqlite:///{db_file}")
+        await providers.record_balance(db, 2, parse_micros("4.5"), "USD")
+        await db.dispose()
+
+    asyncio.run(heard_balance())
+    warned = cli("customers", "list").stderr
+    assert "WARNING: low balance at provider b 4.50 USD < 5.00" in warned
+    assert cli_json("providers", "show", "b")["low_balance"] is True

@@ -2,14 +2,15 @@
 created_at) instead of (state, refreshed_at)
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 Create Date: 2026-12-03
 
 A sync pass claims its batches of 100 among the placed orders not settled yet, oldest refresh
 first. The only index it had, (state, refreshed_at), holds every placed order, settled ones
 included: at a million orders (100,000 active) each claim read and sorted ~1 million index
 entries, 0.36 s on PostgreSQL, so one pass took about 1,000 × that (bench/scale.py). This index
-holds only the unsettled placed orders, in the claim's order: a claim reads its 100 entries.
+holds only the unsettled placed orders, per provider in the claim's order: a claim (one
+provider's batch) reads its 100 entries.
 The active-order gauges of /metrics count through it too.
 
 (state, refreshed_at) goes: SQLite, with no statistics, rated it above the new index for the
@@ -26,7 +27,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0004"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -37,7 +38,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_orders_due",
         "orders",
-        ["state", "refreshed_at", "id"],
+        ["state", "provider_id", "refreshed_at", "id"],
         sqlite_where=sa.text(WHERE),
         postgresql_where=sa.text(WHERE),
     )
