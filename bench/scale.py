@@ -261,9 +261,10 @@ async def plans(url: str, filled: Filled) -> dict[str, str]:
             " (state IN ('sending', 'placed', 'unknown') OR announced) AND id = {o}"
         ),
         "sync claim": (  # the second of app.sync's two reads (the refreshed orders)
-            "SELECT id FROM orders WHERE settled_at IS NULL AND state = 'placed' AND status"
-            " NOT IN ('Completed', 'Partial', 'Canceled', 'Expired') AND upstream_order_id IS"
-            " NOT NULL AND refreshed_at < CURRENT_TIMESTAMP ORDER BY refreshed_at, id LIMIT 100"
+            "SELECT id FROM orders WHERE settled_at IS NULL AND state = 'placed' AND"
+            " provider_id = 1 AND status NOT IN ('Completed', 'Partial', 'Canceled', 'Expired')"
+            " AND upstream_order_id IS NOT NULL AND refreshed_at < CURRENT_TIMESTAMP"
+            " ORDER BY refreshed_at, id LIMIT 100"
         ),
         "gauges: active orders": (  # as app.gauges writes it for this database
             "SELECT count(*), min(coalesce(refreshed_at, created_at))"
