@@ -932,6 +932,18 @@ async def map_offer(
                 )
             )
             position = 0 if highest is None else highest + 1
+        else:
+            # Taken there already: the others from that place on move one down, so the new
+            # offer comes before them (`--position 0` puts it first, ahead of `default`'s 0).
+            await conn.execute(
+                update(ServiceOffer)
+                .where(
+                    ServiceOffer.service_id == service_id,
+                    ServiceOffer.id != row.id,
+                    ServiceOffer.position >= position,
+                )
+                .values(position=ServiceOffer.position + 1)
+            )
         await conn.execute(
             update(ServiceOffer)
             .where(ServiceOffer.id == row.id)

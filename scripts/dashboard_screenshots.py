@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from browser import Chromium, Stack, rendered, sign_in, stack_on  # noqa: E402
+from browser import PANEL_B_KEY, Chromium, Stack, rendered, sign_in, stack_on  # noqa: E402
 from playwright.sync_api import Page  # noqa: E402
 
 from app.db import Database  # noqa: E402
@@ -27,7 +27,18 @@ VIEWPORT = {"width": 1200, "height": 760}
 
 def fill(stack: Stack) -> dict[str, int]:
     """A small business: three customers, money in, orders in several states."""
+    stack.admin(
+        "POST",
+        "/providers",
+        json={
+            "name": "panel-b",
+            "url": f"{stack.panel_b_url}/api/v2",
+            "key": PANEL_B_KEY,
+            "low_balance": "250",
+        },
+    )
     stack.admin("POST", "/services/sync")
+    stack.admin("GET", "/providers/panel-b/balance")
     acme, acme_key = stack.customer_with_funds("Acme Reseller", "250.00")
     shop, shop_key = stack.customer_with_funds("Bot Shop", "80.00")
     stack.admin("POST", "/customers", json={"name": "Panel Nine", "dialect": "smartpanel"})
@@ -35,6 +46,10 @@ def fill(stack: Stack) -> dict[str, int]:
     service = stack.default_service(acme_key)
     sid, quantity = service["service"], int(service["min"])
     stack.admin("PUT", f"/services/{sid}/price", json={"markup_percent": "35"})
+    # panel-b delivers it too, after default: the orders below still go to default first.
+    stack.admin(
+        "PUT", f"/services/{sid}/offers", json={"provider": "panel-b", "provider_service_id": sid}
+    )
     for n, (key, marker) in enumerate(
         [
             (acme_key, "complete"),
@@ -71,6 +86,7 @@ def shoot(page: Page, out: Path, ids: dict[str, int]) -> list[Path]:
         ("order-unknown", f"/dashboard/orders/{ids['unknown']}?check={ids['upstream']}"),
         ("services", "/dashboard/services"),
         ("service", f"/dashboard/services/{ids['service']}"),
+        ("providers", "/dashboard/providers"),
         ("ledger", "/dashboard/ledger?verify=1"),
     ]
     saved = []

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from conftest import SIM_KEY, gateway_settings
 from dashboard_helpers import TOKEN, served
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_playwright
 
 from app.main import create_app
 from app.simulator import SimConfig, create_simulator_app
@@ -118,6 +118,7 @@ class Stack:
     url: str
     sim_url: str
     http: httpx.Client
+    panel_b_url: str  # a second simulator, for a second provider
 
     def panel(self, key: str, action: str, **params: object) -> object:
         data = {"key": key, "action": action} | {k: str(v) for k, v in params.items()}
@@ -156,29 +157,38 @@ class Stack:
         )
         return {int(s["service"]): s for s in json.loads(reply.text)}
 
-    def sim_orders(self) -> list[dict]:  # type: ignore[type-arg]
-        return httpx.get(f"{self.sim_url}/_sim/orders", timeout=10).json()
+    def sim_orders(self, sim_url: str | None = None) -> list[dict]:  # type: ignore[type-arg]
+        return httpx.get(f"{sim_url or self.sim_url}/_sim/orders", timeout=10).json()
 
     def verify(self) -> dict:  # type: ignore[type-arg]
         return self.http.get("/admin/ledger/verify", headers=AUTH).json()
 
 
+PANEL_B_KEY = "panel-b-key"
+SECRET_KEY = "a-dashboard-test-secret-of-32-characters"
+
+
 @contextmanager
 def stack_on(database_url: str, **overrides: object) -> Iterator[Stack]:
     # tick: an order stays as placed until a test moves it; a short read timeout makes
-    # sim:timeout an `unknown` order quickly.
+    # sim:timeout an `unknown` order quickly. A second simulator (the standard family, a key
+    # of its own) stands in for another provider, for the tests that add one.
     sim = create_simulator_app(SimConfig(key=SIM_KEY, tick_seconds=3600.0, seed=1))
-    with served(sim) as sim_url:
+    panel_b = create_simulator_app(
+        SimConfig(key=PANEL_B_KEY, dialect="standard", tick_seconds=3600.0, seed=2)
+    )
+    with served(sim) as sim_url, served(panel_b) as panel_b_url:
         values = {
             "upstream_url": f"{sim_url}/api/v1",
             "admin_token": TOKEN,
+            "secret_key": SECRET_KEY,
             "upstream_timeout_seconds": 1.0,
             "upstream_connect_timeout_seconds": 1.0,
         } | overrides
         settings = gateway_settings(database_url, **values)
         with served(create_app(settings, background=False)) as url:
             with httpx.Client(base_url=url, timeout=15) as http:
-                yield Stack(url, sim_url, http)
+                yield Stack(url, sim_url, http, panel_b_url)
 
 
 @dataclass
@@ -226,11 +236,22 @@ def open_page(
 
 
 def rendered(page: Page) -> None:
-    """The page is whole: its stylesheet loaded and applied, its heading shown."""
+    """The page is whole: loaded, its stylesheet applied, its heading shown."""
+    page.wait_for_load_state("load")
     header = page.locator("header.top")
-    expect(header).to_be_visible()
-    assert header.evaluate("e => getComputedStyle(e).backgroundColor") == HEADER_BLUE
+    expect(header).to_have_css("background-color", HEADER_BLUE)
     expect(page.locator("main h1").first).to_be_visible()
+
+
+def go(page: Page, target: str | Locator) -> None:
+    """Click a link or a form's button, and wait for the page it leads to (a form posts, is
+    redirected and the next page loads: reading before that would read the old page)."""
+    with page.expect_navigation():
+        if isinstance(target, str):
+            page.click(target)
+        else:
+            target.click()
+    rendered(page)
 
 
 def sign_in(page: Page, token: str = TOKEN) -> None:
@@ -238,7 +259,7 @@ def sign_in(page: Page, token: str = TOKEN) -> None:
     expect(page).to_have_url(re.compile(r"/dashboard/login\?next="))
     rendered(page)
     page.fill("input[name=token]", token)
-    page.click("button:has-text('Sign in')")
+    go(page, "button:has-text('Sign in')")
     page.wait_for_url("**/dashboard")
     rendered(page)
 

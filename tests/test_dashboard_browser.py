@@ -6,8 +6,20 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-from browser import Chromium, Stack, launch, notice, rendered, sign_in, stack_on
-from playwright.sync_api import Page, expect
+from browser import (
+    PANEL_B_KEY,
+    Chromium,
+    Stack,
+    go,
+    launch,
+    notice,
+    open_page,
+    rendered,
+    sign_in,
+    stack_on,
+)
+from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Error as PlaywrightError
 
 from app.db import Database
 
@@ -35,25 +47,25 @@ def test_customers_and_money(chromium: Chromium, stack: Stack) -> None:
 
 def customers_and_money(page: Page, stack: Stack) -> None:
     sign_in(page)
-    page.click("nav >> text=Customers")
+    go(page, "nav >> text=Customers")
     rendered(page)
     form = page.locator("#create-customer")
     form.locator("input[name=name]").fill("Acme Reseller")
     form.locator("input[name=markup_percent]").fill("10")
-    form.locator("button").click()
+    go(page, form.locator("button"))
     rendered(page)
     key = page.locator("#api-key").inner_text().strip()
     assert len(key) == 64
     assert stack.balance(key) == "0.00"
 
-    page.click("text=Go to the customer's page")
+    go(page, "text=Go to the customer's page")
     rendered(page)
     assert balance_shown(page) == "0.00 USD"
     for _ in range(2):  # the same payment posted twice: credited once
         topup = page.locator("#topup")
         topup.locator("input[name=amount]").fill("25.00")
         topup.locator("input[name=ref]").fill("pay-1001")
-        topup.locator("button").click()
+        go(page, topup.locator("button"))
         rendered(page)
     assert "posted before" in notice(page) and "nothing credited again" in notice(page)
     assert balance_shown(page) == "25.00 USD"
@@ -63,19 +75,19 @@ def customers_and_money(page: Page, stack: Stack) -> None:
     adjust.locator("input[name=amount]").fill("-5")
     adjust.locator("input[name=ref]").fill("fix-1")
     adjust.locator("input[name=memo]").fill("goodwill reversed")
-    adjust.locator("button").click()
+    go(page, adjust.locator("button"))
     assert balance_shown(page) == "20.00 USD"
     adjust.locator("input[name=amount]").fill("-500")  # never below zero: refused, nothing moves
-    adjust.locator("button").click()
+    go(page, adjust.locator("button"))
     expect(page.locator("p.notice.error")).to_be_visible()
     assert balance_shown(page) == "20.00 USD"
 
-    page.click("nav >> text=Ledger")
+    go(page, "nav >> text=Ledger")
     rendered(page)
     rows = page.locator("table.entries tbody tr")
     expect(rows).to_have_count(2)
     assert "pay-1001" in rows.nth(1).inner_text() and "25.00" in rows.nth(1).inner_text()
-    page.click("#verify")
+    go(page, "#verify")
     expect(page.locator("#verify-result")).to_contain_text("clean")
 
 
@@ -87,15 +99,15 @@ def keys_settings_and_disabling(page: Page, stack: Stack) -> None:
     sign_in(page)
     page.goto("/dashboard/customers")
     page.locator("#create-customer input[name=name]").fill("Bot Shop")
-    page.locator("#create-customer button").click()
+    go(page, page.locator("#create-customer button"))
     first = page.locator("#api-key").inner_text().strip()
-    page.click("text=Go to the customer's page")
-    page.click("text=Issue another key")
+    go(page, "text=Go to the customer's page")
+    go(page, "text=Issue another key")
     rendered(page)
     second = page.locator("#api-key").inner_text().strip()
     assert second != first and stack.balance(second) == "0.00"
-    page.click("text=Go to the customer's page")
-    page.locator("#keys tr", has_text=first[:8]).locator("button:has-text('Revoke')").click()
+    go(page, "text=Go to the customer's page")
+    go(page, page.locator("#keys tr", has_text=first[:8]).locator("button:has-text('Revoke')"))
     rendered(page)
     assert "revoked" in notice(page)
     assert stack.balance(first) is None and stack.balance(second) == "0.00"
@@ -103,23 +115,23 @@ def keys_settings_and_disabling(page: Page, stack: Stack) -> None:
     settings = page.locator("#settings")
     settings.locator("input[name=markup_percent]").fill("35")
     settings.locator("select[name=dialect]").select_option("smartpanel")
-    settings.locator("button").click()
+    go(page, settings.locator("button"))
     rendered(page)
     assert "markup 35%" in notice(page) and "smartpanel" in notice(page)
 
     page.locator("form:has(button:has-text('Disable')) input[type=checkbox]").check()
-    page.click("button:has-text('Disable')")
+    go(page, "button:has-text('Disable')")
     rendered(page)
     assert "disabled" in notice(page)
     assert stack.balance(second) is None
-    page.click("button:has-text('Enable')")
+    go(page, "button:has-text('Enable')")
     assert stack.balance(second) == "0.0000"  # the smartpanel dialect's way of saying it
 
-    page.click("nav >> text=Customers")
+    go(page, "nav >> text=Customers")
     page.fill("input[name=q]", "bot")
-    page.click("button:has-text('Search')")
+    go(page, "button:has-text('Search')")
     expect(page.locator("#customers tbody tr")).to_have_count(1)
-    page.click("button:has-text('Sign out')")
+    go(page, "button:has-text('Sign out')")
     rendered(page)
     assert "Signed out." in notice(page)
     page.goto("/dashboard/customers")
@@ -156,25 +168,25 @@ def test_orders_and_resolving_unknown_ones(chromium: Chromium, stack: Stack) -> 
 
     def flow(page: Page) -> None:
         sign_in(page)
-        page.click("nav >> text=Orders")
+        go(page, "nav >> text=Orders")
         rendered(page)
         expect(page.locator("#orders tbody tr")).to_have_count(3)
         page.select_option("#order-filters select[name=state]", "unknown")
-        page.click("#order-filters button")
+        go(page, "#order-filters button")
         rendered(page)
         rows = page.locator("#orders tbody tr")
         expect(rows).to_have_count(2)
-        page.click(f"#orders a:text-is('{unknown_ids[0]}')")
+        go(page, f"#orders a:text-is('{unknown_ids[0]}')")
         rendered(page)
         expect(page.locator("#order-state")).to_have_text("unknown")
         # Ask the provider about the id found there: its answer is shown beside the form.
         page.fill("#ask input[name=check]", str(upstream_id["https://x.test/b/sim:timeout"]))
-        page.click("#ask button")
+        go(page, "#ask button")
         rendered(page)
         says = page.locator("#provider-says")
         expect(says).to_contain_text("It matches this order.")
         expect(says).to_contain_text("Pending")
-        page.click("#resolve-placed button")
+        go(page, "#resolve-placed button")
         rendered(page)
         assert "resolved: placed as upstream order" in notice(page)
         expect(page.locator("#order-state")).to_have_text("placed")
@@ -185,11 +197,11 @@ def test_orders_and_resolving_unknown_ones(chromium: Chromium, stack: Stack) -> 
             "#resolve-placed input[name=upstream_order_id]",
             str(upstream_id["https://x.test/b/sim:timeout"]),
         )
-        page.click("#resolve-placed button")
+        go(page, "#resolve-placed button")
         expect(page.locator("p.notice.error").first).to_contain_text("belongs to order")
         expect(page.locator("#order-state")).to_have_text("unknown")
         page.locator("#resolve-not-placed input[type=checkbox]").check()
-        page.click("#resolve-not-placed button")
+        go(page, "#resolve-not-placed button")
         rendered(page)
         assert "not placed: refunded" in notice(page)
         expect(page.locator("#order-state")).to_have_text("rejected")
@@ -214,9 +226,9 @@ def test_prices_and_the_margin_on_the_overview(chromium: Chromium, stack: Stack)
 
     def prices(page: Page) -> int:
         sign_in(page)
-        page.click("nav >> text=Services")
+        go(page, "nav >> text=Services")
         rendered(page)
-        page.click("#sync-catalog")
+        go(page, "#sync-catalog")
         rendered(page)
         assert notice(page).startswith("Catalog synced:")
         service_id = int(page.locator("#services tbody tr td a").first.inner_text())
@@ -230,7 +242,7 @@ def test_prices_and_the_margin_on_the_overview(chromium: Chromium, stack: Stack)
         expect(table.locator("tr", has_text="Plain")).to_contain_text("the default markup")
         form = page.locator("#set-price")
         form.locator("input[name=markup_percent]").fill("50")
-        form.locator("button").click()
+        go(page, form.locator("button"))
         rendered(page)
         said = notice(page)
         assert "for every customer without a price of their own: 1 customer" in said
@@ -241,7 +253,7 @@ def test_prices_and_the_margin_on_the_overview(chromium: Chromium, stack: Stack)
         assert micros(plain_rate) == -(-cost * 15_000 // 10_000)  # cost × 1.5, rounded up
         form.locator("input[name=rate]").fill(str(Decimal(cost * 3) / 1_000_000))
         form.locator("input[name=customer]").fill(str(customer_id))
-        form.locator("button").click()
+        go(page, form.locator("button"))
         assert "for customer" in notice(page) and "only" in notice(page)
         mine = table.locator("tr", has_text="Margins Ltd")
         expect(mine).to_contain_text("their own price for this service")
@@ -279,15 +291,101 @@ def test_prices_and_the_margin_on_the_overview(chromium: Chromium, stack: Stack)
         expect(page.locator("#balances")).to_contain_text("USD")
         expect(page.locator("#catalog-age")).to_contain_text("ago")
         attention = page.locator("#attention")
-        attention.locator(f"a:text-is('order {lost['order']}')").click()  # type: ignore[index]
+        go(page, attention.locator(f"a:text-is('order {lost['order']}')"))  # type: ignore[index]
         rendered(page)
         expect(page.locator("#resolve-not-placed")).to_be_visible()
         page.goto("/dashboard")
-        page.click("#sync-now")
+        go(page, "#sync-now")
         rendered(page)
         assert notice(page).startswith("Sync pass:")
-        page.click("text=Report for any period")
+        go(page, "text=Report for any period")
         rendered(page)
         assert micros(page.locator("#report-margin").inner_text()) == expected_margin
 
     chromium.page(stack.url, overview)
+
+
+def test_a_second_provider(chromium: Chromium, stack: Stack) -> None:
+    _, key = stack.customer_with_funds("Two Panels", "60.00")
+
+    def add_and_map(page: Page) -> int:
+        sign_in(page)
+        go(page, "nav >> text=Providers")
+        expect(page.locator("#providers tbody tr")).to_have_count(1)  # `default`
+        form = page.locator("#add-provider")
+        form.locator("input[name=name]").fill("panel-b")
+        form.locator("input[name=url]").fill(f"{stack.panel_b_url}/api/v2")
+        form.locator("input[name=key]").fill(PANEL_B_KEY)
+        form.locator("input[name=low_balance]").fill("5000")
+        go(page, form.locator("button"))
+        assert "Provider panel-b added" in notice(page)
+        facts = page.locator("#provider-facts")
+        expect(facts).to_contain_text("fingerprint")
+        assert PANEL_B_KEY not in page.content()  # never shown again
+        go(page, "#ask-balance")
+        assert "Balance at panel-b: 1000.00" in notice(page)
+        assert "below its low-balance threshold" in notice(page)
+
+        go(page, "nav >> text=Services")
+        go(page, "#sync-catalog")
+        assert notice(page).startswith("Catalog synced:")
+        service_id = int(page.locator("#services tbody tr td a").first.inner_text())
+        page.goto(f"/dashboard/services/{service_id}")
+        rendered(page)
+        form = page.locator("#map-offer")
+        form.locator("select[name=provider]").select_option("panel-b")
+        form.locator("input[name=provider_service_id]").fill(str(service_id))
+        form.locator("input[name=position]").fill("0")
+        go(page, form.locator("button"))
+        assert "tried in this order: panel-b, default" in notice(page)
+        expect(page.locator("#offers tbody tr").first).to_contain_text("panel-b")
+        return service_id
+
+    service_id = chromium.page(stack.url, add_and_map)
+    offered = {int(s["service"]): s for s in stack.panel(key, "services")}  # type: ignore[union-attr]
+    quantity = int(offered[service_id]["min"])
+    first = stack.panel(
+        key, "add", service=service_id, link="https://x.test/b1/sim:complete", quantity=quantity
+    )
+    assert isinstance(first, dict) and "order" in first
+    assert [o["params"]["link"] for o in stack.sim_orders(stack.panel_b_url)] == [
+        "https://x.test/b1/sim:complete"
+    ]
+    assert stack.sim_orders() == []  # panel-b first: default got nothing
+
+    def orders_and_disable(page: Page) -> None:
+        sign_in(page)
+        expect(page.locator("#balances")).to_contain_text("panel-b")
+        expect(page.locator("#balances")).to_contain_text("low")
+        page.goto("/dashboard/orders?provider=panel-b")
+        rendered(page)
+        expect(page.locator("#orders tbody tr")).to_have_count(1)
+        go(page, f"#orders a:text-is('{first['order']}')")
+        expect(page.locator("#order-provider")).to_have_text("panel-b")
+        go(page, "#order-provider a")
+        page.locator("form:has(button:has-text('Disable')) input[type=checkbox]").check()
+        go(page, "button:has-text('Disable')")
+        assert "panel-b disabled" in notice(page)
+        page.goto("/dashboard/report")
+        rendered(page)
+        expect(page.locator("h2:has-text('By provider') + table")).to_contain_text("panel-b")
+
+    chromium.page(stack.url, orders_and_disable)
+    second = stack.panel(
+        key, "add", service=service_id, link="https://x.test/b2/sim:complete", quantity=quantity
+    )
+    assert isinstance(second, dict) and "order" in second
+    assert [o["params"]["link"] for o in stack.sim_orders()] == ["https://x.test/b2/sim:complete"]
+
+
+def test_the_browser_reaches_nothing_but_the_gateway(chromium: Chromium, stack: Stack) -> None:
+    """The guard the other tests rely on: a request to another host is stopped and seen."""
+
+    def step(browser: Browser) -> list[str]:
+        with open_page(browser, stack.url, chromium.viewport) as (page, watch):
+            sign_in(page)
+            with pytest.raises(PlaywrightError):
+                page.goto("http://cdn.example.test/some.css")
+        return watch.outside
+
+    assert chromium.run(step) == ["http://cdn.example.test/some.css"]

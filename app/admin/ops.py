@@ -444,9 +444,12 @@ async def resolve(
 
 
 async def check_upstream_order(
-    db: Database, upstream: UpstreamClient, order_id: int, upstream_order_id: int
+    db: Database,
+    upstream: UpstreamClient | ProviderClients,
+    order_id: int,
+    upstream_order_id: int,
 ) -> UpstreamCheck:
-    """What the order's upstream says about `upstream_order_id`, and how it differs from the
+    """What the order's provider says about `upstream_order_id`, and how it differs from the
     order: the check `resolve` makes, asked alone (nothing changes), to show before a verdict."""
     await queries.get_order(db, order_id)  # NotFound for an order that does not exist
     check = await check_upstream(db, upstream, order_id, upstream_order_id, force=True)

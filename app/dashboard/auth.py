@@ -129,3 +129,11 @@ async def act(request: Request, back: str, action: Callable[[], Awaitable[str]])
     except (OperatorError, NotFound) as exc:
         notify(request, str(exc), "error")
     return RedirectResponse(back, status_code=303)
+
+
+def refused_form(request: Request, exc: ValidationError | OperatorError, back: str) -> Response:
+    """A form whose reply is a page of its own (a key shown once) that was refused: the
+    reason is the notice on the page it came from."""
+    text = readable(exc) if isinstance(exc, ValidationError) else str(exc)
+    notify(request, text, "error")
+    return RedirectResponse(back, status_code=303)

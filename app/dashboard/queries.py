@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 
 from app.db import Database
-from app.models import Customer, Order, PriceRule, Service
+from app.models import Customer, Order, PriceRule, Provider, Service
 from app.orders.queries import _COLUMNS, OrderView, _view
 
 
@@ -20,6 +20,7 @@ class OrderFilter:
     status: str | None = None
     customer_id: int | None = None
     service_id: int | None = None
+    provider_id: int | None = None
     since: datetime | None = None  # created at or after
     until: datetime | None = None  # created before
 
@@ -34,6 +35,8 @@ def _where(f: OrderFilter) -> list:  # type: ignore[type-arg]
         where.append(Order.customer_id == f.customer_id)
     if f.service_id is not None:
         where.append(Order.service_id == f.service_id)
+    if f.provider_id is not None:
+        where.append(Order.provider_id == f.provider_id)
     if f.since is not None:
         where.append(Order.created_at >= f.since)
     if f.until is not None:
@@ -52,9 +55,19 @@ async def search_orders(
         return [_view(tuple(row)) for row in await conn.execute(stmt)], int(total or 0)
 
 
-async def names(db: Database) -> tuple[dict[int, str], dict[int, str]]:
-    """Customers' and services' names by id (as the operator sees them), to label rows."""
+@dataclass(frozen=True)
+class Names:
+    """Customers', services' and providers' names by id (as the operator sees them)."""
+
+    customers: dict[int, str]
+    services: dict[int, str]
+    providers: dict[int, str]
+
+
+async def names(db: Database) -> Names:
+    """The names that label rows."""
     async with db.read() as conn:
+        providers = {i: n for i, n in await conn.execute(select(Provider.id, Provider.name))}
         people = {i: n for i, n in await conn.execute(select(Customer.id, Customer.name))}
         services = {
             i: d or n
@@ -62,7 +75,7 @@ async def names(db: Database) -> tuple[dict[int, str], dict[int, str]]:
                 select(Service.id, Service.name, Service.display_name)
             )
         }
-    return people, services
+    return Names(people, services, providers)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from fastapi.responses import RedirectResponse
 from app.dashboard import auth
 from app.dashboard.auth import DashboardRoute, public
 from app.dashboard.forms import fields
-from app.dashboard.pages import customers, ledger, orders, overview, services
+from app.dashboard.pages import customers, ledger, orders, overview, providers, services
 from app.dashboard.render import HEADERS, page
 
 router = APIRouter(prefix="/dashboard", route_class=DashboardRoute)
@@ -58,5 +58,5 @@ async def logout(request: Request) -> Response:
 
 
 routes.include_router(router)
-for pages in (overview, customers, orders, services, ledger):
+for pages in (overview, customers, orders, services, providers, ledger):
     routes.include_router(pages.router)

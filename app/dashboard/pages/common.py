@@ -7,8 +7,8 @@ from fastapi import Path, Request
 
 from app.db import Database
 from app.models import as_utc
+from app.providers import ProviderClients
 from app.settings import Settings
-from app.upstream import UpstreamClient
 
 # Ids in paths: within the columns' range (a huge one is a 422, not a database overflow).
 RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -23,8 +23,9 @@ def settings_of(request: Request) -> Settings:
     return request.app.state.gateway.settings
 
 
-def upstream_of(request: Request) -> UpstreamClient:
-    return request.app.state.gateway.upstream
+def clients_of(request: Request) -> ProviderClients:
+    """Every provider's client: each order is checked, synced and resolved at its own."""
+    return request.app.state.gateway.providers
 
 
 def page_number(text: str | None) -> int:
@@ -34,9 +35,11 @@ def page_number(text: str | None) -> int:
     return 1
 
 
-def stored_moment(text: str | None) -> datetime | None:
-    """A time the gateway stored as ISO text (the catalog's last sync), or None."""
+def stored_moment(value: object) -> datetime | None:
+    """A stored time, UTC: a datetime, or the ISO text SQLite or the `kv` table hold it as."""
+    if isinstance(value, datetime):
+        return as_utc(value)
     try:
-        return as_utc(datetime.fromisoformat(text)) if text else None
+        return as_utc(datetime.fromisoformat(value)) if isinstance(value, str) and value else None
     except ValueError:
         return None

@@ -14,7 +14,7 @@ from app.admin.schemas import (
     Posting,
     PostingResult,
 )
-from app.dashboard.auth import DashboardRoute, act, notify, readable
+from app.dashboard.auth import DashboardRoute, act, notify, refused_form
 from app.dashboard.forms import fields
 from app.dashboard.pages.common import RowId, db_of, settings_of
 from app.dashboard.render import page
@@ -48,12 +48,8 @@ async def create(request: Request) -> Response:
         created = await ops.create_customer(
             db_of(request), settings_of(request), body.name, body.markup_bp, body.dialect
         )
-    except ValidationError as exc:
-        notify(request, readable(exc), "error")
-        return RedirectResponse("/dashboard/customers", status_code=303)
-    except OperatorError as exc:
-        notify(request, str(exc), "error")
-        return RedirectResponse("/dashboard/customers", status_code=303)
+    except (ValidationError, OperatorError) as exc:
+        return refused_form(request, exc, "/dashboard/customers")
     # The key is on this page and nowhere else, ever: no redirect that could carry it.
     return page(
         request,

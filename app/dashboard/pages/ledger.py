@@ -32,7 +32,7 @@ async def entries(
         limit=PAGE_SIZE + 1,
         offset=(number - 1) * PAGE_SIZE,
     )
-    customer_names, _ = await names(db)
+    customer_names = (await names(db)).customers
     return page(
         request,
         "ledger.html",

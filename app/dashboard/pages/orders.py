@@ -2,19 +2,21 @@
 entries and what the upstream answered and when; the verdict on an `unknown` one, with what
 the provider says about the id the operator found shown beside the form."""
 
+from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 
 from fastapi import APIRouter, Request, Response
 
-from app import ledger
+from app import ledger, providers
 from app.admin import ops
 from app.admin.schemas import ResolveIn
 from app.contract import ORDER_STATUSES
 from app.dashboard.auth import DashboardRoute, act
 from app.dashboard.forms import fields, ticked
-from app.dashboard.pages.common import PAGE_SIZE, RowId, db_of, page_number, upstream_of
+from app.dashboard.pages.common import PAGE_SIZE, RowId, clients_of, db_of, page_number
 from app.dashboard.queries import OrderFilter, names, search_orders
 from app.dashboard.render import page
+from app.db import Database
 from app.errors import NotFound
 from app.orders.placing import STATES, UNKNOWN
 from app.orders.queries import get_order
@@ -30,6 +32,23 @@ def _day(text: str) -> date | None:
         return None
 
 
+async def _named(
+    problems: list[str],
+    lookup: Callable[[Database, str], Awaitable[int]],
+    db: Database,
+    text: str,
+) -> int | None:
+    """The id a filter names (by id or name), None when it names nothing; a name that is no
+    one's is one of the page's problems."""
+    if not text.strip():
+        return None
+    try:
+        return await lookup(db, text)
+    except NotFound as exc:
+        problems.append(str(exc))
+        return None
+
+
 @router.get("")
 async def orders(
     request: Request,
@@ -37,22 +56,19 @@ async def orders(
     status: str = "",
     customer: str = "",
     service: str = "",
+    provider: str = "",
     since: str = "",
     until: str = "",
     page_no: str = "",
 ) -> Response:
     db = db_of(request)
     number = page_number(page_no)
-    problems = []
-    customer_id = None
-    if customer.strip():
-        try:
-            customer_id = await ops.customer_id_for(db, customer)
-        except NotFound as exc:
-            problems.append(str(exc))
+    problems: list[str] = []
+    customer_id = await _named(problems, ops.customer_id_for, db, customer)
     service_id = row_id(service.strip()) if service.strip() else None
     if service.strip() and service_id is None:
         problems.append(f"no service {service.strip()!r}")
+    provider_id = await _named(problems, providers.provider_id_for, db, provider)
     first, last = _day(since), _day(until)
     for given, parsed in ((since, first), (until, last)):
         if given.strip() and parsed is None:
@@ -62,6 +78,7 @@ async def orders(
         status=status if status in ORDER_STATUSES else None,
         customer_id=customer_id,
         service_id=service_id,
+        provider_id=provider_id,
         since=None if first is None else ops.day_start(first),
         until=None if last is None else ops.day_start(last + timedelta(days=1)),
     )
@@ -70,12 +87,13 @@ async def orders(
         found, total = await search_orders(
             db, chosen, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE
         )
-    customer_names, service_names = await names(db)
+    known = await names(db)
     query = {
         "state": chosen.state or "",
         "status": chosen.status or "",
         "customer": customer.strip(),
         "service": service.strip(),
+        "provider": provider.strip(),
         "since": since.strip(),
         "until": until.strip(),
     }
@@ -90,8 +108,7 @@ async def orders(
         problems=problems,
         states=STATES,
         statuses=ORDER_STATUSES,
-        customer_names=customer_names,
-        service_names=service_names,
+        names=known,
     )
 
 
@@ -99,20 +116,21 @@ async def orders(
 async def order(request: Request, order_id: RowId, check: str = "") -> Response:
     db = db_of(request)
     view = await get_order(db, order_id)
-    customer_names, service_names = await names(db)
+    known = await names(db)
     heard, check_error = None, None
     candidate = whole_number(check.strip(), 19) if check.strip() else None
     if check.strip() and (candidate is None or not 1 <= candidate < 2**63):
         check_error = f"{check.strip()!r} is not an upstream order id"
     elif candidate is not None:
-        heard = await ops.check_upstream_order(db, upstream_of(request), order_id, candidate)
+        heard = await ops.check_upstream_order(db, clients_of(request), order_id, candidate)
     return page(
         request,
         "order.html",
         o=view,
         entries=await ledger.entries(db, customer_id=view.customer_id, order_id=order_id),
-        customer_name=customer_names.get(view.customer_id, ""),
-        service_name=service_names.get(view.service_id, ""),
+        customer_name=known.customers.get(view.customer_id, ""),
+        service_name=known.services.get(view.service_id, ""),
+        provider_name=known.providers.get(view.provider_id, str(view.provider_id)),
         heard=heard,
         check_error=check_error,
         candidate=check.strip(),
@@ -133,7 +151,7 @@ async def resolve(request: Request, order_id: RowId) -> Response:
             correct=ticked(values, "correct"),
             memo=values.get("memo"),
         )
-        done = await ops.resolve(db_of(request), upstream_of(request), order_id, verdict)
+        done = await ops.resolve(db_of(request), clients_of(request), order_id, verdict)
         said = (
             f"placed as upstream order {done.upstream_order_id}"
             if done.state == "placed"

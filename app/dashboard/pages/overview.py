@@ -1,7 +1,7 @@
 """The overview: the business at a glance, and what waits for the operator.
 
 Money today and this month (counted as `report` counts it), the daily margin of the last 30
-days, the upstream's balance, orders by state, the orders and anomalies that need a decision
+days, our balance at each provider, orders by state, the orders and anomalies that need a decision
 (each linking to the page where it is made), sync lag and catalog age; one sync pass on demand.
 """
 
@@ -12,15 +12,14 @@ from fastapi import APIRouter, Request, Response
 
 from app import report
 from app.admin import ops
-from app.admin.schemas import UpstreamBalanceOut
+from app.admin.schemas import ProviderBalanceOut
 from app.catalog import LAST_ERROR, SYNCED_AT, upstream_state
 from app.dashboard.auth import DashboardRoute, act
 from app.dashboard.chart import margin_chart
-from app.dashboard.pages.common import db_of, settings_of, stored_moment, upstream_of
+from app.dashboard.pages.common import clients_of, db_of, settings_of, stored_moment
 from app.dashboard.render import page
 from app.errors import OperatorError
 from app.gauges import read_state
-from app.models import as_utc
 from app.orders.placing import STATES, UNKNOWN
 from app.orders.queries import held_settlements
 
@@ -30,28 +29,39 @@ CHART_DAYS = 30
 BALANCE_WAIT_SECONDS = 3.0  # the page does not wait on a slow upstream longer than this
 
 
-async def _balance(request: Request) -> UpstreamBalanceOut:
+async def _balances(request: Request) -> tuple[list[ProviderBalanceOut], bool]:
+    """Our balance at every enabled provider, asked now; when they do not all answer within
+    BALANCE_WAIT_SECONDS, what was last heard of each (and False)."""
+    db = db_of(request)
     try:
-        return await asyncio.wait_for(
-            ops.upstream_balance(upstream_of(request)), BALANCE_WAIT_SECONDS
-        )
+        asked = ops.provider_balance(db, clients_of(request))
+        return await asyncio.wait_for(asked, BALANCE_WAIT_SECONDS), True
     except TimeoutError:
-        return UpstreamBalanceOut(
-            balance=None, currency=None, error=f"no answer within {BALANCE_WAIT_SECONDS:g} s"
-        )
+        heard = [
+            ProviderBalanceOut(
+                provider=p.name,
+                balance=p.balance,
+                currency=p.balance_currency,
+                error=None if p.balance is not None else "never heard",
+                low_balance=p.low_balance,
+            )
+            for p in await ops.list_providers(db)
+            if p.enabled
+        ]
+        return heard, False
 
 
 @router.get("")
 async def overview(request: Request) -> Response:
     db, settings = db_of(request), settings_of(request)
     today = datetime.now(UTC).date()
-    state, balance = await asyncio.gather(read_state(db), _balance(request))
+    state, (balances, asked_now) = await asyncio.gather(read_state(db), _balances(request))
     day = await ops.report(db, settings, today, today)
     month = await ops.report(db, settings, today.replace(day=1), today)
     days = await report.daily(db, today - timedelta(days=CHART_DAYS - 1), today)
     services = await ops.list_services(db, settings)
     now = datetime.now(UTC)
-    oldest = None if state.oldest_refresh is None else as_utc(state.oldest_refresh)
+    oldest = stored_moment(state.oldest_refresh)
     synced_at = stored_moment(state.kv.get(SYNCED_AT))
     last_error = state.kv.get(LAST_ERROR) or None
     return page(
@@ -60,7 +70,9 @@ async def overview(request: Request) -> Response:
         day=day,
         month=month,
         chart=margin_chart(days, settings.currency),
-        balance=balance,
+        balances=balances,
+        asked_now=asked_now,
+        balance_wait=BALANCE_WAIT_SECONDS,
         by_state={s: state.orders_by_state.get(s, 0) for s in STATES},
         active=state.active,
         sync_lag=None if oldest is None else max(0, int((now - oldest).total_seconds())),
@@ -77,7 +89,7 @@ async def overview(request: Request) -> Response:
 @router.post("/sync")
 async def sync_now(request: Request) -> Response:
     async def run() -> str:
-        done = await ops.run_sync_pass(db_of(request), upstream_of(request), settings_of(request))
+        done = await ops.run_sync_pass(db_of(request), clients_of(request), settings_of(request))
         said = (
             f"Sync pass: {done.polled} orders polled in {done.upstream_calls} upstream calls,"
             f" {done.settled} settled, {done.failed_batches} batches failed"

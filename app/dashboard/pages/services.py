@@ -1,6 +1,7 @@
-"""Services and prices: the catalog with its visibility, names, upstream cost and the price
-each rule gives; one service's page, where a price is set with the list of whom it reaches
-shown first (every customer's rate now, and the rule that decides it)."""
+"""Services and prices: the catalog with its visibility, names, providers (the alternatives, in
+the order they are tried), upstream cost and the price each rule gives; one service's page,
+where its offers are mapped and a price is set with the list of whom it reaches shown first
+(every customer's rate now, and the rule that decides it)."""
 
 from dataclasses import dataclass
 
@@ -8,10 +9,10 @@ from fastapi import APIRouter, Request, Response
 
 from app import catalog, customers
 from app.admin import ops
-from app.admin.schemas import PriceRuleIn, ServiceOut, ServiceRename
+from app.admin.schemas import OfferMapIn, OfferOut, PriceRuleIn, ServiceOut, ServiceRename
 from app.dashboard.auth import DashboardRoute, act
 from app.dashboard.forms import fields, ticked
-from app.dashboard.pages.common import RowId, db_of, settings_of, stored_moment, upstream_of
+from app.dashboard.pages.common import RowId, clients_of, db_of, settings_of, stored_moment
 from app.dashboard.queries import RuleRow, price_rules
 from app.dashboard.render import page
 from app.errors import NotFound
@@ -62,11 +63,15 @@ async def services(request: Request, q: str = "", all: str = "") -> Response:
         for sid, found in rules.items()
         if sid in costs
     }
+    offers: dict[int, list[OfferOut]] = {}
+    for offer in await ops.list_offers(db):
+        offers.setdefault(offer.service, []).append(offer)
     state = await catalog.catalog_state(db)
     return page(
         request,
         "services.html",
         services=listing,
+        offers=offers,
         rule_lines=rule_lines,
         q=q,
         show_all=bool(all),
@@ -79,10 +84,13 @@ async def services(request: Request, q: str = "", all: str = "") -> Response:
 @router.post("/sync")
 async def sync_now(request: Request) -> Response:
     async def run() -> str:
-        done = await ops.sync_catalog(db_of(request), upstream_of(request))
+        done = await ops.sync_catalog(db_of(request), clients_of(request))
         if not done.ok:
             return f"Catalog sync failed (the last good catalog stays): {done.error}"
         said = f"Catalog synced: {done.services} services, {done.dropped} no longer listed"
+        for one in done.providers:
+            if not one.ok:
+                said += f"; provider {one.provider} failed (its last catalog stays): {one.error}"
         for p in done.suspended:
             who = "everyone" if p.customer is None else f"customer {p.customer}"
             said += f"; suspended: service {p.service} for {who} ({p.rate} < cost {p.cost})"
@@ -146,6 +154,8 @@ async def service(request: Request, service_id: RowId) -> Response:
         request,
         "service.html",
         s=shown,
+        offers=await ops.list_offers(db, service_id),
+        providers=await ops.list_providers(db),
         cost=cost,
         prices=prices,
         rules=[
@@ -208,6 +218,34 @@ async def clear_price(request: Request, service_id: RowId) -> Response:
 
     async def run() -> str:
         done = await ops.clear_price(db_of(request), service_id, values.get("customer"))
+        return f"Service {service_id}: {done.changed}"
+
+    return await act(request, _back(service_id), run)
+
+
+@router.post("/{service_id}/offers")
+async def map_offer(request: Request, service_id: RowId) -> Response:
+    values = await fields(request)
+
+    async def run() -> str:
+        body = OfferMapIn(
+            provider=values.get("provider", ""),
+            provider_service_id=values.get("provider_service_id", ""),  # type: ignore[arg-type]
+            position=values.get("position"),  # type: ignore[arg-type]
+        )
+        done = await ops.map_offer(db_of(request), service_id, body)
+        order = ", ".join(o.provider for o in done.offers)
+        return f"Service {service_id}: {done.changed}; tried in this order: {order}"
+
+    return await act(request, _back(service_id), run)
+
+
+@router.post("/{service_id}/offers/remove")
+async def unmap_offer(request: Request, service_id: RowId) -> Response:
+    values = await fields(request)
+
+    async def run() -> str:
+        done = await ops.unmap_offer(db_of(request), service_id, values.get("provider", ""))
         return f"Service {service_id}: {done.changed}"
 
     return await act(request, _back(service_id), run)
