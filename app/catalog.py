@@ -355,7 +355,7 @@ async def sync_catalog(
     """Fetch one provider's catalog into its offers (and the services they deliver); on any
     failure keep the last good one. Provider `default`'s services keep their own ids as local
     ids; another provider's new service gets a local id of its own (OTHER_PROVIDERS_FIRST_ID
-    and up), which the operator can map onto an existing service (`services map`)."""
+    and up), hidden until the operator shows it or maps it onto a service (`services map`)."""
     fetched = await upstream.services()
     if isinstance(fetched, Refused) and is_upstream_key_error(fetched.message):
         error = f"{KEY_REFUSED}: {fetched.message}"
@@ -473,12 +473,20 @@ async def _home_for(conn: Conn, provider_id: int, svc: UpstreamService) -> int |
             )
             return None
         return svc.service_id
+    # Hidden until the operator sells it (`services show`) or maps it onto a service of
+    # theirs: a second panel's catalog is mostly the first one's services again.
+    local_id = await _next_other_id(conn)
+    await conn.execute(
+        insert(Service).values(id=local_id, updated_at=now, hidden=True, **_service_values(svc))
+    )
+    return local_id
+
+
+async def _next_other_id(conn: Conn) -> int:
     highest = await conn.scalar(
         select(func.max(Service.id)).where(Service.id >= OTHER_PROVIDERS_FIRST_ID)
     )
-    local_id = max(OTHER_PROVIDERS_FIRST_ID, (highest or 0) + 1)
-    await conn.execute(insert(Service).values(id=local_id, updated_at=now, **_service_values(svc)))
-    return local_id
+    return max(OTHER_PROVIDERS_FIRST_ID, (highest or 0) + 1)
 
 
 async def _record_success(
@@ -548,7 +556,7 @@ async def _recompute(conn: Conn, service_ids: set[int] | None, now: datetime) ->
                     .values(upstream_listed=False, updated_at=now)
                 )
             continue
-        if listed and tuple(_plain(v) for v in fields) == tuple(_plain(v) for v in best):
+        if listed and fields == best:
             continue
         await conn.execute(
             update(Service)
@@ -560,10 +568,6 @@ async def _recompute(conn: Conn, service_ids: set[int] | None, now: datetime) ->
             )
         )
     return dropped
-
-
-def _plain(value: object) -> object:
-    return bool(value) if isinstance(value, bool) else value
 
 
 async def recompute_services(db: Database, service_ids: set[int] | None = None) -> int:
@@ -983,12 +987,11 @@ async def unmap_offer(db: Database, service_id: int, provider_id: int) -> int:
                     insert(Service).values(id=home, updated_at=utcnow(), **_row_values(offer))
                 )
         else:
-            highest = await conn.scalar(
-                select(func.max(Service.id)).where(Service.id >= OTHER_PROVIDERS_FIRST_ID)
-            )
-            home = max(OTHER_PROVIDERS_FIRST_ID, (highest or 0) + 1)
+            home = await _next_other_id(conn)
             await conn.execute(
-                insert(Service).values(id=home, updated_at=utcnow(), **_row_values(offer))
+                insert(Service).values(
+                    id=home, updated_at=utcnow(), hidden=True, **_row_values(offer)
+                )
             )
         await conn.execute(
             update(ServiceOffer)

@@ -55,6 +55,7 @@ from app.admin.schemas import (
 )
 from app.db import Database
 from app.errors import OperatorError
+from app.models import DEFAULT_PROVIDER_ID
 from app.money import MoneyError, bp_to_percent, parse_micros
 from app.orders import queries
 from app.orders.placing import STATES, UNKNOWN
@@ -1253,6 +1254,8 @@ def _order_lines(order: OrderOut, currency: str) -> list[str]:
         f"  rate:        {order.rate} per 1000",
         f"  charge:      {charge}",
         f"  upstream:    {upstream}",
+        f"  provider:    {order.provider_id}"
+        + (" (default)" if order.provider_id == DEFAULT_PROVIDER_ID else ""),
         f"  created:     {_short_when(order.created_at)}",
         f"  refreshed:   {_short_when(order.refreshed_at) or 'never'}",
     ]
@@ -1261,7 +1264,8 @@ def _order_lines(order: OrderOut, currency: str) -> list[str]:
     lines += [f"  sent:        {name}={value}" for name, value in order.params.items()]
     if order.state == UNKNOWN:
         lines += [
-            "  The upstream may or may not have this order; funds stay held until you say which:",
+            f"  Provider {order.provider_id} may or may not have this order; funds stay held"
+            " until you say which:",
             f"    smm-gateway orders resolve {order.id} --upstream-order N   (it exists upstream)",
             f"    smm-gateway orders resolve {order.id} --not-placed         (refund in full)",
         ]

@@ -51,7 +51,7 @@ from app import contract
 from app.catalog import LAST_ERROR, SYNCED_AT, _set_kv, _upsert, upstream_state
 from app.db import Database
 from app.models import DEFAULT_PROVIDER_ID, DUE_WHERE, Order, Provider, Setting, as_utc, utcnow
-from app.orders.placing import STATES, UNKNOWN
+from app.orders.placing import PLACED, STATES, UNKNOWN
 from app.providers import ProviderClients, record_balance
 from app.upstream import UpstreamClient
 
@@ -113,8 +113,19 @@ _KEYS = (SYNCED_AT, LAST_ERROR, BALANCE_KEY, BALANCE_CHECKED_KEY)
 def _read(conn: Connection, state: DbState) -> None:
     """Every gauge query, fetched whole: on SQLite this whole function runs in a thread (a
     row fetched later, in the loop, could still be scanning)."""
-    rows = conn.execute(select(Order.state, func.count()).group_by(Order.state)).all()
-    state.orders_by_state = {name: count for name, count in rows}
+    # By state without grouping the whole table: the few orders in states other than `placed`
+    # by the (state, created_at) index's ranges either side of it, `placed` the rest of a plain
+    # count (a count of every entry of the smallest index: at a million orders ~7 ms on SQLite,
+    # where grouping them took ~250 ms in the gateway's own process).
+    total = conn.scalar(select(func.count()).select_from(Order))
+    others = {
+        name: count
+        for side in (Order.state < PLACED, Order.state > PLACED)
+        for name, count in conn.execute(
+            select(Order.state, func.count()).where(side).group_by(Order.state)
+        )
+    }
+    state.orders_by_state = {**others, PLACED: total - sum(others.values())}
     state.active, state.oldest_refresh = conn.execute(
         text(
             "SELECT count(*), min(coalesce(refreshed_at, created_at))"

@@ -371,10 +371,11 @@ def _overrides_settings(row: Provider) -> bool:
 
 @dataclass
 class _Held:
-    client: UpstreamClient | None
+    client: UpstreamClient | None  # None with `from_settings`: whatever `default` is now
     version: datetime
     enabled: bool
     name: str
+    from_settings: bool = False
 
 
 class ProviderClients:
@@ -411,20 +412,20 @@ class ProviderClients:
             if held is not None and held.version == version:
                 held.enabled = row.enabled
                 continue
-            client: UpstreamClient | None
-            if row.id == DEFAULT_PROVIDER_ID and not _overrides_settings(row):
-                client = self.default
-                if row.family_heard in FAMILIES and client.family_heard is None:
-                    client.family_heard = row.family_heard  # type: ignore[assignment]
+            client: UpstreamClient | None = None
+            from_settings = row.id == DEFAULT_PROVIDER_ID and not _overrides_settings(row)
+            if from_settings:
+                if row.family_heard in FAMILIES and self.default.family_heard is None:
+                    self.default.family_heard = row.family_heard  # type: ignore[assignment]
             else:
                 try:
                     client = build_client(self.settings, row, self.transport)
                 except OperatorError as exc:
                     log.error("provider %r cannot be used: %s", row.name, exc)
                     client = None
-            if held is not None and held.client is not None and held.client is not self.default:
+            if held is not None and held.client is not None:
                 self._retired.append(held.client)
-            self._held[row.id] = _Held(client, version, row.enabled, row.name)
+            self._held[row.id] = _Held(client, version, row.enabled, row.name, from_settings)
 
     async def refresh_if_changed(self, db: Database, seen: dict[int, datetime]) -> None:
         """`seen`: providers' `updated_at` as a read just found them."""
@@ -436,7 +437,10 @@ class ProviderClients:
         held = self._held.get(provider_id)
         if held is None:
             return self.default if provider_id == DEFAULT_PROVIDER_ID else None
-        return held.client
+        return self._client(held)
+
+    def _client(self, held: _Held) -> UpstreamClient | None:
+        return self.default if held.from_settings else held.client
 
     def name(self, provider_id: int) -> str:
         held = self._held.get(provider_id)
@@ -449,17 +453,15 @@ class ProviderClients:
         refresh)."""
         if not self._held:
             return {DEFAULT_PROVIDER_ID: self.default}
-        return {
-            pid: held.client
-            for pid, held in self._held.items()
-            if held.enabled and held.client is not None
-        }
+        clients = {pid: self._client(held) for pid, held in self._held.items() if held.enabled}
+        return {pid: client for pid, client in clients.items() if client is not None}
 
     def all(self) -> dict[int, UpstreamClient]:
         """Every provider with a usable client, enabled or not (its orders still sync)."""
         if not self._held:
             return {DEFAULT_PROVIDER_ID: self.default}
-        return {pid: held.client for pid, held in self._held.items() if held.client is not None}
+        clients = {pid: self._client(held) for pid, held in self._held.items()}
+        return {pid: client for pid, client in clients.items() if client is not None}
 
     @property
     def max_call_seconds(self) -> float:

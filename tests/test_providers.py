@@ -7,6 +7,8 @@ alternatives of local services 9 and 14, after A's. Everything is asked of the s
 themselves (/_sim/stats, /_sim/orders) and of the gateway's contract; both databases.
 """
 
+import json
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -121,11 +123,17 @@ async def _customer(db: Database, name: str = "c") -> Customer:
     return await new_customer(db, name, funds=parse_micros("100"))
 
 
-async def _order(two: Two, customer: Customer, service: int = 9, **params: Any) -> Any:
+async def _order(
+    two: Two,
+    customer: Customer,
+    service: int = 9,
+    headers: dict[str, str] | None = None,
+    **params: Any,
+) -> Any:
     values: dict[str, Any] = {"service": service, "link": "https://x.test/p/sim:complete"}
     values["quantity"] = 1000
     values.update(params)
-    return await add(two.client, customer.key, values)
+    return await add(two.client, customer.key, values, headers=headers)
 
 
 def _cost(rate: str, units: int) -> int:
@@ -145,12 +153,21 @@ async def test_the_catalog_shows_one_service_per_id_priced_from_the_preferred_of
     customer = await _customer(db)
     listing = await services_by_id(two.client, customer.key)
     # Local 9 is still A's service 9 (A's price, A's name); B's own copies of the shared
-    # services were mapped away, its others got local ids of their own, far above A's.
+    # services were mapped away, its others got local ids of their own, far above A's, and
+    # wait hidden until the operator sells one.
     assert parse_micros(listing[9]["rate"]) == (await _priced(db, 9, customer)).rate
     assert (await _priced(db, 9, customer)).cost == parse_micros("0.0450")
-    b_only = [sid for sid in listing if sid >= OTHER_PROVIDERS_FIRST_ID]
-    a_ids = [sid for sid in listing if sid < OTHER_PROVIDERS_FIRST_ID]
-    assert len(b_only) == len(a_ids) - len(SHARED)
+    assert all(sid < OTHER_PROVIDERS_FIRST_ID for sid in listing)
+    b_only = [
+        v
+        for v in await catalog.list_services(db, 0)
+        if v.id >= OTHER_PROVIDERS_FIRST_ID and v.upstream_listed
+    ]
+    b_catalog = (await two.sim_b.get("/_sim/catalog")).json()
+    assert len(b_only) == sum(s["listed"] for s in b_catalog.values()) - len(SHARED)
+    assert all(v.hidden for v in b_only)
+    await catalog.set_hidden(db, b_only[0].id, False)
+    assert b_only[0].id in await services_by_id(two.client, customer.key)
     offers = await catalog.list_offers(db, 9)
     assert [(o.provider, o.provider_service_id, o.rate) for o in offers] == [
         ("default", 9, parse_micros("0.0450")),
@@ -240,6 +257,38 @@ async def test_after_an_ambiguous_answer_nothing_else_is_tried(
     assert (order.state, order.provider_id) == ("unknown", DEFAULT)
     assert await sim_calls(two.sim_b) == 0
     assert await balance_of(db, customer) < before  # funds held
+    await assert_ledger_clean(db)
+
+
+async def test_an_ambiguous_answer_after_a_failover_leaves_the_order_unknown_there(
+    two: Two, db: Database
+) -> None:
+    """A refuses for funds, B takes the order but the reply is lost: the order is `unknown`
+    on B (recorded there before it was sent), its charge held; A is not asked again."""
+    customer = await _customer(db)
+    await set_sim_balance(two.sim_a, "0")
+    await set_faults(two.sim_b, {"drop": 1.0})
+    order = await get_order(db, (await _order(two, customer))["order"])
+    assert (order.state, order.provider_id, order.upstream_order_id) == ("unknown", B, None)
+    assert order.params["service"] == "9" and await sim_calls(two.sim_a) == 1
+    [at_b] = await sim_orders(two.sim_b)
+    assert at_b["params"]["link"] == order.params["link"]
+    assert len(await _one_charge(db, customer, order.id)) == 1
+    await assert_ledger_clean(db)
+
+
+async def test_a_replayed_idempotency_key_answers_the_failed_over_order(
+    two: Two, db: Database
+) -> None:
+    customer = await _customer(db)
+    await set_sim_balance(two.sim_a, "0")
+    keyed = {"Idempotency-Key": "bot-retry-1"}
+    first = await _order(two, customer, headers=keyed)
+    again = await _order(two, customer, headers=keyed)
+    assert first == again and "order" in first
+    assert (await get_order(db, first["order"])).provider_id == B
+    assert len(await sim_orders(two.sim_b)) == 1
+    assert len(await _one_charge(db, customer, first["order"])) == 1
     await assert_ledger_clean(db)
 
 
@@ -457,3 +506,93 @@ async def test_metrics_by_provider(two: Two, db: Database) -> None:
     ]
     assert b_balance > 0
     assert after[("smmgw_provider_low_balance", frozenset({("provider", "b")}))] == 1
+
+
+# --- a seeded run across both providers, then the proofs ---------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_a_seeded_run_across_two_providers_keeps_every_proof(
+    two: Two, db: Database, seed: int
+) -> None:
+    """Orders on shared and single-provider services while each provider in turn faults
+    (5xx, dropped replies, refusals), runs out of funds and goes down; then every order is
+    synced to its end. Proofs: every upstream order at a provider is exactly one gateway
+    order on that provider (by upstream id; or by link, for one left `unknown` there), no
+    link was bought twice or at two providers, every order was charged once and settled as
+    its provider says, the ledger verifies, the report's provider lines add up."""
+    rng = random.Random(seed)
+    customers = [await _customer(db, f"c{n}") for n in range(3)]
+    b_only = OTHER_PROVIDERS_FIRST_ID  # B's first service of its own, sold as it is
+    await catalog.set_hidden(db, b_only, False)
+    sims = {DEFAULT: (two.sim_a, A_HOST), B: (two.sim_b, B_HOST)}
+    links: dict[str, int | None] = {}  # link -> our order id (None: refused)
+    for step in range(100):
+        action = rng.choices(["add", "faults", "funds", "down", "sync"], [16, 2, 1, 1, 3])[0]
+        provider = rng.choice([DEFAULT, B])
+        sim, host = sims[provider]
+        if action == "add":
+            marker = rng.choice(["", "", "sim:complete", "sim:partial", "sim:cancel", "sim:reject"])
+            link = f"https://x.test/s{seed}/{step}/{marker}"
+            service = rng.choice([9, 9, 9, 5, b_only])
+            reply = await _order(two, rng.choice(customers), service=service, link=link)
+            links[link] = reply.get("order")
+        elif action == "faults":
+            kind = rng.choice(["error5xx", "drop", "reject"])
+            await set_faults(sim, {kind: rng.choice([0.3, 1.0])} if rng.random() < 0.5 else {})
+        elif action == "funds":
+            await set_sim_balance(sim, rng.choice(["0", "1000"]))
+        elif action == "down":
+            two.router.down ^= {host}
+        else:
+            two.clock.advance(rng.choice([1, 5, 30]))
+            await sync_pass(db, two.gw.providers, sending_grace_seconds=60)
+    two.router.down.clear()
+    for sim, _ in sims.values():
+        await set_faults(sim, {})
+        await set_sim_balance(sim, "1000")
+    for _ in range(5):
+        two.clock.advance(60)
+        await sync_pass(db, two.gw.providers, sending_grace_seconds=60)
+
+    await assert_ledger_clean(db)
+    async with db.read() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT id, provider_id, state, status, upstream_order_id, params, charge,"
+                    " refunded, settled_at FROM orders ORDER BY id"
+                )
+            )
+        ).all()
+    ours = {row.id: row for row in rows}
+    by_link: dict[str, list[Any]] = {}
+    for row in rows:
+        by_link.setdefault(json.loads(row.params)["link"], []).append(row)
+    assert all(len(found) == 1 for found in by_link.values())  # one order per link, ever
+    for provider, (sim, _) in sims.items():
+        theirs = {o["id"]: o for o in await sim_orders(sim)}
+        on_it = {
+            row.upstream_order_id: row
+            for row in rows
+            if row.provider_id == provider and row.upstream_order_id is not None
+        }
+        assert set(on_it) <= set(theirs)  # nothing recorded there that it does not hold
+        for upstream_id, held in theirs.items():
+            link = held["params"]["link"]
+            [row] = by_link[link]  # bought once: at this provider, by exactly one order
+            assert row.provider_id == provider, (link, row)
+            if row.upstream_order_id is None:
+                assert row.state == "unknown", row  # its reply was lost: the operator's
+            else:
+                assert (row.upstream_order_id, row.state) == (upstream_id, "placed")
+                assert row.status == held["status"] and row.settled_at is not None, row
+    for link, order_id in links.items():  # what each customer was told
+        if order_id is None:
+            assert by_link.get(link, [None])[0] is None or by_link[link][0].state == "rejected"
+        else:
+            assert ours[order_id].state in ("placed", "unknown")
+    report = await ops.report(db, two.gw.settings)
+    assert sum(parse_micros(line.margin) for line in report.by_provider) == parse_micros(
+        report.total.margin
+    )
