@@ -270,7 +270,10 @@ async def plans(url: str, filled: Filled) -> dict[str, str]:
             "SELECT count(*), min(coalesce(refreshed_at, created_at))"
             f" {_unsettled_placed(dialect)} AND status NOT IN ({_FINAL_SQL})"
         ),
-        "gauges: by state": "SELECT state, count(*) FROM orders GROUP BY state",
+        "gauges: all orders": "SELECT count(*) FROM orders",  # then the states but `placed`:
+        "gauges: other states": (
+            "SELECT state, count(*) FROM orders WHERE state < 'placed' GROUP BY state"
+        ),
     }
     db = Database(url)
     found: dict[str, str] = {}
