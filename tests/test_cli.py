@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import pytest
 from conftest import POSTGRES_ADMIN_URL, SKIP_POSTGRES
+from dashboard_helpers import csrf_of, sign_in
 from helpers import free_port, simulator_on_port
 from typer.testing import CliRunner
 
@@ -540,6 +541,21 @@ async def test_demo_serves_the_demo_customer(tmp_path: Path) -> None:
             assert balance.json()["balance"] == "100.00"
             services = await client.post(info.url, data={"key": info.key, "action": "services"})
             assert len(services.json()) == info.services
+        # The dashboard is on, for the token the demo printed (a new one per demo).
+        assert info.dashboard_url == f"http://127.0.0.1:{port}/dashboard"
+        base = info.dashboard_url.removesuffix("/dashboard")
+        async with httpx.AsyncClient(base_url=base) as browser:
+            await sign_in(browser, info.admin_token)
+            customers = await browser.get("/dashboard/customers")
+            assert customers.status_code == 200 and info.customer in customers.text
+        async with httpx.AsyncClient(base_url=base) as stranger:
+            form = await stranger.get("/dashboard/login")
+            refused = await stranger.post(
+                "/dashboard/login",
+                data={"csrf": csrf_of(form.text), "token": "x" * 43, "next": "/dashboard"},
+            )
+            assert refused.headers.get("location") != "/dashboard"
+            assert (await stranger.get("/dashboard/customers")).status_code != 200
     async with httpx.AsyncClient() as client:  # both servers stopped
         for url in (info.url, info.simulator_url):
             with pytest.raises(httpx.ConnectError):
