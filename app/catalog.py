@@ -13,6 +13,7 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from app.customers import Caller, authenticate, hash_key, keyed_select, split_caller
 from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
 from app.family import FAMILIES, Family
@@ -193,34 +194,62 @@ async def customer_catalog(
     return [p for p in priced if p is not None]
 
 
-_PRICED_SERVICE = """
-SELECT s.id, s.name, s.category, s.type, s.rate, s.min, s.max, s.dripfeed, s.refill, s.cancel,
-       s.description, s.display_name, s.display_category,
-       g.fixed_rate, g.markup_bp, g.below_cost_ok, p.fixed_rate, p.markup_bp, p.below_cost_ok
-FROM services s
+_PRICED_COLUMNS = """s.id, s.name, s.category, s.type, s.rate, s.min, s.max, s.dripfeed, s.refill,
+       s.cancel, s.description, s.display_name, s.display_category,
+       g.fixed_rate, g.markup_bp, g.below_cost_ok, p.fixed_rate, p.markup_bp, p.below_cost_ok"""
+_RULES_JOINED = """
 LEFT JOIN price_rules g ON g.service_id = s.id AND g.customer_id IS NULL
-LEFT JOIN price_rules p ON p.service_id = s.id AND p.customer_id = {customer}
-WHERE s.id = {service} AND s.upstream_listed AND NOT s.hidden
-"""
+LEFT JOIN price_rules p ON p.service_id = s.id AND p.customer_id = {customer}"""
+_PRICED_SERVICE = (
+    f"SELECT {_PRICED_COLUMNS} FROM services s {_RULES_JOINED}"
+    " WHERE s.id = {service} AND s.upstream_listed AND NOT s.hidden"
+)
+_PRICED_SERVICE_SQLITE = _PRICED_SERVICE.format(customer="?", service="?")
+_PRICED_SERVICE_PG = _PRICED_SERVICE.format(customer="$1", service="$2")
+# `add`'s key lookup with its service at the customer's price, in one read: no service (or a
+# hidden one) leaves the service columns NULL.
+_KEYED_PRICED = keyed_select(
+    _PRICED_COLUMNS,
+    "LEFT JOIN services s ON s.id = {service} AND s.upstream_listed AND NOT s.hidden"
+    + _RULES_JOINED.format(customer="c.id"),
+)
+_KEYED_PRICED_SQLITE = _KEYED_PRICED.format(service="?2", key="?1")
+_KEYED_PRICED_PG = _KEYED_PRICED.format(service="$2", key="$1")
 
 
 async def priced_service(
     db: Database, service_id: int, customer_id: int, markup_bp: int | None, default_bp: int
 ) -> PricedService | None:
     """One orderable service at this customer's price; None if unknown, hidden or suspended.
-    On every `add`: one read, with both price rules that may apply joined in."""
+    One read, with both price rules that may apply joined in."""
     if service_id >= 2**31:  # beyond the column's range: no such service
         return None
-    rows = await db.fetch(
-        _PRICED_SERVICE.format(customer="?", service="?"),
-        _PRICED_SERVICE.format(customer="$1", service="$2"),
-        customer_id,
-        service_id,
-    )
+    rows = await db.fetch(_PRICED_SERVICE_SQLITE, _PRICED_SERVICE_PG, customer_id, service_id)
+    return _priced_row(tuple(rows[0]), markup_bp, default_bp) if rows else None
+
+
+async def caller_and_priced_service(
+    db: Database, key: str, service_id: int, default_bp: int
+) -> tuple[Caller | None, PricedService | None]:
+    """The key's live customer (None: no such key) and the service at their price (None:
+    unknown, hidden or suspended), in one read: all an `add` reads before its phase 1."""
+    if not key:
+        return None, None
+    if service_id >= 2**31:
+        return await authenticate(db, key), None
+    rows = await db.fetch(_KEYED_PRICED_SQLITE, _KEYED_PRICED_PG, hash_key(key), service_id)
     if not rows:
-        return None
-    row = tuple(rows[0])
+        return None, None
+    caller, service = split_caller(rows[0])
+    if service[0] is None:
+        return caller, None
+    return caller, _priced_row(service, caller.markup_bp, default_bp)
+
+
+def _priced_row(row: tuple, markup_bp: int | None, default_bp: int) -> PricedService | None:
+    """A row of _PRICED_COLUMNS at the customer's price."""
     service, general, personal = row[:13], _rule(row[13:16]), _rule(row[16:19])
+    service_id = service[0]
     return _priced(
         service,
         {service_id: general} if general else {},
@@ -228,6 +257,31 @@ async def priced_service(
         markup_bp,
         default_bp,
     )
+
+
+# --- the catalog's version (migration 0006: triggers move it with every change) -------------
+
+_KEYED_VERSION = keyed_select("COALESCE((SELECT version FROM catalog_version WHERE id = 1), 0)")
+_KEYED_VERSION_SQLITE = _KEYED_VERSION.format(key="?")
+_KEYED_VERSION_PG = _KEYED_VERSION.format(key="$1")
+_OWN_PRICES = "SELECT DISTINCT customer_id FROM price_rules WHERE customer_id IS NOT NULL"
+
+
+async def caller_and_catalog_version(db: Database, key: str) -> tuple[Caller | None, int]:
+    """The key's live customer (None: no such key) and the catalog's version, in one read:
+    the whole database work of a `services` request whose reply is rendered already."""
+    if not key:
+        return None, 0
+    rows = await db.fetch(_KEYED_VERSION_SQLITE, _KEYED_VERSION_PG, hash_key(key))
+    if not rows:
+        return None, 0
+    caller, (version,) = split_caller(rows[0])
+    return caller, version
+
+
+async def customers_with_own_prices(db: Database) -> frozenset[int]:
+    """The customers with a price rule of their own (any service)."""
+    return frozenset(row[0] for row in await db.fetch(_OWN_PRICES, _OWN_PRICES))
 
 
 def _rule(columns: tuple) -> Rule | None:
@@ -880,6 +934,18 @@ async def map_offer(
                 )
             )
             position = 0 if highest is None else highest + 1
+        else:
+            # Taken there already: the others from that place on move one down, so the new
+            # offer comes before them (`--position 0` puts it first, ahead of `default`'s 0).
+            await conn.execute(
+                update(ServiceOffer)
+                .where(
+                    ServiceOffer.service_id == service_id,
+                    ServiceOffer.id != row.id,
+                    ServiceOffer.position >= position,
+                )
+                .values(position=ServiceOffer.position + 1)
+            )
         await conn.execute(
             update(ServiceOffer)
             .where(ServiceOffer.id == row.id)

@@ -2,9 +2,10 @@
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import get_args
+from typing import Any, get_args
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -55,11 +56,29 @@ class KeyView:
     revoked_at: datetime | None
 
 
-_AUTHENTICATE = """
-SELECT c.id, c.dialect, c.markup_bp, c.balance
-FROM api_keys k JOIN customers c ON c.id = k.customer_id
-WHERE k.key_hash = {} AND k.revoked_at IS NULL AND NOT c.disabled
-"""
+# The key's live customer, as the first columns of a hot read (`keyed_select`): other reads
+# join what they need to it (`status` its orders, `add` its priced service), one statement.
+_CALLER_COLUMNS = "c.id, c.dialect, c.markup_bp, c.balance"
+CALLER_WIDTH = 4
+_KEYED_FROM = "api_keys k JOIN customers c ON c.id = k.customer_id"
+_KEYED_WHERE = "k.key_hash = {key} AND k.revoked_at IS NULL AND NOT c.disabled"
+
+
+def keyed_select(columns: str = "", joins: str = "") -> str:
+    """SELECT the caller's columns (then `columns`) from the key's live customer (`c`), with
+    `joins`; `{key}` is left for the key hash's placeholder: `.format(key="$1")`."""
+    more = f", {columns}" if columns else ""
+    return f"SELECT {_CALLER_COLUMNS}{more} FROM {_KEYED_FROM} {joins} WHERE {_KEYED_WHERE}"
+
+
+def split_caller(row: Sequence[Any]) -> tuple[Caller, tuple[Any, ...]]:
+    """A keyed_select row: the caller, and the columns the read added."""
+    return Caller(*row[:CALLER_WIDTH]), tuple(row[CALLER_WIDTH:])
+
+
+_AUTHENTICATE = keyed_select()
+_AUTHENTICATE_SQLITE = _AUTHENTICATE.format(key="?")
+_AUTHENTICATE_PG = _AUTHENTICATE.format(key="$1")
 
 
 async def authenticate(db: Database, key: str) -> Caller | None:
@@ -67,7 +86,7 @@ async def authenticate(db: Database, key: str) -> Caller | None:
     Nothing is cached, so a revocation or a disabling counts from the next request."""
     if not key:
         return None
-    rows = await db.fetch(_AUTHENTICATE.format("?"), _AUTHENTICATE.format("$1"), hash_key(key))
+    rows = await db.fetch(_AUTHENTICATE_SQLITE, _AUTHENTICATE_PG, hash_key(key))
     return Caller(*rows[0]) if rows else None
 
 

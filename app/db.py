@@ -11,8 +11,9 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Executable, create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 import migrations
@@ -52,6 +53,16 @@ _UNREACHABLE = (
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionDoesNotExistError,
 )
+
+
+def _as_sqlalchemy(sql: str, exc: BaseException) -> DBAPIError:
+    """A driver error as SQLAlchemy would have raised it, for callers written against those."""
+    kind = (
+        IntegrityError
+        if isinstance(exc, asyncpg.IntegrityConstraintViolationError)
+        else OperationalError
+    )
+    return kind(sql, None, exc)
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -177,8 +188,92 @@ class InThreadConnection(InLoopConnection):
 Conn = AsyncConnection | InLoopConnection  # InThreadConnection is one
 
 
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    """The hot reads change no session state, so the pool's reset round trip is skipped."""
+# The hot reads' connections plan every statement by an index: they run only a few known
+# lookups of ≤ 100 rows by unique keys, and on a small or never-analysed table the planner
+# may price a sequential scan of the whole table below 100 index descents (it did for a
+# 100-id `status` on 4,000 orders: tests/test_query_plans.py). `enable_seqscan = off` only
+# prices such a scan out; a statement with no index to use still runs.
+HOT_READ_SETTINGS = {"enable_seqscan": "off"}
+
+
+class HotPool:
+    """A few asyncpg connections for the hot reads, handed out with nothing else to do.
+
+    asyncpg's own Pool does per-checkout work the hot reads never need: a proxy object per
+    acquire, and per release a task (`asyncio.shield`), a timeout scope and a reset (a round
+    trip by default: `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`).
+    The hot reads are single autocommit SELECTs that change no session state, so a connection
+    goes back as it came, in a list; one that failed or was interrupted is closed instead
+    (its protocol may be mid-operation). asyncpg prepares each statement once per connection
+    and reuses it (its statement cache, keyed by the SQL text): our statements are constants.
+    """
+
+    def __init__(self, dsn: str, max_size: int) -> None:
+        self.dsn = dsn
+        self.max_size = max_size
+        self.size = 0  # open or being opened
+        self._idle: list[asyncpg.Connection] = []
+        self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
+
+    async def acquire(self) -> asyncpg.Connection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.is_closed():
+                return conn
+            self.size -= 1
+        if self.size >= self.max_size:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                handed = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self.release(waiter.result())  # handed over as we were cancelled
+                raise
+            if handed is not None:
+                return handed
+            # None: a slot freed by a closed connection, so open one here.
+        self.size += 1
+        try:
+            return await asyncpg.connect(self.dsn, server_settings=HOT_READ_SETTINGS)
+        except BaseException:
+            self.size -= 1
+            self._wake(None)
+            raise
+
+    def _wake(self, conn: asyncpg.Connection | None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return True
+        return False
+
+    def release(self, conn: asyncpg.Connection) -> None:
+        if not self._wake(conn):
+            self._idle.append(conn)
+
+    def discard(self, conn: asyncpg.Connection) -> None:
+        conn.terminate()
+        self.size -= 1
+        self._wake(None)
+
+    def discard_idle(self) -> None:
+        """After one connection was found dropped, the idle ones likely were too (a server
+        restart, pg_terminate_backend of all): close them rather than fail on each."""
+        while self._idle:
+            self.discard(self._idle.pop())
+
+    async def close(self) -> None:
+        while self._idle:
+            conn = self._idle.pop()
+            self.size -= 1
+            with suppress(Exception):
+                await conn.close(timeout=2)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.cancel()
 
 
 def _open_sqlite_reader(url: str) -> sqlite3.Connection:
@@ -209,12 +304,21 @@ class Database:
             )
             self._pg_autocommit = self._pg.execution_options(isolation_level="AUTOCOMMIT")
         self._sqlite_reader: sqlite3.Connection | None = None
-        self._pg_pool: asyncpg.Pool | None = None
-        self._pool_lock = asyncio.Lock()
+        self._pg_pool: HotPool | None = None
         # SQLite has one writer at a time; a transaction that awaits something else must not
         # let another of this process's writers start on the same file.
         self._write_lock = asyncio.Lock()
         self.outage = Outage()
+
+    def _hot_pool(self) -> HotPool:
+        pool = self._pg_pool
+        if pool is None:
+            # No floor: the pool opens connections as reads need them, so a server that is
+            # away costs one failed connect per read, not a retry loop in the background.
+            pool = self._pg_pool = HotPool(
+                self.url.replace("postgresql+asyncpg://", "postgresql://", 1), max_size=10
+            )
+        return pool
 
     async def fetch(self, sqlite_sql: str, postgres_sql: str, *args: Any) -> list[Sequence[Any]]:
         """One hot read, straight through the driver; the SQL is given in each dialect.
@@ -226,35 +330,80 @@ class Database:
             if self._sqlite_reader is None:
                 self._sqlite_reader = _open_sqlite_reader(self.url)
             return self._sqlite_reader.execute(sqlite_sql, args).fetchall()
-        if self._pg_pool is None:
-            async with self._pool_lock:
-                if self._pg_pool is None:
-                    self._pg_pool = await asyncpg.create_pool(
-                        self.url.replace("postgresql+asyncpg://", "postgresql://", 1),
-                        # No floor: with one, asyncpg logs a traceback per request while the
-                        # server is away, trying to restore it.
-                        min_size=0,
-                        max_size=10,
-                        reset=_keep_session,
-                    )
+        pool = self._hot_pool()
+        dropped: BaseException | None = None
         for attempt in (1, 2):
-            conn = await self._pg_pool.acquire()
+            conn = await pool.acquire()
             try:
-                return await conn.fetch(postgres_sql, *args)
+                rows = await conn.fetch(postgres_sql, *args)
             except _DROPPED as exc:
                 # A pooled connection the server dropped (a restart, pg_terminate_backend)
                 # fails, sometimes leaving asyncpg's protocol mid-operation: it is closed for
-                # good, and the read, harmless to repeat, gets one more try on a fresh one. A
-                # server still away fails again: that is an outage.
-                conn.terminate()
+                # good (the idle ones with it), and the read, harmless to repeat, gets one
+                # more try on a fresh one. A server still away fails again: an outage, which
+                # its own line reports (so nothing is said here then).
+                pool.discard(conn)
+                pool.discard_idle()
                 if attempt == 2:
                     raise
-                log.info(
-                    "database: a pooled connection was gone (%s); reading again", type(exc).__name__
-                )
-            finally:
-                await self._pg_pool.release(conn)
+                dropped = exc
+            except asyncpg.PostgresError:
+                pool.release(conn)  # the server refused the statement: the session is fine
+                raise
+            except BaseException:
+                pool.discard(conn)  # a cancellation or a client error mid-read: state unknown
+                raise
+            else:
+                pool.release(conn)
+                if dropped is not None:
+                    log.info(
+                        "database: a pooled connection was gone (%s); read again on a new one",
+                        type(dropped).__name__,
+                    )
+                return rows
         raise AssertionError("unreachable")
+
+    async def pg_write(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        """One writing statement on PostgreSQL, through the driver on a hot-read connection:
+        autocommit, so the statement is its own transaction (all of it or nothing). Never
+        retried here (a write may have committed before its reply was lost: the caller knows
+        whether repeating it is harmless). Driver errors are raised as SQLAlchemy's
+        (IntegrityError for a constraint, OperationalError otherwise), chained to the
+        driver's, as the SQLAlchemy path raises them."""
+        pool = self._hot_pool()
+        try:
+            conn = await pool.acquire()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # refused to connect
+            raise _as_sqlalchemy(sql, exc) from exc
+        try:
+            rows = await conn.fetch(sql, *args)
+        except asyncpg.PostgresError as exc:
+            if conn.is_closed():  # the server is shutting down, or terminated us
+                pool.discard(conn)
+                pool.discard_idle()
+            else:
+                pool.release(conn)  # refused by the server: the session is fine
+            raise _as_sqlalchemy(sql, exc) from exc
+        except BaseException as exc:
+            pool.discard(conn)  # dropped, cancelled, or a client error: state unknown
+            if isinstance(exc, _DROPPED) and not isinstance(exc, OSError):
+                pool.discard_idle()
+                raise _as_sqlalchemy(sql, exc) from exc
+            raise
+        pool.release(conn)
+        return rows
+
+    async def sqlite_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` on the stdlib connection inside one write transaction (BEGIN IMMEDIATE, as
+        `write()`): a few prebuilt statements without SQLAlchemy's per-statement work. sqlite3
+        errors are raised as SQLAlchemy's (IntegrityError, OperationalError, ...)."""
+        async with self.write() as conn:
+            assert isinstance(conn, InLoopConnection)
+            raw = conn.sync_connection.connection.driver_connection
+            try:
+                return fn(raw)
+            except sqlite3.Error as exc:
+                raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Conn]:

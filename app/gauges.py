@@ -45,12 +45,12 @@ from datetime import datetime
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, select, text, update
 
 from app import contract
 from app.catalog import LAST_ERROR, SYNCED_AT, _set_kv, _upsert, upstream_state
 from app.db import Database
-from app.models import DEFAULT_PROVIDER_ID, Order, Provider, Setting, as_utc, utcnow
+from app.models import DEFAULT_PROVIDER_ID, DUE_WHERE, Order, Provider, Setting, as_utc, utcnow
 from app.orders.placing import PLACED, STATES, UNKNOWN
 from app.providers import ProviderClients, record_balance
 from app.upstream import UpstreamClient
@@ -95,28 +95,49 @@ def _age(now: datetime, then: datetime | None) -> float:
     return max(0.0, (now - as_utc(then)).total_seconds()) if then is not None else 0.0
 
 
-_ACTIVE = (
-    Order.state == PLACED,
-    Order.status.not_in(tuple(contract.FINAL_STATUSES)),
-    Order.settled_at.is_(None),
-)
+_FINAL_SQL = ", ".join(f"'{status}'" for status in sorted(contract.FINAL_STATUSES))
+
+
+def _unsettled_placed(conn: Connection) -> str:
+    """FROM and WHERE of the reads of active orders: the partial index ix_orders_due holds
+    exactly those (a tenth of the table or less), its condition written out so that a planner
+    may use it. SQLite is told to (INDEXED BY): never analysed, it rates (state, created_at),
+    which walks every placed order, just as good."""
+    hint = " INDEXED BY ix_orders_due" if conn.dialect.name == "sqlite" else ""
+    return f"FROM orders{hint} WHERE {DUE_WHERE}"
+
+
 _KEYS = (SYNCED_AT, LAST_ERROR, BALANCE_KEY, BALANCE_CHECKED_KEY)
 
 
 def _read(conn: Connection, state: DbState) -> None:
     """Every gauge query, fetched whole: on SQLite this whole function runs in a thread (a
     row fetched later, in the loop, could still be scanning)."""
-    rows = conn.execute(select(Order.state, func.count()).group_by(Order.state)).all()
-    state.orders_by_state = {name: count for name, count in rows}
-    oldest_refresh = func.min(func.coalesce(Order.refreshed_at, Order.created_at))
+    # By state without grouping the whole table: the few orders in states other than `placed`
+    # by the (state, created_at) index's ranges either side of it, `placed` the rest of a plain
+    # count (a count of every entry of the smallest index: at a million orders ~7 ms on SQLite,
+    # where grouping them took ~250 ms in the gateway's own process).
+    total = conn.scalar(select(func.count()).select_from(Order))
+    others = {
+        name: count
+        for side in (Order.state < PLACED, Order.state > PLACED)
+        for name, count in conn.execute(
+            select(Order.state, func.count()).where(side).group_by(Order.state)
+        )
+    }
+    state.orders_by_state = {**others, PLACED: total - sum(others.values())}
     state.active, state.oldest_refresh = conn.execute(
-        select(func.count(), oldest_refresh).where(*_ACTIVE)
+        text(
+            "SELECT count(*), min(coalesce(refreshed_at, created_at))"
+            f" {_unsettled_placed(conn)} AND status NOT IN ({_FINAL_SQL})"
+        )
     ).one()
     state.unknown_oldest = conn.scalar(
         select(func.min(Order.created_at)).where(Order.state == UNKNOWN)
     )
+    # Only a placed order's settlement is ever held (app.sync): those of the same index.
     state.held = conn.scalar(
-        select(func.count()).where(Order.held.is_not(None), Order.settled_at.is_(None))
+        text(f"SELECT count(*) {_unsettled_placed(conn)} AND held IS NOT NULL")
     )
     rows = conn.execute(select(Setting.key, Setting.value).where(Setting.key.in_(_KEYS))).all()
     state.kv = {key: value for key, value in rows}

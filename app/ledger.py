@@ -24,8 +24,11 @@ ADJUSTMENT = "adjustment"
 KINDS = (TOPUP, CHARGE, REFUND, ADJUSTMENT)
 
 
+CHARGE_REF_PREFIX = "charge:"  # + the order id (app/orders/hot_writes.py builds it in SQL)
+
+
 def charge_ref(order_id: int) -> str:
-    return f"charge:{order_id}"
+    return f"{CHARGE_REF_PREFIX}{order_id}"
 
 
 def refund_ref(order_id: int) -> str:
@@ -268,25 +271,45 @@ class EntryView:
 async def history(db: Database, customer_id: int, limit: int = 100) -> list[EntryView]:
     """The newest entries first, each with the balance it left (a running sum over all the
     customer's entries, taken before the limit)."""
-    running = (
-        select(
-            LedgerEntry.id,
-            LedgerEntry.customer_id,
-            LedgerEntry.amount,
-            LedgerEntry.kind,
-            LedgerEntry.order_id,
-            LedgerEntry.ref,
-            LedgerEntry.memo,
-            LedgerEntry.created_at,
-            # Cast: PostgreSQL's sum of a bigint is a numeric.
-            cast(func.sum(LedgerEntry.amount).over(order_by=LedgerEntry.id), BigInteger).label(
-                "balance_after"
+    return await entries(db, customer_id=customer_id, limit=limit)
+
+
+async def entries(
+    db: Database,
+    *,
+    customer_id: int | None = None,
+    order_id: int | None = None,
+    kind: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[EntryView]:
+    """Entries newest first, of one customer, one order, one kind or all; each with the
+    balance it left its customer (a running sum over all that customer's entries)."""
+    running = select(
+        LedgerEntry.id,
+        LedgerEntry.customer_id,
+        LedgerEntry.amount,
+        LedgerEntry.kind,
+        LedgerEntry.order_id,
+        LedgerEntry.ref,
+        LedgerEntry.memo,
+        LedgerEntry.created_at,
+        # Cast: PostgreSQL's sum of a bigint is a numeric.
+        cast(
+            func.sum(LedgerEntry.amount).over(
+                partition_by=LedgerEntry.customer_id, order_by=LedgerEntry.id
             ),
-        )
-        .where(LedgerEntry.customer_id == customer_id)
-        .subquery()
+            BigInteger,
+        ).label("balance_after"),
     )
-    stmt = select(running).order_by(running.c.id.desc()).limit(limit)
+    if customer_id is not None:  # inside the running sum: it only needs this customer's rows
+        running = running.where(LedgerEntry.customer_id == customer_id)
+    sub = running.subquery()
+    stmt = select(sub).order_by(sub.c.id.desc()).limit(limit).offset(offset)
+    if order_id is not None:
+        stmt = stmt.where(sub.c.order_id == order_id)
+    if kind is not None:
+        stmt = stmt.where(sub.c.kind == kind)
     async with db.read() as conn:
         return [EntryView(*row) for row in await conn.execute(stmt)]
 

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app import metrics
 from app.admin.router import router as admin_router
 from app.catalog import catalog_state, stored_family, sync_catalogs, upstream_state
+from app.dashboard.router import routes as dashboard_routes
 from app.db import Database, is_unreachable, ping
 from app.docs import install_docs
 from app.gauges import DbCollector, Gauges
@@ -23,6 +24,7 @@ from app.logs import RequestLogMiddleware, configure_logging
 from app.orders.placing import SEND_MARGIN_SECONDS
 from app.panel.openapi import install_openapi
 from app.panel.router import router as panel_router
+from app.panel.services_cache import ServicesCache
 from app.providers import ProviderClients
 from app.settings import Settings, get_settings
 from app.sync import sync_forever
@@ -45,6 +47,7 @@ class Gateway:
         self.gauges = Gauges(
             self.db, self.upstream, settings.metrics_refresh_seconds, clients=self.providers
         )
+        self.services_cache = ServicesCache()  # the rendered `services` replies
 
     @property
     def upstream(self) -> UpstreamClient:
@@ -152,6 +155,8 @@ def create_app(
     app.include_router(panel_router)
     # Off (no SMMGW_ADMIN_TOKEN), the admin API answers 404 and the documents leave it out.
     app.include_router(admin_router, include_in_schema=bool(settings.admin_token))
+    # The operator's web pages: off (404) like the admin API, never in the documents.
+    app.include_router(dashboard_routes, include_in_schema=False)
     app.add_middleware(HeadAsGetMiddleware)  # inside the log line: it still says HEAD
     # Request id, one log line and the request metrics per request (pure ASGI: cheap).
     app.add_middleware(RequestLogMiddleware, on_done=metrics.observe_request)
@@ -172,6 +177,7 @@ def create_app(
 
     for kind in (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         app.add_exception_handler(kind, _database_error)
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint(request: Request) -> Response:
         """Prometheus: the counters, and the database gauges of the last snapshot (refreshed

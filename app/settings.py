@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     # Encrypts the API keys of the providers added with `providers add` (Fernet); unset, a
     # provider with a key cannot be added. The `default` provider's key stays UPSTREAM_KEY.
     secret_key: str = ""
+    # How long a dashboard sign-in lasts (from the sign-in, however busy the session).
+    dashboard_session_seconds: float = Field(8 * 3600.0, gt=0, le=30 * 24 * 3600.0)
     default_markup_percent: Decimal = Field(Decimal(0), ge=0, le=10_000)
     default_dialect: Dialect = "standard"
     currency: str = Field("USD", min_length=1, max_length=8)

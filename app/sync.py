@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, Select, func, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app import ledger
@@ -83,6 +83,34 @@ def _still_held(batch: list[_Claimed]) -> tuple:  # type: ignore[type-arg]
     )
 
 
+# Written into the SQL, not bound: a planner may use the partial index ix_orders_due only for
+# a query whose own text implies the index's condition (a prepared statement's parameter does
+# not). Both are fixed words of our own (DUE_WHERE).
+_PLACED_LITERAL = literal_column(f"'{PLACED}'")
+
+
+def _due(
+    provider_id: int, refreshed: ColumnElement[bool], now: datetime, limit: int
+) -> Select[tuple[int]]:
+    """Up to `limit` orders of one provider a pass may claim among those `refreshed` selects,
+    oldest first."""
+    return (
+        select(Order.id)
+        .where(
+            Order.settled_at.is_(None),
+            Order.state == _PLACED_LITERAL,
+            Order.provider_id == provider_id,
+            Order.status.not_in(FINAL),
+            Order.upstream_order_id.is_not(None),
+            refreshed,
+            or_(Order.lease_until.is_(None), Order.lease_until < now),
+        )
+        .order_by(Order.refreshed_at, Order.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
 async def _claim_batch(
     db: Database, refreshed_before: datetime, limit: int, lease: timedelta, provider_id: int
 ) -> list[_Claimed]:
@@ -90,23 +118,15 @@ async def _claim_batch(
     this pass, nor just now by another instance), oldest first."""
     now = utcnow()
     owner = uuid.uuid4().hex
-    due = (
-        select(Order.id)
-        .where(
-            Order.state == PLACED,
-            Order.provider_id == provider_id,
-            Order.status.not_in(FINAL),
-            Order.settled_at.is_(None),
-            Order.upstream_order_id.is_not(None),
-            or_(Order.refreshed_at.is_(None), Order.refreshed_at < refreshed_before),
-            or_(Order.lease_until.is_(None), Order.lease_until < now),
-        )
-        .order_by(Order.refreshed_at.asc().nulls_first(), Order.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
     async with db.write() as conn:
-        ids = list((await conn.execute(due)).scalars())
+        # Never refreshed first, then the oldest refresh: two reads, each in the order of
+        # ix_orders_due itself (one ORDER BY ... NULLS FIRST matches no index SQLite can build,
+        # and sorting every active order per batch is what made a pass quadratic).
+        never = _due(provider_id, Order.refreshed_at.is_(None), now, limit)
+        ids = list((await conn.execute(never)).scalars())
+        if len(ids) < limit:
+            older = _due(provider_id, Order.refreshed_at < refreshed_before, now, limit - len(ids))
+            ids += (await conn.execute(older)).scalars()
         if not ids:
             return []
         await conn.execute(

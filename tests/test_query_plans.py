@@ -18,11 +18,24 @@ import asyncpg
 import pytest
 from conftest import POSTGRES_ADMIN_URL
 from helpers import new_customer
-from sqlalchemy import insert
+from sqlalchemy import insert, update
+from sqlalchemy.dialects.postgresql import dialect as postgresql_dialect
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
-from app.db import Database
+from app.customers import create_customer, hash_key
+from app.db import HOT_READ_SETTINGS, Database
 from app.models import Order, Service, utcnow
-from app.orders.queries import _STATUS_ONE_PG, _STATUS_ONE_SQLITE, customer_orders
+from app.orders.queries import (
+    _KEYED_MANY_PG,
+    _KEYED_ONE_PG,
+    _KEYED_ONE_SQLITE,
+    _STATUS_ONE_PG,
+    _STATUS_ONE_SQLITE,
+    _keyed_many_sqlite_sql,
+    caller_and_orders,
+    customer_orders,
+    list_orders_statement,
+)
 
 CUSTOMERS = 8
 ORDERS = 4000
@@ -138,3 +151,89 @@ async def test_one_id_status_uses_the_customer_id_index_on_stale_statistics(
             assert "Bitmap" not in plan and "Sort" not in plan, (mode, plan)
     finally:
         await conn.close()
+
+
+def _orders_reads(plan: str) -> list[str]:
+    """Each node of the plan that reads `orders`, with the condition it is read by."""
+    lines = [line.strip().removeprefix("->").strip() for line in plan.splitlines()]
+    return [
+        f"{line} / {lines[n + 1] if n + 1 < len(lines) else ''}"
+        for n, line in enumerate(lines)
+        if " on orders" in line or " on ix_orders" in line or " on orders_pkey" in line
+    ]
+
+
+async def test_status_by_key_and_customer_list_take_index_plans_on_stale_statistics(
+    never_analysed: Database,
+) -> None:
+    """`status` (one id and 100 ids) is one statement from the key to the orders; the orders
+    are reached by id alone (never all of the customer's, read then filtered), and `orders
+    list --customer` through the (customer_id, id) index (never a walk of all orders by id)."""
+    db = never_analysed
+    customers = await _fill(db)
+    keyed, key = await create_customer(db, "keyed", "standard")
+    async with db.write() as conn:  # 1,000 orders: those of customers 4 and 5 (ids 5, 6 mod 8)
+        await conn.execute(
+            update(Order).where(Order.customer_id.in_(customers[4:6])).values(customer_id=keyed)
+        )
+    mine = [5 + CUSTOMERS * n for n in range(0, 500, 5)]  # 100 of them
+    caller, found = await caller_and_orders(db, key, mine)
+    assert caller is not None and caller.customer_id == keyed and sorted(found) == mine
+    caller, found = await caller_and_orders(db, key, [mine[0] + 2, mine[7]])
+    assert sorted(found) == [mine[7]]  # another customer's order is not theirs to see
+    assert await caller_and_orders(db, "not-a-key", mine) == (None, {})
+    digest = hash_key(key)
+    listing = list_orders_statement(customer_id=keyed)
+    if db.is_sqlite:
+
+        async def plan_of(sql: str, *args: object) -> str:
+            return await sqlite3_plan(db, sql, args)
+
+        many = _keyed_many_sqlite_sql(100)
+        for sql, args in ((_KEYED_ONE_SQLITE, (digest, mine[0])), (many, (digest, *mine))):
+            plan = await plan_of(sql, *args)
+            assert (
+                f"{INDEX} (customer_id=? AND rowid=?)" in plan
+                or "INTEGER PRIMARY KEY (rowid=?)" in plan
+            ), plan
+        compiled = listing.compile(dialect=sqlite_dialect(), compile_kwargs={"literal_binds": True})
+        plan = await plan_of(str(compiled))
+        assert f"{INDEX} (customer_id=?)" in plan and "TEMP B-TREE" not in plan, plan
+        return
+    url = db.url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        for name, value in HOT_READ_SETTINGS.items():  # as the hot reads' connections have it
+            await conn.execute(f"SET {name} = {value}")
+        await conn.execute(f"PREPARE keyed_one(text, bigint) AS {_KEYED_ONE_PG}")
+        await conn.execute(f"PREPARE keyed_many(text, bigint[]) AS {_KEYED_MANY_PG}")
+        ids = "ARRAY[" + ",".join(map(str, mine)) + "]::bigint[]"
+        compiled = listing.compile(
+            dialect=postgresql_dialect(), compile_kwargs={"literal_binds": True}
+        )
+        for mode in ("force_generic_plan", "force_custom_plan"):
+            await conn.execute(f"SET plan_cache_mode = {mode}")
+            for call in (f"keyed_one('{digest}', {mine[0]})", f"keyed_many('{digest}', {ids})"):
+                rows = await conn.fetch(f"EXPLAIN EXECUTE {call}")
+                plan = "\n".join(row[0] for row in rows)
+                reads = _orders_reads(plan)
+                assert reads, plan
+                for read in reads:  # by id: the primary key (an index scan or its bitmap)
+                    assert "Cond: (id = " in read, (mode, plan)
+                    assert "orders_pkey" in read or "Bitmap Heap Scan" in read, (mode, plan)
+                assert "Seq Scan on orders" not in plan, (mode, plan)
+        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {compiled}"))
+        # Through the customer's index entries (walked backwards, or gathered and sorted
+        # when the planner believes the customer has few orders), never a walk of every
+        # order by id filtered by customer (for a small customer: the whole table).
+        reads = _orders_reads(plan)
+        assert any(f"using {INDEX}" in r or f"on {INDEX}" in r for r in reads), plan
+        assert all("customer_id = " in r or "Heap Scan" in r for r in reads), plan
+        assert "orders_pkey" not in plan and "Seq Scan" not in plan, plan
+    finally:
+        await conn.close()
+
+
+async def sqlite3_plan(db: Database, sql: str, args: tuple[object, ...]) -> str:
+    explain = "EXPLAIN QUERY PLAN " + sql
+    return " / ".join(str(row[-1]) for row in await db.fetch(explain, explain, *args))

@@ -7,6 +7,7 @@ report); a request that cannot be carried out raises `OperatorError` / `NotFound
 """
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 
 from app import catalog, customers, ledger, providers
@@ -43,6 +44,7 @@ from app.admin.schemas import (
     Summary,
     SyncPassOut,
     UpstreamBalanceOut,
+    UpstreamCheck,
     VerifyResult,
 )
 from app.db import Database
@@ -51,7 +53,7 @@ from app.family import Family
 from app.money import bp_to_percent, render
 from app.orders import queries
 from app.orders.placing import STATES, UNKNOWN
-from app.orders.resolution import resolve_order
+from app.orders.resolution import check_upstream, resolve_order
 from app.parsing import row_id
 from app.providers import ProviderClients, as_clients
 from app.report import build_report
@@ -439,6 +441,19 @@ async def resolve(
         memo=verdict.memo,
     )
     return ResolutionOut.of_resolution(done)
+
+
+async def check_upstream_order(
+    db: Database,
+    upstream: UpstreamClient | ProviderClients,
+    order_id: int,
+    upstream_order_id: int,
+) -> UpstreamCheck:
+    """What the order's provider says about `upstream_order_id`, and how it differs from the
+    order: the check `resolve` makes, asked alone (nothing changes), to show before a verdict."""
+    await queries.get_order(db, order_id)  # NotFound for an order that does not exist
+    check = await check_upstream(db, upstream, order_id, upstream_order_id, force=True)
+    return UpstreamCheck.of(replace(check, forced=False))
 
 
 async def unresolved(db: Database) -> int:

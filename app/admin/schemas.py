@@ -25,6 +25,7 @@ from app.customers import CustomerView, KeyView
 from app.ledger import MAX_OPERATOR_REF, EntryView
 from app.models import as_utc
 from app.money import MAX_RATE, bp_to_percent, parse_micros, percent_to_bp, render
+from app.orders import resolution
 from app.orders.queries import OrderView
 from app.orders.resolution import Resolution
 from app.providers import ProviderView
@@ -825,6 +826,20 @@ class UpstreamCheck(_Out):
     mismatches: list[str] = Field(description="Each way it differs from the order; [] = none.")
     forced: bool = Field(description="Accepted despite the mismatches (force).")
 
+    @classmethod
+    def of(cls, check: "resolution.UpstreamCheck") -> Self:
+        return cls(
+            upstream_order_id=check.upstream_order_id,
+            found=check.found,
+            status=check.status,
+            charge=_money(check.charge),
+            expected_charge=render(check.expected_charge),
+            link=check.link,
+            service=check.service,
+            mismatches=list(check.mismatches),
+            forced=check.forced,
+        )
+
 
 class ResolutionOut(OrderOut):
     """The order after the verdict, with what the upstream said and any correction entry."""
@@ -837,19 +852,7 @@ class ResolutionOut(OrderOut):
         check = done.check
         return cls(
             **OrderOut.of(done.order).model_dump(),
-            upstream_check=None
-            if check is None
-            else UpstreamCheck(
-                upstream_order_id=check.upstream_order_id,
-                found=check.found,
-                status=check.status,
-                charge=_money(check.charge),
-                expected_charge=render(check.expected_charge),
-                link=check.link,
-                service=check.service,
-                mismatches=list(check.mismatches),
-                forced=check.forced,
-            ),
+            upstream_check=None if check is None else UpstreamCheck.of(check),
             correction=done.correction_ref,
         )
 

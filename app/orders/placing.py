@@ -18,10 +18,10 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -36,6 +36,7 @@ from app.contract import (
 )
 from app.db import Database
 from app.models import DEFAULT_PROVIDER_ID, Order, as_utc, utcnow
+from app.orders.hot_writes import NoFunds, commit_intent_row, mark_row
 from app.orders.routing import Attempt, moves_on
 from app.orders.validation import OrderRequest
 from app.parsing import is_unicode
@@ -77,15 +78,6 @@ _unwritten: dict[str, dict[int, int | Refused | Ambiguous]] = {}
 # What a database blip raises: a driver error (not a constraint), a pool wait, a refused
 # reconnect. IntegrityError is a bug or a race, never retried.
 _BLIPS = (DBAPIError, PoolTimeout, OSError)
-
-
-# Built once (phases 1 and 3 of every order); the SET of _MARK comes from the parameters.
-_orders = Order.__table__
-_INSERT_ORDER = insert(_orders)
-_MARK = update(_orders).where(
-    _orders.c.id == bindparam("order_id"),
-    _orders.c.state.in_(bindparam("from_states", expanding=True)),
-)
 
 
 class NotEnoughFunds(ContractError):
@@ -133,8 +125,9 @@ async def place_order(
         earlier = await _replay(db, customer_id, idempotency_key, request, in_flight)
         if earlier is not None:
             return earlier
+    now = utcnow()
     try:
-        order_id = await commit_intent(db, customer_id, request, idempotency_key, route[0])
+        order_id = await commit_intent(db, customer_id, request, idempotency_key, route[0], now)
     except IntegrityError:
         # The same Idempotency-Key raced us and won: answer what it answers.
         earlier = await _replay(db, customer_id, idempotency_key or "", request, in_flight)
@@ -142,7 +135,7 @@ async def place_order(
             raise
         return earlier
     # Shielded: a client that hangs up must not abandon an order between phases 2 and 3.
-    return await asyncio.shield(send_and_commit(db, route, order_id, request))
+    return await asyncio.shield(send_and_commit(db, route, order_id, request, now))
 
 
 async def send_and_commit(
@@ -150,13 +143,19 @@ async def send_and_commit(
     upstream: UpstreamClient | Sequence[Attempt],
     order_id: int,
     request: OrderRequest,
+    committed_at: datetime | None = None,
 ) -> Placement:
+    """Phases 2 and 3, provider after provider. `committed_at`: when this process committed
+    the intent (its created_at), so that a young order needs no read to know it is still ours
+    to send."""
     route = _route(upstream, request)
     for index, attempt in enumerate(route):
         # The first provider was recorded with the intent; each next one before it is sent.
-        if not await (
-            _still_sendable(db, order_id) if index == 0 else _switch(db, order_id, attempt)
-        ):
+        if index == 0:
+            sendable = _young(committed_at) or await _still_sendable(db, order_id)
+        else:
+            sendable = await _switch(db, order_id, attempt)
+        if not sendable:
             # Stalled past the margin (a pause, an overloaded host): recovery may already call
             # this order unknown and an operator refund it, so it must never reach the upstream.
             await reject_and_refund(
@@ -207,17 +206,19 @@ async def _note_funds(db: Database, attempt: Attempt, outcome: int | Refused | A
         log.warning("provider %s: funds state not written (%s)", attempt.provider_id, exc)
 
 
+def _young(created_at: datetime | None) -> bool:
+    """Younger than the margin: no recovery (which waits out the whole sending grace) nor
+    operator (who resolves only `unknown` orders) can have touched it, so it is `sending`."""
+    return created_at is not None and created_at > utcnow() - timedelta(seconds=SEND_MARGIN_SECONDS)
+
+
 async def _still_sendable(db: Database, order_id: int) -> bool:
     """Still `sending`, and young enough that the call ends before recovery may step in."""
     async with db.read() as conn:
         row = (
             await conn.execute(select(Order.state, Order.created_at).where(Order.id == order_id))
         ).first()
-    return (
-        row is not None
-        and row.state == SENDING
-        and as_utc(row.created_at) > utcnow() - timedelta(seconds=SEND_MARGIN_SECONDS)
-    )
+    return row is not None and row.state == SENDING and _young(as_utc(row.created_at))
 
 
 async def commit_intent(
@@ -226,43 +227,41 @@ async def commit_intent(
     request: OrderRequest,
     idempotency_key: str | None,
     first: Attempt | None = None,
+    now: datetime | None = None,
 ) -> int:
-    # The provider it goes to first (provider `default` for a caller without a route).
+    """Phase 1: the order (`sending`, at the provider it goes to first: provider `default`
+    for a caller without a route) with its charge debited and entered, or NotEnoughFunds and
+    nothing written; one statement on PostgreSQL (app/orders/hot_writes.py)."""
     provider_id, params, cost = (
         (first.provider_id, first.params, first.cost)
         if first is not None
         else (DEFAULT_PROVIDER_ID, request.upstream_params, request.cost)
     )
-    now = utcnow()
-    async with db.write() as conn:
-        order_id = (
-            await conn.execute(
-                _INSERT_ORDER,
-                {
-                    "customer_id": customer_id,
-                    "service_id": request.service_id,
-                    "provider_id": provider_id,
-                    "state": SENDING,
-                    "status": PENDING,
-                    "params": json.dumps(params),
-                    "quantity": request.quantity,
-                    "rate": request.rate,
-                    "charge": request.charge,
-                    "cost": cost,
-                    "service_type": request.service_type,
-                    "settle_by": settle_by(request.service_type),
-                    "refunded": 0,
-                    "announced": False,
-                    "idempotency_key": idempotency_key or None,
-                    "request_hash": request_hash(request),
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-        ).inserted_primary_key[0]
-        if not await ledger.debit_for_order(conn, customer_id, order_id, request.charge):
-            raise NotEnoughFunds  # rolls the order back with the transaction
-    return order_id
+    now = now or utcnow()
+    order = {
+        "customer_id": customer_id,
+        "service_id": request.service_id,
+        "provider_id": provider_id,
+        "state": SENDING,
+        "status": PENDING,
+        "params": json.dumps(params),
+        "quantity": request.quantity,
+        "rate": request.rate,
+        "charge": request.charge,
+        "cost": cost,
+        "service_type": request.service_type,
+        "settle_by": settle_by(request.service_type),
+        "refunded": 0,
+        "announced": False,
+        "idempotency_key": idempotency_key or None,
+        "request_hash": request_hash(request),
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        return await commit_intent_row(db, customer_id, request.charge, now, order)
+    except NoFunds:
+        raise NotEnoughFunds from None
 
 
 async def commit_outcome(
@@ -407,18 +406,9 @@ async def _mark(
     db: Database, order_id: int, state: str, from_states: tuple[str, ...], **values: object
 ) -> bool:
     """Move the order to `state` if it is in one of `from_states`; False if it was not."""
-    async with db.write() as conn:
-        result = await conn.execute(
-            _MARK,
-            {
-                "order_id": order_id,
-                "from_states": from_states,
-                "state": state,
-                "updated_at": utcnow(),
-                **values,
-            },
-        )
-    return result.rowcount == 1
+    return await mark_row(
+        db, order_id, from_states, {"state": state, "updated_at": utcnow(), **values}
+    )
 
 
 async def reject_and_refund(db: Database, order_id: int, *, error: str, note: str) -> bool:

@@ -3,10 +3,19 @@
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from app.customers import (
+    CALLER_WIDTH,
+    Caller,
+    authenticate,
+    hash_key,
+    keyed_select,
+    split_caller,
+)
 from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
 from app.models import Order, utcnow
@@ -86,9 +95,9 @@ async def held_settlements(db: Database) -> list[int]:
         return sorted(rows.scalars())
 
 
-@dataclass(frozen=True)
-class OrderStatusView:
-    """What `status` shows a customer about one of their orders."""
+class OrderStatusView(NamedTuple):
+    """What `status` shows a customer about one of their orders (a tuple: a 100-id `status`
+    builds 100 of them per request, and a frozen dataclass costs several times more)."""
 
     id: int
     status: str
@@ -113,6 +122,68 @@ _STATUS_SQL = (
 )
 _STATUS_ONE_SQLITE = _STATUS_SQL.format("?", "= ?")
 _STATUS_ONE_PG = _STATUS_SQL.format("$1", "= $2::bigint")
+
+
+# `status` in one read: the key's customer (app.customers.authenticate's join) and, joined to
+# it, its visible orders among the ids. No orders found: one row, the order columns NULL; a
+# key that is not live: no row. Numbered placeholders, so both dialects take the arguments in
+# one order: the key hash, then the ids.
+#
+# PostgreSQL: the orders are read by id alone, in a CTE kept apart from the customer join
+# (MATERIALIZED), then matched to the customer. Joined directly, the planner is free to reach
+# them through the customer ("customer_id = c.id", then filter by id): on statistics nobody
+# gathered it guesses a customer has one order and takes that plan, reading all of a big
+# customer's orders (tests/test_query_plans.py saw it, through the (customer_id,
+# idempotency_key) index). By id alone only the primary key descends to them: ≤ 100 rows.
+_STATUS_COLUMNS = "o.id, o.status, o.quantity, o.charge, o.refunded, o.start_count, o.remains"
+_KEYED_STATUS = keyed_select(
+    _STATUS_COLUMNS,
+    "LEFT JOIN orders o ON o.customer_id = c.id AND o.id IDS"
+    f" AND (o.state IN ({_VISIBLE}) OR o.announced)",
+)
+_KEYED_STATUS_PG = (
+    f"WITH o AS MATERIALIZED (SELECT o.customer_id, {_STATUS_COLUMNS} FROM orders o"
+    f" WHERE o.id IDS AND (o.state IN ({_VISIBLE}) OR o.announced)) "
+) + keyed_select(_STATUS_COLUMNS, "LEFT JOIN o ON o.customer_id = c.id")
+_KEYED_ONE_SQLITE = _KEYED_STATUS.replace("IDS", "= ?2").format(key="?1")
+_KEYED_ONE_PG = _KEYED_STATUS_PG.replace("IDS", "= $2::bigint").format(key="$1")
+_KEYED_MANY_PG = _KEYED_STATUS_PG.replace("IDS", "= ANY($2::bigint[])").format(key="$1")
+_keyed_many_sqlite: dict[int, str] = {}  # by the number of ids: each one prepared once
+
+
+def _keyed_many_sqlite_sql(count: int) -> str:
+    sql = _keyed_many_sqlite.get(count)
+    if sql is None:
+        marks = ", ".join(f"?{n}" for n in range(2, count + 2))
+        sql = _keyed_many_sqlite[count] = _KEYED_STATUS.replace("IDS", f"IN ({marks})").format(
+            key="?1"
+        )
+    return sql
+
+
+async def caller_and_orders(
+    db: Database, key: str, ids: list[int]
+) -> tuple[Caller | None, dict[int, OrderStatusView]]:
+    """The key's live customer (None: no such key) and their visible orders among `ids`,
+    in one statement: the whole database work of a `status` request."""
+    if not key:
+        return None, {}
+    if not ids:
+        return await authenticate(db, key), {}
+    digest = hash_key(key)
+    if len(ids) == 1:
+        rows = await db.fetch(_KEYED_ONE_SQLITE, _KEYED_ONE_PG, digest, ids[0])
+    elif db.is_sqlite:
+        distinct = list(dict.fromkeys(ids))
+        sql = _keyed_many_sqlite_sql(len(distinct))
+        rows = await db.fetch(sql, sql, digest, *distinct)
+    else:
+        rows = await db.fetch(_KEYED_MANY_PG, _KEYED_MANY_PG, digest, ids)
+    if not rows:
+        return None, {}
+    caller, _ = split_caller(rows[0])
+    at = CALLER_WIDTH  # where each row's order columns start (NULL: none found)
+    return caller, {row[at]: OrderStatusView(*row[at:]) for row in rows if row[at] is not None}
 
 
 async def customer_orders(
@@ -141,14 +212,23 @@ async def get_order(db: Database, order_id: int) -> OrderView:
     return _view(tuple(row))
 
 
-async def list_orders(
-    db: Database, *, state: str | None = None, customer_id: int | None = None, limit: int = 100
-) -> list[OrderView]:
+def list_orders_statement(
+    *, state: str | None = None, customer_id: int | None = None, limit: int = 100
+) -> Select:
+    """The newest orders first; for one customer, a backward walk of the (customer_id, id)
+    index, which yields them in order (tests/test_query_plans.py)."""
     stmt = select(*_COLUMNS).order_by(Order.id.desc()).limit(limit)
     if state is not None:
         stmt = stmt.where(Order.state == state)
     if customer_id is not None:
         stmt = stmt.where(Order.customer_id == customer_id)
+    return stmt
+
+
+async def list_orders(
+    db: Database, *, state: str | None = None, customer_id: int | None = None, limit: int = 100
+) -> list[OrderView]:
+    stmt = list_orders_statement(state=state, customer_id=customer_id, limit=limit)
     async with db.read() as conn:
         return [_view(tuple(row)) for row in await conn.execute(stmt)]
 

@@ -4,7 +4,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from app.catalog import customer_catalog, priced_service
+from app.catalog import (
+    PricedService,
+    caller_and_catalog_version,
+    caller_and_priced_service,
+    priced_service,
+)
 from app.contract import (
     INCORRECT_ORDER,
     INCORRECT_REFILL,
@@ -12,13 +17,14 @@ from app.contract import (
     INCORRECT_SERVICE,
     ContractError,
 )
-from app.customers import Caller
+from app.customers import Caller, authenticate
 from app.orders.aftercare import refill_statuses, request_cancels, request_refills
 from app.orders.placing import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_TOO_LONG, place_order
-from app.orders.queries import customer_orders
+from app.orders.queries import caller_and_orders, customer_orders
 from app.orders.routing import route_for
 from app.orders.validation import parse_service_id, validate_add
 from app.panel import render
+from app.panel.services_cache import render_services
 from app.parsing import row_id
 
 if TYPE_CHECKING:
@@ -33,21 +39,24 @@ class ActionContext:
     headers: Mapping[str, str]
     # Per-item outcomes of a list reply (None: done; else its error), for the metrics.
     items: list[str | None] = field(default_factory=list)
+    # What the action's keyed read (KEYED_READS) fetched along with the caller, if it ran.
+    prefetched: Any = None
 
 
 Action = Callable[[ActionContext], Awaitable[Any]]
 
 
+async def services_read(gateway: "Gateway", key: str, _params: dict[str, str]) -> tuple[Any, Any]:
+    """`services`'s key lookup with the catalog's version, in one read."""
+    return await caller_and_catalog_version(gateway.db, key)
+
+
 async def services(ctx: ActionContext) -> Any:
+    """The reply rendered for this customer's pricing state (JSON bytes, sent as they are)."""
     gw, caller = ctx.gateway, ctx.caller
-    catalog = await customer_catalog(
-        gw.db,
-        caller.customer_id,
-        caller.markup_bp,
-        gw.settings.default_markup_bp,
-        subscriptions=gw.upstream.rules.takes_subscriptions,
-    )
-    return render.services(catalog, caller.dialect)
+    if ctx.prefetched is None:  # called without its keyed read: no version to go by
+        return await render_services(gw, caller)
+    return await gw.services_cache.reply(gw, caller, ctx.prefetched)
 
 
 async def balance(ctx: ActionContext) -> Any:
@@ -55,15 +64,38 @@ async def balance(ctx: ActionContext) -> Any:
     return render.balance(ctx.caller.balance, ctx.gateway.settings.currency, ctx.caller.dialect)
 
 
+@dataclass(frozen=True)
+class ServiceRead:
+    """What `add`'s keyed read found: the service at the caller's price, or None."""
+
+    service: PricedService | None
+
+
+async def add_read(gateway: "Gateway", key: str, params: dict[str, str]) -> tuple[Any, Any]:
+    """`add`'s key lookup and its priced service in one read. A request `add` will refuse
+    for its service id gets the plain lookup: an invalid key is answered first."""
+    try:
+        service_id = parse_service_id(params)
+    except ContractError:
+        return await authenticate(gateway.db, key), None
+    caller, service = await caller_and_priced_service(
+        gateway.db, key, service_id, gateway.settings.default_markup_bp
+    )
+    return caller, ServiceRead(service)
+
+
 async def add(ctx: ActionContext) -> Any:
     gw, caller = ctx.gateway, ctx.caller
-    service = await priced_service(
-        gw.db,
-        parse_service_id(ctx.params),
-        caller.customer_id,
-        caller.markup_bp,
-        gw.settings.default_markup_bp,
-    )
+    if isinstance(ctx.prefetched, ServiceRead):
+        service = ctx.prefetched.service
+    else:
+        service = await priced_service(
+            gw.db,
+            parse_service_id(ctx.params),
+            caller.customer_id,
+            caller.markup_bp,
+            gw.settings.default_markup_bp,
+        )
     if service is None:
         raise ContractError(INCORRECT_SERVICE)
     route = await route_for(gw.db, gw.providers, service.id)
@@ -87,26 +119,44 @@ def parse_ids(raw: str, max_ids: int, what: str = "order") -> list[str]:
     return ids
 
 
+def _status_ids(params: dict[str, str], max_ids: int) -> tuple[dict[str, int | None], bool]:
+    """The ids a `status` asks about (as sent, and as a row id or None), and whether it used
+    the multi form; ContractError for a request that names none or too many."""
+    if params.get("orders", "").strip():
+        return {raw: row_id(raw) for raw in parse_ids(params["orders"], max_ids)}, True
+    raw = params.get("order", "").strip()
+    if not raw:
+        raise ContractError(INCORRECT_REQUEST)
+    return {raw: row_id(raw)}, False
+
+
+async def status_read(gateway: "Gateway", key: str, params: dict[str, str]) -> tuple[Any, Any]:
+    """`status`'s key lookup and its orders in one read. A request `status` will refuse gets
+    the plain lookup: an invalid key is answered before a bad parameter."""
+    try:
+        wanted, _ = _status_ids(params, gateway.settings.max_ids_per_call)
+    except ContractError:
+        return await authenticate(gateway.db, key), None
+    return await caller_and_orders(gateway.db, key, [i for i in wanted.values() if i is not None])
+
+
 async def status(ctx: ActionContext) -> Any:
     gw, caller = ctx.gateway, ctx.caller
     currency = gw.settings.currency
-    if ctx.params.get("orders", "").strip():
-        sent = parse_ids(ctx.params["orders"], gw.settings.max_ids_per_call)
-        wanted = {raw: row_id(raw) for raw in sent}
+    wanted, many = _status_ids(ctx.params, gw.settings.max_ids_per_call)
+    found = ctx.prefetched
+    if found is None:
         found = await customer_orders(
             gw.db, caller.customer_id, [i for i in wanted.values() if i is not None]
         )
+    if many:
         return {
             raw: render.order_status(found[oid], currency)
             if oid in found
             else render.item_error(INCORRECT_ORDER, caller.dialect)
             for raw, oid in wanted.items()
         }
-    raw = ctx.params.get("order", "").strip()
-    if not raw:
-        raise ContractError(INCORRECT_REQUEST)
-    oid = row_id(raw)
-    found = await customer_orders(gw.db, caller.customer_id, [oid] if oid is not None else [])
+    (oid,) = wanted.values()
     if oid not in found:
         raise ContractError(INCORRECT_ORDER)
     return render.order_status(found[oid], currency)
@@ -168,6 +218,15 @@ async def cancel(ctx: ActionContext) -> Any:
     ctx.items.extend(None if r is True else str(r) for r in by_raw.values())
     return render.cancel_many(by_raw)
 
+
+# Actions whose reads come with the key lookup, in one statement: (caller or None, what the
+# action reads), instead of app.customers.authenticate alone.
+KeyedRead = Callable[["Gateway", str, dict[str, str]], Awaitable[tuple[Any, Any]]]
+KEYED_READS: dict[str, KeyedRead] = {
+    "status": status_read,
+    "services": services_read,
+    "add": add_read,
+}
 
 ACTIONS: dict[str, Action] = {
     "services": services,

@@ -20,7 +20,7 @@ from app.limits import too_many_requests
 from app.logs import SCOPE_KEY, RequestInfo
 from app.metrics import error_class, observe_items
 from app.panel import render
-from app.panel.actions import ACTIONS, ActionContext
+from app.panel.actions import ACTIONS, KEYED_READS, ActionContext
 from app.panel.params import BodyTooLarge, read_params
 
 log = logging.getLogger("smm_gateway.panel")
@@ -33,6 +33,8 @@ class Reply(JSONResponse):
     `json.dumps`, several times faster on a 100-order status reply (bench/README.md)."""
 
     def render(self, content: object) -> bytes:
+        if isinstance(content, bytes):  # rendered already (the `services` reply)
+            return content
         return pydantic_core.to_json(content)
 
 
@@ -53,7 +55,11 @@ async def handle(request: Request) -> JSONResponse:
             if gateway.limiter is not None and (wait := await gateway.limiter.take(key)):
                 info.outcome = "429"
                 return too_many_requests(wait)
-        caller = await authenticate(gateway.db, key)
+        keyed = KEYED_READS.get(name) if key else None
+        if keyed is not None:  # the action's read and the key lookup in one statement
+            caller, prefetched = await keyed(gateway, key, params)
+        else:
+            caller, prefetched = await authenticate(gateway.db, key), None
         if key:
             gateway.db.outage.answered()  # the key lookup went through: the database is there
         if caller is None:
@@ -61,7 +67,7 @@ async def handle(request: Request) -> JSONResponse:
         info.customer_id = caller.customer_id
         if action is None:
             raise ContractError(INCORRECT_REQUEST)
-        ctx = ActionContext(gateway, caller, params, request.headers)
+        ctx = ActionContext(gateway, caller, params, request.headers, prefetched=prefetched)
         reply = await action(ctx)
     except ContractError as exc:
         info.outcome, info.error = error_class(exc.message), exc.message

@@ -1,0 +1,63 @@
+"""The order phases' driver statements (app/orders/hot_writes.py) write what SQLAlchemy
+would: the same column values, timestamps in the same form, so every later read and every
+comparison in SQL (recovery's `created_at < cutoff`, the lease) sees them alike."""
+
+import re
+from datetime import timedelta
+
+from sqlalchemy import select, text
+from sync_helpers import Harness
+
+from app.models import LedgerEntry, Order, as_utc, utcnow
+
+# SQLAlchemy's text for a DateTime on SQLite: always six digits of microseconds, no zone.
+SQLALCHEMY_SQLITE_DATETIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+
+
+async def test_an_orders_timestamps_are_written_as_sqlalchemy_writes_them(
+    harness: Harness,
+) -> None:
+    h = harness
+    alice = await h.customer()
+    before = utcnow()
+    order_id = await h.add(alice, service=5, link="https://ig.test/ts", quantity=1000)
+    after = utcnow()
+    order = await h.order(order_id)
+    assert order.state == "placed" and order.charge > 0
+    created = as_utc(order.created_at)
+    assert before - timedelta(seconds=1) <= created <= after + timedelta(seconds=1)
+    async with h.db.read() as conn:
+        # In SQL, against a bound datetime, as recovery compares them.
+        found = await conn.scalar(
+            select(Order.id).where(
+                Order.id == order_id,
+                Order.created_at > before - timedelta(seconds=1),
+                Order.created_at < after + timedelta(seconds=1),
+                Order.updated_at >= Order.created_at,
+            )
+        )
+        assert found == order_id
+        entry = await conn.scalar(
+            select(LedgerEntry.ref).where(
+                LedgerEntry.order_id == order_id,
+                LedgerEntry.kind == "charge",
+                LedgerEntry.created_at > before - timedelta(seconds=1),
+            )
+        )
+        assert entry == f"charge:{order_id}"
+        if h.db.is_sqlite:  # stored as text: the form SQLAlchemy itself stores
+            stored = (
+                await conn.execute(
+                    text(
+                        "SELECT o.created_at, o.updated_at, e.created_at FROM orders o"
+                        " JOIN ledger_entries e ON e.order_id = o.id WHERE o.id = :id"
+                    ),
+                    {"id": order_id},
+                )
+            ).one()
+            topup = await conn.scalar(
+                text("SELECT created_at FROM ledger_entries WHERE kind = 'topup' LIMIT 1")
+            )
+            for value in (*stored, topup):
+                assert SQLALCHEMY_SQLITE_DATETIME.fullmatch(value), stored
+    await h.assert_clean()
