@@ -359,6 +359,8 @@ async def sync_catalog(
     fetched = await upstream.services()
     if isinstance(fetched, Refused) and is_upstream_key_error(fetched.message):
         error = f"{KEY_REFUSED}: {fetched.message}"
+        if provider_id != DEFAULT_PROVIDER_ID:  # its key is the table's, not the setting's
+            error = error.replace("SMMGW_UPSTREAM_KEY", f"providers set {upstream.provider} --key")
     elif not isinstance(fetched, list):
         error = f"{type(fetched).__name__}: {fetched.reason}"
     elif not fetched:

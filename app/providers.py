@@ -96,9 +96,10 @@ def _view(row: Provider) -> ProviderView:
 
 
 async def _rows(db: Database) -> list[Provider]:
+    """The providers table's rows (read as plain rows: they have the model's attributes)."""
+    stmt = select(*Provider.__table__.c).order_by(Provider.id)
     async with db.read() as conn:
-        result = await conn.execute(select(Provider).order_by(Provider.id))
-        return [Provider(**row._mapping) for row in result]
+        return list((await conn.execute(stmt)).all())  # type: ignore[arg-type]
 
 
 async def list_providers(db: Database) -> list[ProviderView]:

@@ -32,8 +32,15 @@ One run, on this machine:
 7. cleans up its processes and database on any exit (Ctrl-C, SIGTERM, errors); the children
    also die with it (PR_SET_PDEATHSIG) if it is killed outright.
 
+With --providers 2 (issue 13) a second simulator (standard dialect, its own seed, the same
+faults) is added as provider `b` (its key encrypted with a SMMGW_SECRET_KEY the gateways
+share) and mapped as the second alternative of every service; from 30 % to 50 % of the sends
+the first simulator has no funds, so its orders fail over to `b`. The proofs then hold per
+provider: an upstream order is (provider, its id), and every one is exactly one gateway order
+on that provider (an `unknown` one by link, on that provider too); no link is bought at two.
+
     .venv/bin/python bench/soak.py [--orders 10000] [--customers 50] [--rate 10] [--kills 5]
-        [--fault-rate 0.03] [--seed N] [--keep] [--summary FILE.json]
+        [--fault-rate 0.03] [--seed N] [--providers 1|2] [--keep] [--summary FILE.json]
 
 bench/README.md, "Soak", has a full run's figures and what it found.
 """
@@ -68,6 +75,11 @@ CLI = str(Path(sys.executable).parent / "smm-gateway")
 PG_ADMIN_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
 SIM_KEY = "soak-sim-key-5f0c2b9e7a41"
 SIM_BALANCE = "1000000000"  # the simulator's own money: never the limit
+SIM_B_KEY = "soak-sim-b-key-3d9a71c0e2f8"
+SOAK_SECRET = "soak-secret-key-for-provider-keys-7c41e09b"  # SMMGW_SECRET_KEY of the run
+B_PROVIDER = 2  # `providers add` gives the second provider id 2
+FUNDS_WINDOW = (0.3, 0.5)  # share of the sends during which the first simulator has no money
+COMPOSITE = 10**13  # an upstream order is (provider, its id): provider * COMPOSITE + id
 SIM_TICK = 0.5
 SYNC_INTERVAL = 1.0
 UPSTREAM_TIMEOUT = 2.0
@@ -389,9 +401,23 @@ class Soak:
         self.rr = [0, 0]
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.wide = Wide(args, client, f"http://{HOST}:{sim.port}")  # the options of issue 10
+        self.funds_out = False  # --providers 2: the first simulator's money is gone for now
 
     def now(self) -> float:
         return time.monotonic() - self.t0
+
+    async def funds_window(self, share: float) -> None:
+        """The first simulator's balance gone within FUNDS_WINDOW: its orders fail over."""
+        out = FUNDS_WINDOW[0] <= share < FUNDS_WINDOW[1]
+        if out == self.funds_out:
+            return
+        self.funds_out = out
+        balance = "0" if out else SIM_BALANCE
+        with contextlib.suppress(httpx.HTTPError):
+            await self.client.post(
+                f"http://{HOST}:{self.sim.port}/_sim/balance", json={"balance": balance}
+            )
+        print(f"  first provider's balance now {balance}", flush=True)
 
     # ----- one HTTP request --------------------------------------------------------------------
 
@@ -617,6 +643,8 @@ class Soak:
                 await self.slots.acquire()
                 if killer.done() and not killer.cancelled() and killer.exception():
                     raise killer.exception()  # type: ignore[misc]  # a restart failed
+                if getattr(args, "providers", 1) == 2:
+                    await self.funds_window(seq / args.orders)
                 if seq >= halfway and not topped_up:
                     topped_up = True
                     await self.topup_all(
@@ -793,6 +821,7 @@ async def load_gateway_orders(db: Any) -> list[dict[str, Any]]:
         Order.lease_until,
         Order.announced,
         Order.idempotency_key,
+        Order.provider_id,
     )
     async with db.read() as conn:
         rows = await conn.execute(select(*cols).order_by(Order.id))
@@ -866,14 +895,14 @@ def remains_used(matched: dict[int, dict[str, Any]], sim_by_id: dict[int, Any]) 
     )
 
 
-async def upstream_remains(port: int, ids: list[int]) -> dict[int, int]:
+async def upstream_remains(port: int, ids: list[int], key: str = SIM_KEY) -> dict[int, int]:
     """The upstream's `remains` for these orders, asked through its own API in batches of 100
     (its faults still fire: a batch is asked again until it reads)."""
     found: dict[int, int] = {}
     async with httpx.AsyncClient(timeout=3.0) as client:
         for start in range(0, len(ids), 100):
             chunk = ids[start : start + 100]
-            form = {"key": SIM_KEY, "action": "status", "orders": ",".join(map(str, chunk))}
+            form = {"key": key, "action": "status", "orders": ",".join(map(str, chunk))}
             for _ in range(50):
                 with contextlib.suppress(httpx.HTTPError, ValueError):
                     reply = await client.post(f"http://{HOST}:{port}/api/v1", data=form)
@@ -977,6 +1006,13 @@ def prove(
             if o["state"] in ("unknown", "sending") and o["upstream_order_id"] is None
         ]
         if len(open_) == 1 and len(candidates) == 1:
+            if open_[0].get("provider_id", 1) != s.get("provider", open_[0].get("provider_id", 1)):
+                problems.append(
+                    f"upstream order {sid} ({ident!r}) is at provider {s['provider']}, its "
+                    f"gateway order {open_[0]['id']} waits unknown on provider "
+                    f"{open_[0]['provider_id']}"
+                )
+                continue
             matched[sid] = open_[0]
             via_ident += 1
         elif not candidates:
@@ -1451,6 +1487,53 @@ async def read_catalog(client: httpx.AsyncClient, gw: Proc, key: str) -> list[di
     raise SetupError(f"the gateway's catalog stayed empty:\n{gw.tail()}")
 
 
+def by_provider(provider: int, sim_orders: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One simulator's orders as the proofs see them with several providers: (provider, id)."""
+    return [
+        {**x, "id": provider * COMPOSITE + int(x["id"]), "provider": provider} for x in sim_orders
+    ]
+
+
+async def add_second_provider(db: Any, port: int) -> None:
+    """Provider `b`, as an operator adds one (its key encrypted with the run's secret), and its
+    catalog synced (again while the simulator's faults refuse the fetch)."""
+    from app.catalog import sync_catalog
+    from app.providers import ProviderClients, add_provider
+    from app.settings import load_settings
+
+    settings = load_settings(secret_key=SOAK_SECRET)
+    added = await add_provider(
+        db, settings, name="b", url=f"http://{HOST}:{port}/api/v2", key=SIM_B_KEY, family="standard"
+    )
+    if added.id != B_PROVIDER:
+        raise SetupError(f"provider b got id {added.id}")
+    clients = ProviderClients(settings)
+    try:
+        await clients.refresh(db)
+        client = clients.get(B_PROVIDER)
+        assert client is not None
+        for _ in range(50):
+            if (await sync_catalog(db, client, B_PROVIDER)).ok:
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await clients.aclose()
+    raise SetupError("provider b's catalog could not be fetched")
+
+
+async def map_second_provider(db: Any, catalog: list[dict[str, Any]]) -> int:
+    """Provider b's service N becomes the second alternative of every service N customers see."""
+    from app.catalog import map_offer
+    from app.errors import OperatorError
+
+    mapped = 0
+    for service in catalog:
+        with contextlib.suppress(OperatorError):  # a type of its own there: left unmapped
+            await map_offer(db, int(service["service"]), B_PROVIDER, int(service["service"]))
+            mapped += 1
+    return mapped
+
+
 async def create_customers(db: Any, n: int, rng: random.Random) -> list[Customer]:
     from app.customers import create_customer
     from app.ledger import topup
@@ -1532,6 +1615,15 @@ async def _soak(
         sim_cmd += ["--fault", f"{kind}={args.fault_rate:g}"]
     sim = Proc("simulator", sim_cmd, env, sim_port, workdir / "simulator.log", "/_sim/stats")
     procs.append(sim)
+    sim_b: Proc | None = None
+    if args.providers == 2:  # the second provider: the other family, its own seed and key
+        b_port = free_port()
+        b_cmd = [*sim_cmd, "--dialect", "standard"]
+        b_cmd[b_cmd.index("--port") + 1] = str(b_port)
+        b_cmd[b_cmd.index("--key") + 1] = SIM_B_KEY
+        b_cmd[b_cmd.index("--seed") + 1] = str(args.seed + 1)
+        sim_b = Proc("simulator-b", b_cmd, env, b_port, workdir / "simulator-b.log", "/_sim/stats")
+        procs.append(sim_b)
     gw_env = env | {
         "SMMGW_DATABASE_URL": gw_url,
         "SMMGW_UPSTREAM_URL": f"http://{HOST}:{sim_port}/api/v1",
@@ -1542,6 +1634,7 @@ async def _soak(
         "SMMGW_RATE_LIMIT_PER_SECOND": "0",
         "SMMGW_DEFAULT_DIALECT": "standard",
         "SMMGW_LOG_LEVEL": args.gateway_log_level,
+        "SMMGW_SECRET_KEY": SOAK_SECRET,
     }
     gateways = []
     for label in ("A", "B"):
@@ -1562,11 +1655,18 @@ async def _soak(
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
         sim.start()
         await wait_healthy(sim, client)
+        if sim_b is not None:
+            sim_b.start()
+            await wait_healthy(sim_b, client)
+            await add_second_provider(db, sim_b.port)
         for gw in gateways:
             gw.start()
         for gw in gateways:
             await wait_healthy(gw, client)
         catalog = await read_catalog(client, gateways[0], customers[0].key)
+        if sim_b is not None:
+            mapped = await map_second_provider(db, catalog)
+            print(f"provider b (simulator :{sim_b.port}, standard): {mapped} services mapped")
         types = Counter(s["type"] for s in catalog)
         print(
             f"simulator :{sim_port} (faults {args.fault_rate:g} each of {', '.join(FAULT_KINDS)})"
@@ -1598,6 +1698,17 @@ async def _soak(
         proofs_started = time.monotonic()
         stats_end = (await client.get(f"http://{HOST}:{sim_port}/_sim/stats")).json()
         sim_orders = (await client.get(f"http://{HOST}:{sim_port}/_sim/orders", timeout=120)).json()
+        partial = [int(x["id"]) for x in sim_orders if x["status"] == "Partial" and by_remains(x)]
+        remains = await upstream_remains(sim_port, partial)
+        if sim_b is not None:
+            url = f"http://{HOST}:{sim_b.port}/_sim/orders"
+            b_orders = (await client.get(url, timeout=120)).json()
+            partial = [int(x["id"]) for x in b_orders if x["status"] == "Partial" and by_remains(x)]
+            b_remains = await upstream_remains(sim_b.port, partial, SIM_B_KEY)
+            sim_orders = by_provider(1, sim_orders) + by_provider(B_PROVIDER, b_orders)
+            remains = {COMPOSITE + i: n for i, n in remains.items()} | {
+                B_PROVIDER * COMPOSITE + i: n for i, n in b_remains.items()
+            }
         orders = await load_gateway_orders(db)
         balances, db_topups = await load_money(db)
         api_checked, api_problems, seen = await api_view_check(soak)
@@ -1613,8 +1724,10 @@ async def _soak(
         )
         verify_out, _ = await verify.communicate()
         verified = (-1 if verify.returncode is None else verify.returncode, verify_out.decode())
-        partial = [int(x["id"]) for x in sim_orders if x["status"] == "Partial" and by_remains(x)]
-        remains = await upstream_remains(sim_port, partial)
+        if sim_b is not None:
+            for o in orders:  # an upstream order is (provider, its id)
+                if o["upstream_order_id"] is not None:
+                    o["upstream_order_id"] += o["provider_id"] * COMPOSITE
         proofs, facts = prove(
             soak,
             orders,
@@ -1630,6 +1743,10 @@ async def _soak(
         times["proofs"] = time.monotonic() - proofs_started
         times["total"] = time.monotonic() - started
         summary = report(soak, orders, sim_orders, (stats_run, stats_end), proofs, facts, times)
+        if sim_b is not None:
+            spread = Counter(f"{o['provider_id']}:{o['state']}" for o in orders)
+            summary["orders_by_provider"] = dict(sorted(spread.items()))
+            print(f"gateway orders by provider:state: {summary['orders_by_provider']}")
     return summary
 
 
@@ -1661,6 +1778,13 @@ def main() -> int:
         help="admin URL of the PostgreSQL server (a database to connect to)",
     )
     parser.add_argument("--gateway-log-level", default="WARNING")
+    parser.add_argument(
+        "--providers",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: a second simulator as provider b, the alternative of every service",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
     parser.add_argument("--summary", help="write every figure and proof to this JSON file")
     add_options(parser)

@@ -36,7 +36,9 @@ FAST_TIMEOUTS = {"upstream_timeout_seconds": 0.3, "upstream_connect_timeout_seco
 @pytest.fixture
 async def admin_app(db: Database, database_url: str, simulator: FastAPI) -> AsyncIterator[FastAPI]:
     """The gateway with an admin token, the in-process simulator upstream, no loops."""
-    settings = gateway_settings(database_url, admin_token=TOKEN, **FAST_TIMEOUTS)
+    settings = gateway_settings(
+        database_url, admin_token=TOKEN, secret_key="s" * 40, **FAST_TIMEOUTS
+    )
     app = create_app(
         settings, upstream_transport=httpx.ASGITransport(app=simulator), background=False
     )
@@ -707,3 +709,32 @@ async def test_openapi_documents_the_admin_api(anon: httpx.AsyncClient) -> None:
     )
     money = doc["components"]["schemas"]["PostingResult"]["properties"]["balance"]
     assert money["type"] == "string"
+
+
+async def test_providers_through_the_admin_api(admin: httpx.AsyncClient) -> None:
+    """Issue 13: add, list, change and disable a provider; its key never comes back; offers
+    of a service; a provider's service not synced yet cannot be mapped."""
+    body = {"name": "b", "url": "http://b.test/api/v2", "key": "b-key-0123", "family": "standard"}
+    added = await ok(await admin.post("/admin/providers", json=body), 201)
+    assert (added["id"], added["name"], added["enabled"]) == (2, "b", True)
+    assert added["key"].startswith("fingerprint ") and "b-key-0123" not in json.dumps(added)
+    assert "already" in await refused(await admin.post("/admin/providers", json=body), 400)
+    listed = await ok(await admin.get("/admin/providers"))
+    assert [p["name"] for p in listed] == ["default", "b"]
+    assert listed[0]["key"] == "from SMMGW_UPSTREAM_KEY" and listed[0]["url"] is None
+    changed = await ok(
+        await admin.patch("/admin/providers/b", json={"low_balance": "5", "enabled": False})
+    )
+    assert (changed["enabled"], changed["low_balance_threshold"]) == (False, "5.00")
+    assert await ok(await admin.get("/admin/providers/2")) == changed
+    await refused(await admin.patch("/admin/providers/default", json={"name": "x"}), 400)
+    synced = await ok(await admin.post("/admin/services/sync"))  # b is disabled: not asked
+    assert [p["provider"] for p in synced["providers"]] == ["default"]
+    offers = await ok(await admin.get("/admin/services/5/offers"))
+    assert [(o["provider"], o["provider_service_id"], o["position"]) for o in offers] == [
+        ("default", 5, 0)
+    ]
+    mapping = {"provider": "b", "provider_service_id": 5}
+    assert "services sync" in await refused(
+        await admin.put("/admin/services/5/offers", json=mapping), 404
+    )
