@@ -331,6 +331,7 @@ class Database:
                 self._sqlite_reader = _open_sqlite_reader(self.url)
             return self._sqlite_reader.execute(sqlite_sql, args).fetchall()
         pool = self._hot_pool()
+        gone: str | None = None  # why the first connection failed, if it did
         for attempt in (1, 2):
             conn = await pool.acquire()
             try:
@@ -339,14 +340,13 @@ class Database:
                 # A pooled connection the server dropped (a restart, pg_terminate_backend)
                 # fails, sometimes leaving asyncpg's protocol mid-operation: it is closed for
                 # good (the idle ones with it), and the read, harmless to repeat, gets one
-                # more try on a fresh one. A server still away fails again: an outage.
+                # more try on a fresh one. A server still away fails again: an outage, which
+                # its own line reports (Outage), so nothing is said here then.
                 pool.discard(conn)
                 pool.discard_idle()
                 if attempt == 2:
                     raise
-                log.info(
-                    "database: a pooled connection was gone (%s); reading again", type(exc).__name__
-                )
+                gone = type(exc).__name__
             except asyncpg.PostgresError:
                 pool.release(conn)  # the server refused the statement: the session is fine
                 raise
@@ -355,6 +355,8 @@ class Database:
                 raise
             else:
                 pool.release(conn)
+                if gone is not None:
+                    log.info("database: a pooled connection was gone (%s); read again", gone)
                 return rows
         raise AssertionError("unreachable")
 
