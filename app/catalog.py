@@ -5,10 +5,11 @@ fetch leaves the last good catalog in place.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -16,11 +17,28 @@ from app.customers import Caller, authenticate, hash_key, keyed_select, split_ca
 from app.db import Conn, Database
 from app.errors import NotFound, OperatorError
 from app.family import FAMILIES, Family
-from app.models import Customer, PriceRule, Service, Setting, utcnow
+from app.models import (
+    DEFAULT_PROVIDER_ID,
+    Customer,
+    PriceRule,
+    Provider,
+    Service,
+    ServiceOffer,
+    Setting,
+    utcnow,
+)
 from app.money import apply_markup, render
 from app.upstream import Refused, UpstreamClient, UpstreamService, is_upstream_key_error
 
+if TYPE_CHECKING:
+    from app.providers import ProviderClients
+
 log = logging.getLogger("smm_gateway.catalog")
+
+# Local ids of services first seen at a provider other than `default` start here: far above
+# any id a panel hands out, so `default`'s own ids (which are its services' local ids, as
+# before there were providers) never meet them. Below 2**31: services.id is an INTEGER.
+OTHER_PROVIDERS_FIRST_ID = 1_000_000_000
 
 SYNCED_AT = "catalog_synced_at"
 LAST_ERROR = "catalog_last_error"
@@ -319,6 +337,7 @@ class SyncResult:
     error: str | None = None
     family: Family | None = None  # the upstream's family, as configured or heard
     suspended: tuple[SuspendedPrice, ...] = ()  # fixed prices now below cost: not sold
+    provider: str | None = None
 
 
 def _upsert(conn: Conn):  # type: ignore[no-untyped-def]
@@ -330,55 +349,237 @@ async def _set_kv(conn: Conn, key: str, value: str) -> None:
     await conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
 
 
-async def sync_catalog(db: Database, upstream: UpstreamClient) -> SyncResult:
-    """Fetch the upstream catalog into the table; on any failure keep the last good one."""
+async def sync_catalog(
+    db: Database, upstream: UpstreamClient, provider_id: int = DEFAULT_PROVIDER_ID
+) -> SyncResult:
+    """Fetch one provider's catalog into its offers (and the services they deliver); on any
+    failure keep the last good one. Provider `default`'s services keep their own ids as local
+    ids; another provider's new service gets a local id of its own (OTHER_PROVIDERS_FIRST_ID
+    and up), hidden until the operator shows it or maps it onto a service (`services map`)."""
     fetched = await upstream.services()
     if isinstance(fetched, Refused) and is_upstream_key_error(fetched.message):
-        return await _record_failure(db, f"{KEY_REFUSED}: {fetched.message}")
-    if not isinstance(fetched, list):
-        return await _record_failure(db, f"{type(fetched).__name__}: {fetched.reason}")
-    if not fetched:
+        error = f"{KEY_REFUSED}: {fetched.message}"
+    elif not isinstance(fetched, list):
+        error = f"{type(fetched).__name__}: {fetched.reason}"
+    elif not fetched:
         # An empty catalog from a live panel is far likelier a glitch than a real change.
-        return await _record_failure(db, "the upstream listed no services")
+        error = "the upstream listed no services"
+    else:
+        error = None
+    if error is not None or not isinstance(fetched, list):
+        failed = await _record_failure(db, error or "", provider_id)
+        return replace(failed, provider=upstream.provider)
     now = utcnow()
     async with db.write() as conn:
-        insert = _upsert(conn)
-        for svc in fetched:
-            values = _service_values(svc)
-            stmt = insert(Service).values(id=svc.service_id, updated_at=now, **values)
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["id"],
-                    set_={**values, "upstream_listed": True, "updated_at": now},
+        offers = {
+            psid: sid
+            for psid, sid in await conn.execute(
+                select(ServiceOffer.provider_service_id, ServiceOffer.service_id).where(
+                    ServiceOffer.provider_id == provider_id
                 )
             )
+        }
+        touched = set(offers.values())
+        for svc in fetched:
+            values = _offer_values(svc)
+            if svc.service_id in offers:
+                await conn.execute(
+                    update(ServiceOffer)
+                    .where(
+                        ServiceOffer.provider_id == provider_id,
+                        ServiceOffer.provider_service_id == svc.service_id,
+                    )
+                    .values(**values, updated_at=now)
+                )
+                continue
+            local_id = await _home_for(conn, provider_id, svc)
+            if local_id is None:
+                continue
+            await conn.execute(
+                insert(ServiceOffer).values(
+                    service_id=local_id,
+                    provider_id=provider_id,
+                    provider_service_id=svc.service_id,
+                    position=0,
+                    updated_at=now,
+                    **values,
+                )
+            )
+            touched.add(local_id)
         ids = [svc.service_id for svc in fetched]
-        dropped = await conn.execute(
-            update(Service)
-            .where(Service.id.not_in(ids), Service.upstream_listed.is_(True))
-            .values(upstream_listed=False, updated_at=now)
+        await conn.execute(
+            update(ServiceOffer)
+            .where(
+                ServiceOffer.provider_id == provider_id,
+                ServiceOffer.provider_service_id.not_in(ids),
+                ServiceOffer.listed.is_(True),
+            )
+            .values(listed=False, updated_at=now)
         )
-        await _set_kv(conn, SYNCED_AT, now.isoformat())
-        await _set_kv(conn, LAST_ERROR, "")
-        if upstream.family is not None:
-            await _set_kv(conn, FAMILY, upstream.family)
+        dropped = await _recompute(conn, touched, now)
+        await _record_success(conn, provider_id, upstream, now)
         suspended = await suspended_prices(conn)
-    if dropped.rowcount:
-        log.warning("catalog: %d services no longer listed upstream, now hidden", dropped.rowcount)
+    if dropped:
+        log.warning("catalog: %d services no longer listed upstream, now hidden", dropped)
     if suspended:
         log.warning(
             "catalog: %d fixed prices are below the upstream's rate, not sold until changed: %s",
             len(suspended),
             "; ".join(p.describe() for p in suspended[:20]),
         )
-    log.info("catalog: %d services synced from a %s upstream", len(fetched), upstream.family)
+    log.info(
+        "catalog: %d services synced from a %s upstream (provider %s)",
+        len(fetched),
+        upstream.family,
+        upstream.provider,
+    )
     return SyncResult(
         True,
         services=len(fetched),
-        dropped=dropped.rowcount,
+        dropped=dropped,
         family=upstream.family,
         suspended=suspended,
+        provider=upstream.provider,
     )
+
+
+async def sync_catalogs(db: Database, clients: "ProviderClients") -> list[SyncResult]:
+    """Every enabled provider's catalog, one after the other; one that fails keeps its last
+    good offers and does not stop the others."""
+    return [
+        await sync_catalog(db, client, provider_id)
+        for provider_id, client in sorted(clients.enabled().items())
+    ]
+
+
+async def _home_for(conn: Conn, provider_id: int, svc: UpstreamService) -> int | None:
+    """The local service a provider's new service delivers: for `default`, the one with its
+    own id (created if new); for another provider, a new one of its own."""
+    now = utcnow()
+    if provider_id == DEFAULT_PROVIDER_ID:
+        taken = await conn.scalar(
+            select(ServiceOffer.provider_id).where(ServiceOffer.service_id == svc.service_id)
+        )
+        exists = await conn.scalar(select(Service.id).where(Service.id == svc.service_id))
+        if exists is None:
+            await conn.execute(
+                insert(Service).values(id=svc.service_id, updated_at=now, **_service_values(svc))
+            )
+        elif taken is not None and svc.service_id >= OTHER_PROVIDERS_FIRST_ID:
+            log.warning(
+                "catalog: provider default's service %d collides with another provider's"
+                " local service: skipped",
+                svc.service_id,
+            )
+            return None
+        return svc.service_id
+    # Hidden until the operator sells it (`services show`) or maps it onto a service of
+    # theirs: a second panel's catalog is mostly the first one's services again.
+    local_id = await _next_other_id(conn)
+    await conn.execute(
+        insert(Service).values(id=local_id, updated_at=now, hidden=True, **_service_values(svc))
+    )
+    return local_id
+
+
+async def _next_other_id(conn: Conn) -> int:
+    highest = await conn.scalar(
+        select(func.max(Service.id)).where(Service.id >= OTHER_PROVIDERS_FIRST_ID)
+    )
+    return max(OTHER_PROVIDERS_FIRST_ID, (highest or 0) + 1)
+
+
+async def _record_success(
+    conn: Conn, provider_id: int, upstream: UpstreamClient, now: datetime
+) -> None:
+    family = upstream.family
+    await conn.execute(
+        update(Provider)
+        .where(Provider.id == provider_id)
+        .values(
+            catalog_synced_at=now,
+            catalog_error=None,
+            **({"family_heard": family} if family is not None else {}),
+        )
+    )
+    if provider_id == DEFAULT_PROVIDER_ID:  # /healthz and `summary` read these, as before
+        await _set_kv(conn, SYNCED_AT, now.isoformat())
+        await _set_kv(conn, LAST_ERROR, "")
+        if family is not None:
+            await _set_kv(conn, FAMILY, family)
+
+
+_REFERENCE_FIELDS = (
+    "name",
+    "category",
+    "type",
+    "rate",
+    "min",
+    "max",
+    "dripfeed",
+    "refill",
+    "cancel",
+    "description",
+)
+
+
+async def _recompute(conn: Conn, service_ids: set[int] | None, now: datetime) -> int:
+    """Each service's row from its reference offer: the first (by position) listed offer of an
+    enabled provider. A service left without one is no longer listed (hidden from customers).
+    `service_ids` None: every service. Returns how many services stopped being listed."""
+    offers = (
+        select(ServiceOffer.service_id, *(getattr(ServiceOffer, f) for f in _REFERENCE_FIELDS))
+        .join(Provider, Provider.id == ServiceOffer.provider_id)
+        .where(ServiceOffer.listed.is_(True), Provider.enabled.is_(True))
+        .order_by(ServiceOffer.service_id, ServiceOffer.position, ServiceOffer.id)
+    )
+    current = select(
+        Service.id, *(getattr(Service, f) for f in _REFERENCE_FIELDS), Service.upstream_listed
+    )
+    if service_ids is not None:
+        chosen = sorted(service_ids)
+        offers = offers.where(ServiceOffer.service_id.in_(chosen))
+        current = current.where(Service.id.in_(chosen))
+    reference: dict[int, tuple] = {}
+    for row in await conn.execute(offers):
+        reference.setdefault(row[0], tuple(row[1:]))
+    dropped = 0
+    for row in (await conn.execute(current)).all():
+        sid, fields, listed = row[0], tuple(row[1:-1]), row[-1]
+        best = reference.get(sid)
+        if best is None:
+            if listed:
+                dropped += 1
+                await conn.execute(
+                    update(Service)
+                    .where(Service.id == sid)
+                    .values(upstream_listed=False, updated_at=now)
+                )
+            continue
+        if listed and fields == best:
+            continue
+        await conn.execute(
+            update(Service)
+            .where(Service.id == sid)
+            .values(
+                **dict(zip(_REFERENCE_FIELDS, best, strict=True)),
+                upstream_listed=True,
+                updated_at=now,
+            )
+        )
+    return dropped
+
+
+async def recompute_services(db: Database, service_ids: set[int] | None = None) -> int:
+    """After a provider is enabled or disabled, or an offer moved: every service's reference."""
+    async with db.write() as conn:
+        return await _recompute(conn, service_ids, utcnow())
+
+
+def _offer_values(svc: UpstreamService) -> dict[str, object]:
+    values = _service_values(svc)
+    del values["upstream_listed"]
+    return {**values, "listed": True}
 
 
 def _service_values(svc: UpstreamService) -> dict[str, object]:
@@ -397,8 +598,16 @@ def _service_values(svc: UpstreamService) -> dict[str, object]:
     }
 
 
-async def _record_failure(db: Database, error: str) -> SyncResult:
-    synced = (await catalog_state(db)).get(SYNCED_AT)
+async def _record_failure(
+    db: Database, error: str, provider_id: int = DEFAULT_PROVIDER_ID
+) -> SyncResult:
+    if provider_id == DEFAULT_PROVIDER_ID:
+        synced = (await catalog_state(db)).get(SYNCED_AT)
+    else:
+        async with db.read() as conn:
+            synced = await conn.scalar(
+                select(Provider.catalog_synced_at).where(Provider.id == provider_id)
+            )
     serving = (
         "serving the last good catalog"
         if synced
@@ -406,7 +615,11 @@ async def _record_failure(db: Database, error: str) -> SyncResult:
     )
     log.warning("catalog: upstream fetch failed (%s); %s", error, serving)
     async with db.write() as conn:
-        await _set_kv(conn, LAST_ERROR, error)
+        await conn.execute(
+            update(Provider).where(Provider.id == provider_id).values(catalog_error=error[:500])
+        )
+        if provider_id == DEFAULT_PROVIDER_ID:
+            await _set_kv(conn, LAST_ERROR, error)
     return SyncResult(False, error=error)
 
 
@@ -620,3 +833,175 @@ async def personal_rules(db: Database, service_id: int) -> set[int]:
             )
         )
         return {customer_id for (customer_id,) in rows}
+
+
+# --- a service's offers (which providers deliver it) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class OfferView:
+    service_id: int
+    provider_id: int
+    provider: str
+    provider_service_id: int
+    position: int
+    name: str
+    type: str
+    rate: int
+    min: int
+    max: int
+    listed: bool
+    enabled: bool  # its provider's
+    updated_at: datetime
+
+
+async def list_offers(db: Database, service_id: int | None = None) -> list[OfferView]:
+    """Offers in the order they are tried (position), by service."""
+    stmt = (
+        select(
+            ServiceOffer.service_id,
+            ServiceOffer.provider_id,
+            Provider.name,
+            ServiceOffer.provider_service_id,
+            ServiceOffer.position,
+            ServiceOffer.name,
+            ServiceOffer.type,
+            ServiceOffer.rate,
+            ServiceOffer.min,
+            ServiceOffer.max,
+            ServiceOffer.listed,
+            Provider.enabled,
+            ServiceOffer.updated_at,
+        )
+        .join(Provider, Provider.id == ServiceOffer.provider_id)
+        .order_by(ServiceOffer.service_id, ServiceOffer.position, ServiceOffer.id)
+    )
+    if service_id is not None:
+        stmt = stmt.where(ServiceOffer.service_id == service_id)
+    async with db.read() as conn:
+        return [OfferView(*row) for row in await conn.execute(stmt)]
+
+
+async def map_offer(
+    db: Database,
+    service_id: int,
+    provider_id: int,
+    provider_service_id: int,
+    position: int | None = None,
+) -> set[int]:
+    """Make a provider's service (as synced) an alternative of local service `service_id`,
+    at `position` (default: after the others). The local service it delivered until now,
+    left without offers, is no longer listed. Returns the services whose offers changed."""
+    async with db.write() as conn:
+        local = await conn.scalar(select(Service.type).where(Service.id == service_id))
+        if local is None:
+            raise NotFound(f"no service {service_id}")
+        row = (
+            await conn.execute(
+                select(ServiceOffer.id, ServiceOffer.service_id, ServiceOffer.type).where(
+                    ServiceOffer.provider_id == provider_id,
+                    ServiceOffer.provider_service_id == provider_service_id,
+                )
+            )
+        ).first()
+        if row is None:
+            raise NotFound(
+                f"that provider lists no service {provider_service_id} (as last synced):"
+                " run `smm-gateway services sync` first"
+            )
+        if row.type != local:
+            raise OperatorError(
+                f"its service {provider_service_id} is of type {row.type!r}, service"
+                f" {service_id} of type {local!r}: an order would be taken as another thing"
+            )
+        other = await conn.scalar(
+            select(ServiceOffer.id).where(
+                ServiceOffer.service_id == service_id,
+                ServiceOffer.provider_id == provider_id,
+                ServiceOffer.id != row.id,
+            )
+        )
+        if other is not None:
+            raise OperatorError(
+                f"service {service_id} has an offer of that provider already: unmap it first"
+            )
+        if position is None:
+            highest = await conn.scalar(
+                select(func.max(ServiceOffer.position)).where(
+                    ServiceOffer.service_id == service_id, ServiceOffer.id != row.id
+                )
+            )
+            position = 0 if highest is None else highest + 1
+        else:
+            # Taken there already: the others from that place on move one down, so the new
+            # offer comes before them (`--position 0` puts it first, ahead of `default`'s 0).
+            await conn.execute(
+                update(ServiceOffer)
+                .where(
+                    ServiceOffer.service_id == service_id,
+                    ServiceOffer.id != row.id,
+                    ServiceOffer.position >= position,
+                )
+                .values(position=ServiceOffer.position + 1)
+            )
+        await conn.execute(
+            update(ServiceOffer)
+            .where(ServiceOffer.id == row.id)
+            .values(service_id=service_id, position=position, updated_at=utcnow())
+        )
+        changed = {service_id, row.service_id}
+        await _recompute(conn, changed, utcnow())
+    return changed
+
+
+async def unmap_offer(db: Database, service_id: int, provider_id: int) -> int:
+    """Take a provider's offer off local service `service_id`: it goes back to a service of
+    its own (provider `default`'s: the one with its own id; another's: a new local id).
+    Returns the local service it delivers now."""
+    async with db.write() as conn:
+        row = (
+            await conn.execute(
+                select(ServiceOffer).where(
+                    ServiceOffer.service_id == service_id, ServiceOffer.provider_id == provider_id
+                )
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"service {service_id} has no offer of that provider")
+        offer = row[0]
+        if provider_id == DEFAULT_PROVIDER_ID:
+            home = offer.provider_service_id
+            if home == service_id:
+                raise OperatorError(
+                    f"service {service_id} is provider default's own service {home}: hide it,"
+                    " or move other offers before it (services map … --position 0)"
+                )
+            if await conn.scalar(
+                select(ServiceOffer.id).where(
+                    ServiceOffer.service_id == home, ServiceOffer.provider_id == provider_id
+                )
+            ):
+                raise OperatorError(f"service {home} has another offer of provider default")
+            if await conn.scalar(select(Service.id).where(Service.id == home)) is None:
+                await conn.execute(
+                    insert(Service).values(id=home, updated_at=utcnow(), **_row_values(offer))
+                )
+        else:
+            home = await _next_other_id(conn)
+            await conn.execute(
+                insert(Service).values(
+                    id=home, updated_at=utcnow(), hidden=True, **_row_values(offer)
+                )
+            )
+        await conn.execute(
+            update(ServiceOffer)
+            .where(ServiceOffer.id == offer.id)
+            .values(service_id=home, position=0, updated_at=utcnow())
+        )
+        await _recompute(conn, {service_id, home}, utcnow())
+    return home
+
+
+def _row_values(offer: ServiceOffer) -> dict[str, object]:
+    values = {f: getattr(offer, f) for f in _REFERENCE_FIELDS}
+    return {**values, "upstream_listed": offer.listed}

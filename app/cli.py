@@ -20,8 +20,8 @@ import json
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import datetime
 from enum import StrEnum
 from importlib.metadata import version as package_version
@@ -39,9 +39,14 @@ from app.admin.schemas import (
     CustomerOut,
     CustomerPatch,
     EntryOut,
+    OfferMapIn,
+    OfferOut,
     OrderOut,
     Posting,
     PriceRuleIn,
+    ProviderCreate,
+    ProviderOut,
+    ProviderPatch,
     ReportLineOut,
     ReportPeriod,
     ResolutionOut,
@@ -50,11 +55,13 @@ from app.admin.schemas import (
 )
 from app.db import Database
 from app.errors import OperatorError
+from app.models import DEFAULT_PROVIDER_ID
 from app.money import MoneyError, bp_to_percent, parse_micros
 from app.orders import queries
 from app.orders.placing import STATES, UNKNOWN
 from app.parsing import MAX_ROW_ID
 from app.parsing import row_id as parse_row_id
+from app.providers import ProviderClients
 from app.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
@@ -99,6 +106,9 @@ keys_app = _group("keys", "Customers' API keys: issue, list, revoke.")
 ledger_app = _group("ledger", "Customers' money: top-ups, adjustments, history, verification.")
 services_app = _group("services", "The catalog: sync from the upstream, list, hide, rename, price.")
 orders_app = _group("orders", "Orders: list, show, and resolve the ones in `unknown`.")
+providers_app = _group(
+    "providers", "Upstream providers: add, list, show, set, disable, enable, balance."
+)
 
 
 class DialectName(StrEnum):
@@ -213,12 +223,25 @@ def _run(
                 typer.echo(unresolved_warning(unresolved), err=True)
             if held := await queries.held_settlements(db):
                 typer.echo(held_warning(held), err=True)
+            if low := await ops.low_balance_warning(db):
+                typer.echo(low, err=True)
             return result
         finally:
             await db.dispose()
 
     with _operator_errors():
         return asyncio.run(go())
+
+
+@asynccontextmanager
+async def _clients(db: Database, settings: Settings) -> AsyncIterator[ProviderClients]:
+    """Every provider's client, as the providers table says now; closed afterwards."""
+    clients = ProviderClients(settings)
+    try:
+        await clients.refresh(db)
+        yield clients
+    finally:
+        await clients.aclose()
 
 
 def _jsonable(data: Any) -> Any:
@@ -405,7 +428,9 @@ def simulator(
         " Ctrl-C stops it",
         err=True,
     )
-    run_simulator(sim, host, port)
+    # Ctrl-C is how it stops: uvicorn re-raises the signal once it has shut down.
+    with suppress(KeyboardInterrupt):
+        run_simulator(sim, host, port)
 
 
 def _faults(specs: list[str], kinds: Sequence[str]) -> dict[str, float]:
@@ -744,13 +769,12 @@ def ledger_verify(as_json: JsonFlag = False) -> None:
 
 @services_app.command("sync")
 def services_sync(as_json: JsonFlag = False) -> None:
-    """Fetch the upstream catalog now (a failure keeps the last good one)."""
-    from app.upstream import UpstreamClient
+    """Fetch every enabled provider's catalog now (a failure keeps that one's last good one)."""
 
     async def work(db: Database, settings: Settings) -> Any:
-        async with UpstreamClient.from_settings(settings) as upstream:
+        async with _clients(db, settings) as clients:
             with _progress(as_json, "fetching the catalog from the upstream"):
-                return await ops.sync_catalog(db, upstream)
+                return await ops.sync_catalog(db, clients)
 
     result = _run(work)
     if not result.ok:
@@ -890,6 +914,317 @@ def services_price(
     _emit(as_json, changed, f"service {changed.service}: {changed.changed}")
 
 
+@services_app.command("offers")
+def services_offers(
+    service: Annotated[
+        int | None,
+        typer.Argument(
+            metavar="[ID]", help="Service id (all services when absent).", parser=row_id
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The providers that deliver a service, in the order an order tries them."""
+    listed = _run(lambda db, s: ops.list_offers(db, service))
+    _emit(as_json, listed, _offers_table(listed) if listed else "no offers")
+
+
+def _offers_table(offers: list[OfferOut]) -> str:
+    rows = [
+        (
+            o.service,
+            o.position,
+            o.provider,
+            o.provider_service_id,
+            o.rate,
+            f"{o.min}-{o.max}",
+            ", ".join(
+                s
+                for s, on in (("not listed", not o.listed), ("disabled", not o.provider_enabled))
+                if on
+            ),
+        )
+        for o in offers
+    ]
+    headers = ("SERVICE", "POS", "PROVIDER", "ITS ID", "ITS RATE", "MIN-MAX", "STATE")
+    return _table(headers, rows)
+
+
+@services_app.command("map")
+def services_map(
+    service: ServiceArg,
+    provider: Annotated[str, typer.Argument(metavar="PROVIDER", help="Provider id or name.")],
+    provider_service: Annotated[
+        int, typer.Argument(metavar="PROVIDER_SERVICE_ID", help="Its id there.", parser=row_id)
+    ],
+    position: Annotated[
+        int | None,
+        typer.Option(min=0, max=10_000, help="Lower is tried first (default: after the others)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Make a provider's service (as synced) an alternative of local service ID: customers
+    keep one id and one price; an order goes to the first provider that takes it."""
+    body = _checked(
+        OfferMapIn,
+        {"provider": "PROVIDER", "provider_service_id": "PROVIDER_SERVICE_ID"},
+        provider=provider,
+        provider_service_id=provider_service,
+        position=position,
+    )
+    changed = _run(lambda db, s: ops.map_offer(db, service, body))
+    _emit(
+        as_json,
+        changed,
+        [f"service {changed.service}: {changed.changed}", _offers_table(changed.offers)],
+    )
+
+
+@services_app.command("unmap")
+def services_unmap(
+    service: ServiceArg,
+    provider: Annotated[str, typer.Argument(metavar="PROVIDER", help="Provider id or name.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Take a provider's offer off local service ID (it goes back to a service of its own)."""
+    changed = _run(lambda db, s: ops.unmap_offer(db, service, provider))
+    lines = [f"service {changed.service}: {changed.changed}"]
+    _emit(as_json, changed, lines + ([_offers_table(changed.offers)] if changed.offers else []))
+
+
+# --- providers ----------------------------------------------------------------------------------
+
+ProviderArg = Annotated[str, typer.Argument(metavar="PROVIDER", help="Provider id or name.")]
+
+
+class FamilyName(StrEnum):
+    smartpanel = "smartpanel"
+    standard = "standard"
+
+
+def _provider_lines(p: ProviderOut) -> list[str]:
+    def or_default(value: object, default: str) -> str:
+        return default if value is None else str(value)
+
+    balance = (
+        "never asked (smm-gateway providers balance)"
+        if p.balance is None
+        else f"{p.balance} {p.balance_currency or ''}".rstrip()
+        + f" at {_short_when(p.balance_at)}"
+        + ("  LOW" if p.low_balance else "")
+    )
+    lines = [
+        f"provider {p.id}: {p.name} ({'enabled' if p.enabled else 'DISABLED'})",
+        f"  url:             {or_default(p.url, 'from SMMGW_UPSTREAM_URL')}",
+        f"  key:             {p.key}",
+        f"  family:          {or_default(p.family, 'detect')}"
+        + (f" (heard: {p.family_heard})" if p.family_heard else ""),
+        f"  double decode:   {or_default(p.double_decode, 'as its family')}",
+        f"  timeouts:        connect {or_default(p.connect_timeout_seconds, 'setting')} s,"
+        f" read {or_default(p.read_timeout_seconds, 'setting')} s",
+        f"  low balance at:  {or_default(p.low_balance_threshold, 'no warning')}",
+        f"  balance:         {balance}",
+        "  catalog:         "
+        + (f"synced {_short_when(p.catalog_synced_at)}" if p.catalog_synced_at else "never synced")
+        + (f"; last error: {p.catalog_error}" if p.catalog_error else ""),
+    ]
+    if p.out_of_funds_since is not None:
+        lines.append(
+            f"  OUT OF FUNDS since {_short_when(p.out_of_funds_since)}: tried after the others"
+        )
+    return lines
+
+
+_PROVIDER_OPTIONS = {
+    "url": "--url",
+    "key": "--key",
+    "connect_timeout_seconds": "--connect-timeout",
+    "read_timeout_seconds": "--timeout",
+    "low_balance": "--low-balance",
+    "name": "--name",
+}
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Its API URL (…/api/v2).")]
+KeyOpt = Annotated[
+    str | None, typer.Option("--key", help="Its API key (stored encrypted, never shown).")
+]
+FamilyOpt = Annotated[
+    FamilyName | None, typer.Option("--family", help="Its family (default: read from its catalog).")
+]
+DoubleDecodeOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--double-decode/--no-double-decode", help="Encode values twice (default: as the family)."
+    ),
+]
+ConnectOpt = Annotated[
+    float | None, typer.Option("--connect-timeout", metavar="SECONDS", help="Connect timeout.")
+]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option("--timeout", metavar="SECONDS", help="Read timeout (`add` is ambiguous after)."),
+]
+LowBalanceOpt = Annotated[
+    str | None,
+    typer.Option("--low-balance", metavar="AMOUNT", help="Warn below this balance there."),
+]
+
+
+@providers_app.command("add")
+def providers_add(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A name of your choice.")],
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    family: FamilyOpt = None,
+    double_decode: DoubleDecodeOpt = None,
+    connect_timeout: ConnectOpt = None,
+    timeout: TimeoutOpt = None,
+    low_balance: LowBalanceOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add a provider (needs SMMGW_SECRET_KEY: its key is stored encrypted). Then
+    `smm-gateway services sync` imports its catalog, and `services map` makes its services
+    alternatives of yours."""
+    if url is None or key is None:
+        fail("give --url and --key", 2)
+    body = _checked(
+        ProviderCreate,
+        _PROVIDER_OPTIONS,
+        name=name,
+        url=url,
+        key=key,
+        family=None if family is None else family.value,
+        double_decode=double_decode,
+        connect_timeout_seconds=connect_timeout,
+        read_timeout_seconds=timeout,
+        low_balance=low_balance,
+    )
+    added = _run(lambda db, s: ops.add_provider(db, s, body))
+    _emit(as_json, added, [*_provider_lines(added), "next: smm-gateway services sync"])
+
+
+@providers_app.command("list")
+def providers_list(as_json: JsonFlag = False) -> None:
+    """Every provider (never their keys)."""
+    listed = _run(lambda db, s: ops.list_providers(db))
+    rows = [
+        (
+            p.id,
+            p.name,
+            p.url or "(SMMGW_UPSTREAM_URL)",
+            p.family or p.family_heard or "detect",
+            "enabled" if p.enabled else "disabled",
+            "-" if p.balance is None else f"{p.balance}{'  LOW' if p.low_balance else ''}",
+            _short_when(p.catalog_synced_at) or "never",
+        )
+        for p in listed
+    ]
+    headers = ("ID", "NAME", "URL", "FAMILY", "STATE", "BALANCE", "CATALOG SYNCED")
+    _emit(as_json, listed, _table(headers, rows))
+
+
+@providers_app.command("show")
+def providers_show(provider: ProviderArg, as_json: JsonFlag = False) -> None:
+    """One provider in full (its key only by fingerprint)."""
+    shown = _run(lambda db, s: ops.show_provider(db, provider))
+    _emit(as_json, shown, _provider_lines(shown))
+
+
+def _patch(provider: str, as_json: bool, message: str, **given: Any) -> None:
+    patch = _checked(ProviderPatch, _PROVIDER_OPTIONS, **given)
+    changed = _run(lambda db, s: ops.update_provider(db, s, provider, patch))
+    _emit(as_json, changed, [f"provider {changed.name}: {message}", *_provider_lines(changed)[1:]])
+
+
+@providers_app.command("set")
+def providers_set(
+    provider: ProviderArg,
+    name: Annotated[str | None, typer.Option("--name", help="A new name.")] = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    family: FamilyOpt = None,
+    double_decode: DoubleDecodeOpt = None,
+    connect_timeout: ConnectOpt = None,
+    timeout: TimeoutOpt = None,
+    low_balance: LowBalanceOpt = None,
+    reset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reset",
+            metavar="FIELD",
+            help="Back to its default: url, key (provider default: the settings'), family,"
+            " double-decode, connect-timeout, timeout, low-balance. Repeatable.",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Change a provider's settings; the gateway uses them from its next call there."""
+    given: dict[str, Any] = {}
+    names = {
+        "url": "url",
+        "key": "key",
+        "family": "family",
+        "double-decode": "double_decode",
+        "connect-timeout": "connect_timeout_seconds",
+        "timeout": "read_timeout_seconds",
+        "low-balance": "low_balance",
+    }
+    for field in reset or []:
+        if field not in names:
+            fail(f"bad --reset {field!r}: one of {', '.join(names)}", 2)
+        given[names[field]] = None
+    values = {
+        "name": name,
+        "url": url,
+        "key": key,
+        "family": None if family is None else family.value,
+        "double_decode": double_decode,
+        "connect_timeout_seconds": connect_timeout,
+        "read_timeout_seconds": timeout,
+        "low_balance": low_balance,
+    }
+    given |= {k: v for k, v in values.items() if v is not None}
+    if not given:
+        fail("nothing to change: give an option (see --help)", 2)
+    _patch(provider, as_json, "updated", **given)
+
+
+@providers_app.command("disable")
+def providers_disable(provider: ProviderArg, as_json: JsonFlag = False) -> None:
+    """No new order goes to this provider (its orders still sync, refill and cancel there)."""
+    _patch(provider, as_json, "disabled", enabled=False)
+
+
+@providers_app.command("enable")
+def providers_enable(provider: ProviderArg, as_json: JsonFlag = False) -> None:
+    """Route orders to this provider again."""
+    _patch(provider, as_json, "enabled", enabled=True)
+
+
+@providers_app.command("balance")
+def providers_balance(
+    provider: Annotated[
+        str | None, typer.Argument(metavar="[PROVIDER]", help="One provider (default: all).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Our balance at every enabled provider (or one), asked now."""
+
+    async def work(db: Database, settings: Settings) -> Any:
+        async with _clients(db, settings) as clients:
+            return await ops.provider_balance(db, clients, provider)
+
+    balances = _run(work)
+    rows = [
+        (
+            b.provider,
+            f"{b.balance} {b.currency or ''}".rstrip() if b.balance is not None else "-",
+            "LOW" if b.low_balance else (f"unavailable: {b.error}" if b.error else "ok"),
+        )
+        for b in balances
+    ]
+    _emit(as_json, balances, _table(("PROVIDER", "BALANCE", "STATE"), rows))
+
+
 # --- orders -------------------------------------------------------------------------------------
 
 OrderArg = Annotated[
@@ -919,6 +1254,8 @@ def _order_lines(order: OrderOut, currency: str) -> list[str]:
         f"  rate:        {order.rate} per 1000",
         f"  charge:      {charge}",
         f"  upstream:    {upstream}",
+        f"  provider:    {order.provider_id}"
+        + (" (default)" if order.provider_id == DEFAULT_PROVIDER_ID else ""),
         f"  created:     {_short_when(order.created_at)}",
         f"  refreshed:   {_short_when(order.refreshed_at) or 'never'}",
     ]
@@ -927,7 +1264,8 @@ def _order_lines(order: OrderOut, currency: str) -> list[str]:
     lines += [f"  sent:        {name}={value}" for name, value in order.params.items()]
     if order.state == UNKNOWN:
         lines += [
-            "  The upstream may or may not have this order; funds stay held until you say which:",
+            f"  Provider {order.provider_id} may or may not have this order; funds stay held"
+            " until you say which:",
             f"    smm-gateway orders resolve {order.id} --upstream-order N   (it exists upstream)",
             f"    smm-gateway orders resolve {order.id} --not-placed         (refund in full)",
         ]
@@ -1048,11 +1386,10 @@ def orders_resolve(
         correct=correct,
         memo=memo,
     )
-    from app.upstream import UpstreamClient
 
     async def work(db: Database, settings: Settings) -> ResolutionOut:
-        async with UpstreamClient.from_settings(settings) as upstream:
-            return await ops.resolve(db, upstream, order, verdict)
+        async with _clients(db, settings) as clients:
+            return await ops.resolve(db, clients, order, verdict)
 
     resolved = _run(work)
     if resolved.state == "rejected":
@@ -1077,17 +1414,15 @@ def sync(
 ) -> None:
     """One status-sync pass (--once): poll active orders in batches of 100, settle final ones,
     turn orders stranded in `sending` into `unknown`. The loop is `smm-gateway worker`."""
-    from app.upstream import UpstreamClient
-
     if not once:
         fail("`sync` runs one pass: say --once (the loop is `smm-gateway worker`)", 2)
 
     async def work(db: Database, settings: Settings) -> Any:
-        async with UpstreamClient.from_settings(settings) as upstream:
+        async with _clients(db, settings) as clients:
             with _progress(as_json, "asking the upstream for statuses") as say:
                 return await ops.run_sync_pass(
                     db,
-                    upstream,
+                    clients,
                     settings,
                     on_batch=lambda r: say(
                         f"polled {r.polled} orders in {r.upstream_calls} upstream calls,"
@@ -1184,7 +1519,8 @@ def report(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Revenue, upstream cost and margin per customer and per service, and the totals.
+    """Revenue, upstream cost and margin per customer, per service and per provider, and the
+    totals.
     Counts orders that may exist upstream (placed, unknown); refunds are already netted."""
     period = _checked(
         ReportPeriod,
@@ -1204,6 +1540,9 @@ def report(
         "",
         "by service:",
         _report_table(result.by_service),
+        "",
+        "by provider:",
+        _report_table(result.by_provider),
         "",
         f"total: {total.orders} orders, revenue {total.revenue}, upstream cost"
         f" {total.upstream_cost}, margin {total.margin}",

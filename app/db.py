@@ -331,7 +331,7 @@ class Database:
                 self._sqlite_reader = _open_sqlite_reader(self.url)
             return self._sqlite_reader.execute(sqlite_sql, args).fetchall()
         pool = self._hot_pool()
-        gone: str | None = None  # why the first connection failed, if it did
+        dropped: BaseException | None = None
         for attempt in (1, 2):
             conn = await pool.acquire()
             try:
@@ -341,12 +341,12 @@ class Database:
                 # fails, sometimes leaving asyncpg's protocol mid-operation: it is closed for
                 # good (the idle ones with it), and the read, harmless to repeat, gets one
                 # more try on a fresh one. A server still away fails again: an outage, which
-                # its own line reports (Outage), so nothing is said here then.
+                # its own line reports (so nothing is said here then).
                 pool.discard(conn)
                 pool.discard_idle()
                 if attempt == 2:
                     raise
-                gone = type(exc).__name__
+                dropped = exc
             except asyncpg.PostgresError:
                 pool.release(conn)  # the server refused the statement: the session is fine
                 raise
@@ -355,8 +355,11 @@ class Database:
                 raise
             else:
                 pool.release(conn)
-                if gone is not None:
-                    log.info("database: a pooled connection was gone (%s); read again", gone)
+                if dropped is not None:
+                    log.info(
+                        "database: a pooled connection was gone (%s); read again on a new one",
+                        type(dropped).__name__,
+                    )
                 return rows
         raise AssertionError("unreachable")
 
@@ -498,23 +501,46 @@ def _upgrade_head(connection: Connection) -> None:
 
 
 UPSTREAM_ID_INDEX = "uq_orders_upstream_order_id"
+# One upstream order of one provider (migration 0005: orders.provider_id) belongs to one order.
 SHARED_UPSTREAM_IDS = (
-    "SELECT upstream_order_id, MIN(id), MAX(id), COUNT(*) FROM orders"
+    "SELECT upstream_order_id, MIN(id), MAX(id), COUNT(*), provider_id FROM orders"
     " WHERE upstream_order_id IS NOT NULL AND state <> 'rejected'"
-    " GROUP BY upstream_order_id HAVING COUNT(*) > 1 ORDER BY upstream_order_id"
+    " GROUP BY provider_id, upstream_order_id HAVING COUNT(*) > 1"
+    " ORDER BY provider_id, upstream_order_id"
 )
 
 
+def _upstream_id_columns(connection: Connection) -> list[str]:
+    """The index's columns for this schema: before migration 0005 there is no provider."""
+    columns = {c["name"] for c in inspect(connection).get_columns("orders")}
+    return (
+        ["provider_id", "upstream_order_id"] if "provider_id" in columns else ["upstream_order_id"]
+    )
+
+
 def ensure_unique_upstream_ids(connection: Connection) -> bool:
-    """Make the database refuse a second order on one upstream order, when its data allows:
-    a database where two orders already share one keeps a plain index (so a migration never
-    fails on old data), `ledger verify` lists them, and the next `migrate` after they are
-    fixed makes the index unique. Returns whether it is unique now."""
+    """Make the database refuse a second order on one upstream order (of one provider), when
+    its data allows: a database where two orders already share one keeps a plain index (so a
+    migration never fails on old data), `ledger verify` lists them, and the next `migrate`
+    after they are fixed makes the index unique. Returns whether it is unique now."""
+    columns = _upstream_id_columns(connection)
     found = {i["name"]: i for i in inspect(connection).get_indexes("orders")}
     current = found.get(UPSTREAM_ID_INDEX)
+    if current is not None and list(current["column_names"]) != columns:
+        connection.execute(text(f"DROP INDEX {UPSTREAM_ID_INDEX}"))
+        current = None
     if current is not None and current["unique"]:
         return True
-    shared = connection.execute(text(SHARED_UPSTREAM_IDS)).first() is not None
+    group = ", ".join(columns)
+    shared = (
+        connection.execute(
+            text(
+                f"SELECT {group} FROM orders WHERE upstream_order_id IS NOT NULL"
+                f" AND state <> 'rejected' GROUP BY {group} HAVING COUNT(*) > 1"
+            )
+        ).first()
+        is not None
+    )
     if current is not None and shared:
         return False
     if current is not None:
@@ -522,7 +548,7 @@ def ensure_unique_upstream_ids(connection: Connection) -> bool:
     unique = "" if shared else "UNIQUE "
     connection.execute(
         text(
-            f"CREATE {unique}INDEX {UPSTREAM_ID_INDEX} ON orders (upstream_order_id)"
+            f"CREATE {unique}INDEX {UPSTREAM_ID_INDEX} ON orders ({group})"
             " WHERE state <> 'rejected'"
         )
     )

@@ -54,6 +54,8 @@ STARTUP_TIMEOUT_SECONDS = 15.0
 class DemoInfo:
     url: str
     docs_url: str
+    dashboard_url: str
+    admin_token: str  # signs in to the dashboard (and opens /admin) for this demo only
     simulator_url: str
     database: str
     customer_id: int
@@ -179,6 +181,7 @@ async def demo_running(
         db_path = (workdir or Path.cwd()).resolve() / DEMO_DB
         _fresh_database(db_path)
         sim_key = secrets.token_hex(16)
+        admin_token = secrets.token_urlsafe(32)  # a new one per demo: the dashboard's sign-in
         # Readable request lines in a terminal, unless the operator chose a format.
         readable = {} if "SMMGW_LOG_FORMAT" in os.environ else {"log_format": "text"}
         settings = load_settings(
@@ -188,6 +191,7 @@ async def demo_running(
             # Only SmartPanel decodes its parameters twice.
             upstream_double_decode=upstream_dialect == "smartpanel",
             sync_interval_seconds=DEMO_SYNC_SECONDS,
+            admin_token=admin_token,
             **readable,
         )
         db = Database(settings.database_url)
@@ -253,6 +257,8 @@ async def demo_running(
         yield DemoInfo(
             url=url,
             docs_url=f"http://{HOST}:{port}/docs",
+            dashboard_url=f"http://{HOST}:{port}/dashboard",
+            admin_token=admin_token,
             simulator_url=settings.upstream_url,
             database=str(db_path),
             customer_id=customer_id,
@@ -305,12 +311,14 @@ def describe(info: DemoInfo) -> str:
         "smm-gateway demo: the simulator and the gateway are running.",
         "",
         f"  gateway    {info.url}   (docs: {info.docs_url})",
+        f"  dashboard  {info.dashboard_url}   (sign in with the admin token below)",
         f"  upstream   {info.simulator_url}   (the simulator; {info.services} services)",
         f"             imitating {info.upstream_family}",
         f"  database   {info.database}",
         f"  customer   {info.customer} (id {info.customer_id}): markup {info.markup_percent}%,"
         f" balance {info.balance} {info.currency}, dialect {info.dialect}",
         f"  key        {info.key}",
+        f"  admin      {info.admin_token}   (this demo's SMMGW_ADMIN_TOKEN)",
     ]
     for heading, commands in command_groups(info):
         lines += ["", heading, *(f"  {command}" for command in commands)]

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.db import SHARED_UPSTREAM_IDS, Conn, Database
 from app.errors import NotFound, OperatorError
-from app.models import Customer, LedgerEntry, Order, utcnow
+from app.models import DEFAULT_PROVIDER_ID, Customer, LedgerEntry, Order, utcnow
 from app.money import MAX_AMOUNT, render
 from app.settlement import settlement_problems
 
@@ -271,25 +271,45 @@ class EntryView:
 async def history(db: Database, customer_id: int, limit: int = 100) -> list[EntryView]:
     """The newest entries first, each with the balance it left (a running sum over all the
     customer's entries, taken before the limit)."""
-    running = (
-        select(
-            LedgerEntry.id,
-            LedgerEntry.customer_id,
-            LedgerEntry.amount,
-            LedgerEntry.kind,
-            LedgerEntry.order_id,
-            LedgerEntry.ref,
-            LedgerEntry.memo,
-            LedgerEntry.created_at,
-            # Cast: PostgreSQL's sum of a bigint is a numeric.
-            cast(func.sum(LedgerEntry.amount).over(order_by=LedgerEntry.id), BigInteger).label(
-                "balance_after"
+    return await entries(db, customer_id=customer_id, limit=limit)
+
+
+async def entries(
+    db: Database,
+    *,
+    customer_id: int | None = None,
+    order_id: int | None = None,
+    kind: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[EntryView]:
+    """Entries newest first, of one customer, one order, one kind or all; each with the
+    balance it left its customer (a running sum over all that customer's entries)."""
+    running = select(
+        LedgerEntry.id,
+        LedgerEntry.customer_id,
+        LedgerEntry.amount,
+        LedgerEntry.kind,
+        LedgerEntry.order_id,
+        LedgerEntry.ref,
+        LedgerEntry.memo,
+        LedgerEntry.created_at,
+        # Cast: PostgreSQL's sum of a bigint is a numeric.
+        cast(
+            func.sum(LedgerEntry.amount).over(
+                partition_by=LedgerEntry.customer_id, order_by=LedgerEntry.id
             ),
-        )
-        .where(LedgerEntry.customer_id == customer_id)
-        .subquery()
+            BigInteger,
+        ).label("balance_after"),
     )
-    stmt = select(running).order_by(running.c.id.desc()).limit(limit)
+    if customer_id is not None:  # inside the running sum: it only needs this customer's rows
+        running = running.where(LedgerEntry.customer_id == customer_id)
+    sub = running.subquery()
+    stmt = select(sub).order_by(sub.c.id.desc()).limit(limit).offset(offset)
+    if order_id is not None:
+        stmt = stmt.where(sub.c.order_id == order_id)
+    if kind is not None:
+        stmt = stmt.where(sub.c.kind == kind)
     async with db.read() as conn:
         return [EntryView(*row) for row in await conn.execute(stmt)]
 
@@ -400,5 +420,6 @@ async def _shared_upstream_ids(conn: Conn) -> list[str]:
     more: its index stayed plain, app.db.ensure_unique_upstream_ids)."""
     return [
         f"upstream order {uid} is attached to {count} orders ({first} … {last})"
-        for uid, first, last, count in await conn.execute(text(SHARED_UPSTREAM_IDS))
+        + ("" if provider == DEFAULT_PROVIDER_ID else f" on provider {provider}")
+        for uid, first, last, count, provider in await conn.execute(text(SHARED_UPSTREAM_IDS))
     ]

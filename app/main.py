@@ -13,7 +13,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app import metrics
 from app.admin.router import router as admin_router
-from app.catalog import catalog_state, stored_family, sync_catalog, upstream_state
+from app.catalog import catalog_state, stored_family, sync_catalogs, upstream_state
+from app.dashboard.router import routes as dashboard_routes
 from app.db import Database, is_unreachable, ping
 from app.docs import install_docs
 from app.gauges import DbCollector, Gauges
@@ -24,6 +25,7 @@ from app.orders.placing import SEND_MARGIN_SECONDS
 from app.panel.openapi import install_openapi
 from app.panel.router import router as panel_router
 from app.panel.services_cache import ServicesCache
+from app.providers import ProviderClients
 from app.settings import Settings, get_settings
 from app.sync import sync_forever
 from app.upstream import UpstreamClient
@@ -39,16 +41,28 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.db = Database(settings.database_url)
-        self.upstream = UpstreamClient.from_settings(settings, transport=upstream_transport)
+        # One client per provider (the transport, when given, serves every one of them).
+        self.providers = ProviderClients(settings, upstream_transport)
         self.limiter = build_limiter(settings)  # None: no per-key rate limit
-        self.gauges = Gauges(self.db, self.upstream, settings.metrics_refresh_seconds)
+        self.gauges = Gauges(
+            self.db, self.upstream, settings.metrics_refresh_seconds, clients=self.providers
+        )
         self.services_cache = ServicesCache()  # the rendered `services` replies
+
+    @property
+    def upstream(self) -> UpstreamClient:
+        """Provider `default`'s client as the settings define it (today's single upstream)."""
+        return self.providers.default
+
+    @upstream.setter
+    def upstream(self, client: UpstreamClient) -> None:
+        self.providers.default = client
 
     async def close(self) -> None:
         await self.gauges.close()
         if self.limiter is not None:
             await self.limiter.aclose()
-        await self.upstream.aclose()
+        await self.providers.aclose()
         await self.db.dispose()
 
 
@@ -56,7 +70,8 @@ async def refresh_catalog_forever(gateway: Gateway) -> None:
     """Sync the catalog now, then every SMMGW_SERVICES_TTL_SECONDS; failures keep the old one."""
     while True:
         try:
-            await sync_catalog(gateway.db, gateway.upstream)
+            await gateway.providers.refresh(gateway.db)
+            await sync_catalogs(gateway.db, gateway.providers)
         except Exception as exc:  # the loop must outlive any one bad pass
             if is_unreachable(exc):  # an outage: said once, by the database's own line
                 gateway.db.outage.failed(exc)
@@ -78,9 +93,13 @@ async def sync_orders_forever(gateway: Gateway) -> None:
     """The status sync (which also recovers orders a crash left in `sending`)."""
     await sync_forever(
         gateway.db,
-        gateway.upstream,
+        gateway.providers,
         gateway.settings.sync_interval_seconds,
-        sending_grace_seconds(gateway.settings),
+        # A provider may have timeouts longer than the settings': the longest call decides.
+        max(
+            sending_grace_seconds(gateway.settings),
+            gateway.providers.max_call_seconds + SEND_MARGIN_SECONDS,
+        ),
     )
 
 
@@ -111,6 +130,7 @@ def create_app(
         # Until this process has read the catalog itself: the family its last sync heard.
         with suppress(SQLAlchemyError, OSError):
             gateway.upstream.family_heard = await stored_family(gateway.db)
+            await gateway.providers.refresh(gateway.db)
         loops = [refresh_catalog_forever] if background else []
         if background and settings.sync_in_process:
             loops.append(sync_orders_forever)
@@ -135,6 +155,8 @@ def create_app(
     app.include_router(panel_router)
     # Off (no SMMGW_ADMIN_TOKEN), the admin API answers 404 and the documents leave it out.
     app.include_router(admin_router, include_in_schema=bool(settings.admin_token))
+    # The operator's web pages: off (404) like the admin API, never in the documents.
+    app.include_router(dashboard_routes, include_in_schema=False)
     app.add_middleware(HeadAsGetMiddleware)  # inside the log line: it still says HEAD
     # Request id, one log line and the request metrics per request (pure ASGI: cheap).
     app.add_middleware(RequestLogMiddleware, on_done=metrics.observe_request)

@@ -86,6 +86,18 @@ UPSTREAM_SECONDS = Histogram(
     ["action", "result"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60),
 )
+# The same calls by provider (issue 13); the two above stay the sum over providers, as before.
+PROVIDER_CALLS = Counter(
+    "smmgw_provider_calls_total",
+    "Upstream calls by provider, action and outcome (answer, refused:<reason>, …).",
+    ["provider", "action", "outcome"],
+)
+PROVIDER_SECONDS = Histogram(
+    "smmgw_provider_call_duration_seconds",
+    "Upstream call latency by provider, action and result (answer, refused, ambiguous).",
+    ["provider", "action", "result"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60),
+)
 RATE_LIMIT_FAIL_OPEN = Counter(
     "smmgw_rate_limit_fail_open_total",
     "Requests let through without a rate limit because Redis could not be asked.",
@@ -152,12 +164,17 @@ def observe_items(action: str, errors: list[str | None]) -> None:
         ITEMS.labels(action, "ok" if message is None else error_class(message)).inc()
 
 
-def observe_upstream(action: str, outcome: object, seconds: float) -> None:
+def observe_upstream(
+    action: str, outcome: object, seconds: float, provider: str = "default"
+) -> None:
     """One upstream call: `outcome` is an app.upstream Answer, Refused or Ambiguous."""
     result = type(outcome).__name__.lower()
     reason = getattr(outcome, "reason", None)
-    UPSTREAM_CALLS.labels(action, f"{result}:{reason}" if reason else result).inc()
+    labelled = f"{result}:{reason}" if reason else result
+    UPSTREAM_CALLS.labels(action, labelled).inc()
     UPSTREAM_SECONDS.labels(action, result).observe(seconds)
+    PROVIDER_CALLS.labels(provider, action, labelled).inc()
+    PROVIDER_SECONDS.labels(provider, action, result).observe(seconds)
 
 
 UPSTREAM_UNUSABLE = Counter(

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     upstream_connect_timeout_seconds: float = Field(5.0, gt=0)
     upstream_timeout_seconds: float = Field(30.0, gt=0)
     admin_token: str = ""
+    # Encrypts the API keys of the providers added with `providers add` (Fernet); unset, a
+    # provider with a key cannot be added. The `default` provider's key stays UPSTREAM_KEY.
+    secret_key: str = ""
+    # How long a dashboard sign-in lasts (from the sign-in, however busy the session).
+    dashboard_session_seconds: float = Field(8 * 3600.0, gt=0, le=30 * 24 * 3600.0)
     default_markup_percent: Decimal = Field(Decimal(0), ge=0, le=10_000)
     default_dialect: Dialect = "standard"
     currency: str = Field("USD", min_length=1, max_length=8)

@@ -175,7 +175,9 @@ class UpstreamClient:
         max_link_length: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 20,
+        provider: str = "default",
     ) -> None:
+        self.provider = provider  # its name, for logs and metrics labels
         self._url = url
         self._key = key
         self._double_decode_setting = double_decode  # None: as the family does
@@ -238,7 +240,7 @@ class UpstreamClient:
         return self.connect_timeout + self.read_timeout
 
     def __repr__(self) -> str:  # never the key
-        return f"UpstreamClient(url={self._url!r})"
+        return f"UpstreamClient(provider={self.provider!r}, url={self._url!r})"
 
     async def __aenter__(self) -> UpstreamClient:
         return self
@@ -268,7 +270,7 @@ class UpstreamClient:
                             action, reason, elapsed_ms, message)
             case Ambiguous(reason=reason):
                 log.warning("upstream %s: ambiguous (%s) in %.0f ms", action, reason, elapsed_ms)
-        metrics.observe_upstream(action, outcome, elapsed_ms / 1000)
+        metrics.observe_upstream(action, outcome, elapsed_ms / 1000, self.provider)
         return outcome
 
     async def _post(self, form: dict[str, str]) -> Outcome:

@@ -81,6 +81,18 @@ async def _truncate_postgres(db: Database) -> None:
         )
         for schema, sequence in sequences.all():
             await conn.execute(text(f'ALTER SEQUENCE "{schema}"."{sequence}" RESTART'))
+        await insert_default_provider(conn)
+
+
+async def insert_default_provider(conn) -> None:  # type: ignore[no-untyped-def]
+    """Provider `default` is the migration's (0005): an emptied database gets it back, as a
+    freshly migrated one has it (its sequence restarted, so it is id 1 again)."""
+    await conn.execute(
+        text(
+            "INSERT INTO providers (name, enabled, created_at, updated_at)"
+            " VALUES ('default', true, now(), now())"
+        )
+    )
 
 
 @pytest.fixture(scope="session")

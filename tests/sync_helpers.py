@@ -53,8 +53,9 @@ class Account:
 def customer_rate(service_id: int, markup_bp: int | None, default_bp: int = 0) -> int:
     """The customer's rate for a simulator service: the upstream rate with their markup, or
     the default markup (SMMGW_DEFAULT_MARKUP_PERCENT, 0 in these tests) when they have none."""
-    return apply_markup(SERVICES[service_id].rate_micros,
-                        default_bp if markup_bp is None else markup_bp)
+    return apply_markup(
+        SERVICES[service_id].rate_micros, default_bp if markup_bp is None else markup_bp
+    )
 
 
 def expected_charge(service_id: int, units: int, markup_bp: int | None) -> int:
@@ -384,6 +385,7 @@ def expected_refund(order: OrderView, heard: Mapping[str, Any], upstream_kept: i
     assert status == "Partial", heard
     flat = SERVICES[order.service_id].type in ("Package", "Custom Comments Package")
     if flat or "remains" not in heard:  # packages; SmartPanel's drip-feed parents
-        return ratio_refund(order.charge, upstream_kept, upstream_cost(order.service_id,
-                                                                       order.quantity))
+        return ratio_refund(
+            order.charge, upstream_kept, upstream_cost(order.service_id, order.quantity)
+        )
     return partial_refund(order.charge, sim_remains(heard["remains"]), order.quantity)

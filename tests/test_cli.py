@@ -19,11 +19,15 @@ import asyncpg
 import httpx
 import pytest
 from conftest import POSTGRES_ADMIN_URL, SKIP_POSTGRES
+from dashboard_helpers import csrf_of, sign_in
 from helpers import free_port, simulator_on_port
 from typer.testing import CliRunner
 
+from app import providers
 from app.cli import app
+from app.db import Database
 from app.demo import DEMO_DB, demo_running
+from app.money import parse_micros
 from app.simulator import SimConfig
 
 SIM_KEY = "cli-test-sim-key"
@@ -537,6 +541,21 @@ async def test_demo_serves_the_demo_customer(tmp_path: Path) -> None:
             assert balance.json()["balance"] == "100.00"
             services = await client.post(info.url, data={"key": info.key, "action": "services"})
             assert len(services.json()) == info.services
+        # The dashboard is on, for the token the demo printed (a new one per demo).
+        assert info.dashboard_url == f"http://127.0.0.1:{port}/dashboard"
+        base = info.dashboard_url.removesuffix("/dashboard")
+        async with httpx.AsyncClient(base_url=base) as browser:
+            await sign_in(browser, info.admin_token)
+            customers = await browser.get("/dashboard/customers")
+            assert customers.status_code == 200 and info.customer in customers.text
+        async with httpx.AsyncClient(base_url=base) as stranger:
+            form = await stranger.get("/dashboard/login")
+            refused = await stranger.post(
+                "/dashboard/login",
+                data={"csrf": csrf_of(form.text), "token": "x" * 43, "next": "/dashboard"},
+            )
+            assert refused.headers.get("location") != "/dashboard"
+            assert (await stranger.get("/dashboard/customers")).status_code != 200
     async with httpx.AsyncClient() as client:  # both servers stopped
         for url in (info.url, info.simulator_url):
             with pytest.raises(httpx.ConnectError):
@@ -668,3 +687,40 @@ def test_serve_applies_its_http_limits(db_file: Path, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
+
+
+def test_providers_add_list_show_set_and_the_low_balance_warning(
+    monkeypatch: pytest.MonkeyPatch, db_file: Path
+) -> None:
+    """Issue 13: a provider's key needs SMMGW_SECRET_KEY, is never shown after it is set (a
+    fingerprint names it), and a balance heard below the threshold is a warning line on
+    every command."""
+    new = ("providers", "add", "b", "--url", "http://b.test/api/v2", "--key", "b-key-123")
+    added = cli(*new, code=1)
+    assert "SMMGW_SECRET_KEY" in one_line_error(added)
+    monkeypatch.setenv("SMMGW_SECRET_KEY", "x" * 40)
+    shown = cli_json(*new, "--family", "standard", "--low-balance", "5")
+    assert (shown["name"], shown["family"], shown["low_balance_threshold"]) == (
+        "b",
+        "standard",
+        "5.00",
+    )
+    listed = cli_json("providers", "list")
+    assert [p["name"] for p in listed] == ["default", "b"]
+    assert listed[0]["url"] is None and listed[0]["key"] == "from SMMGW_UPSTREAM_KEY"
+    for args in (("providers", "list"), ("providers", "show", "b"), ("providers", "show", "2")):
+        assert "b-key-123" not in cli(*args).output
+    assert cli_json("providers", "set", "b", "--timeout", "7")["read_timeout_seconds"] == 7.0
+    assert cli_json("providers", "disable", "b")["enabled"] is False
+    assert cli_json("providers", "enable", "2")["enabled"] is True
+    assert "WARNING: low balance" not in cli("customers", "list").stderr
+
+    async def heard_balance() -> None:
+        db = Database(f"sqlite:///{db_file}")
+        await providers.record_balance(db, 2, parse_micros("4.5"), "USD")
+        await db.dispose()
+
+    asyncio.run(heard_balance())
+    warned = cli("customers", "list").stderr
+    assert "WARNING: low balance at provider b 4.50 USD < 5.00" in warned
+    assert cli_json("providers", "show", "b")["low_balance"] is True

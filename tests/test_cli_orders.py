@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import insert_default_provider
 from helpers import free_port, simulator_on_port
 from sqlalchemy import text
 from typer.testing import CliRunner
@@ -56,6 +57,7 @@ async def _truncate(url: str) -> None:
         tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
         async with db.write() as conn:
             await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            await insert_default_provider(conn)
     finally:
         await db.dispose()
 

@@ -51,6 +51,8 @@ def rules_of(service_id: int) -> UpstreamRules:
     """The docs' subscriptions are for providers that take them; the rest for SmartPanel's."""
     subscription = SAMPLE_SERVICES["Subscriptions"].id
     return STANDARD_RULES if service_id == subscription else SMARTPANEL_RULES
+
+
 UNREACHABLE_UPSTREAM = "http://127.0.0.1:9/api/v1"  # docs never need the upstream
 
 
@@ -158,8 +160,9 @@ def test_every_other_route_is_documented_as_fastapi_documents_it(
         assert doc["components"]["schemas"][name] == schema
     for name, scheme in plain.get("components", {}).get("securitySchemes", {}).items():
         assert doc["components"]["securitySchemes"][name] == scheme
-    admin = [op for p, item in doc["paths"].items() if p.startswith("/admin")
-             for op in item.values()]
+    admin = [
+        op for p, item in doc["paths"].items() if p.startswith("/admin") for op in item.values()
+    ]
     assert all(op.get("tags") == ["admin"] for op in admin)
     assert doc["tags"][0]["name"] == PANEL_TAG
 
@@ -381,8 +384,11 @@ def test_swagger_ui_renders_offline(chromium: str, gateway_url: str, tmp_path: P
     dom, requests = _render(chromium, f"{gateway_url}/docs", tmp_path)
     _assert_offline(requests, ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"))
     # Swagger UI built the page: the panel operation is open on arrival.
-    opblock = re.search(rf'<div class="opblock opblock-post ([^"]*)" id="operations-'
-                        rf'{PANEL_TAG.replace(" ", "_")}-{MAIN_OPERATION_ID}"', dom)
+    opblock = re.search(
+        rf'<div class="opblock opblock-post ([^"]*)" id="operations-'
+        rf'{PANEL_TAG.replace(" ", "_")}-{MAIN_OPERATION_ID}"',
+        dom,
+    )
     assert opblock and "is-open" in opblock[1], "the panel operation is not rendered open"
     text = _text(dom)
     for heading in ("Integrating", "Two dialects", "Errors", "Retrying add safely"):
@@ -391,7 +397,9 @@ def test_swagger_ui_renders_offline(chromium: str, gateway_url: str, tmp_path: P
     selects = re.findall(r"<select[^>]*>(.*?)</select>", dom, flags=re.S)
     options = [re.findall(r'<option value="([^"]*)"', s) for s in selects]
     assert [
-        "application/json", "application/x-www-form-urlencoded", "multipart/form-data"
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
     ] in options
     request_examples = next(o for o in options if "request.services" in o)
     for action in ACTIONS:
@@ -401,8 +409,11 @@ def test_swagger_ui_renders_offline(chromium: str, gateway_url: str, tmp_path: P
         key = "request.add." + re.sub(r"[^A-Za-z0-9]", "", service_type.title())
         assert key in request_examples, service_type
     reply_examples = next(o for o in options if "reply.services.standard" in o)
-    assert {"reply.services.smartpanel", "reply.status.multi.smartpanel",
-            "error.Invalid_API_key"} <= set(reply_examples)
+    assert {
+        "reply.services.smartpanel",
+        "reply.status.multi.smartpanel",
+        "error.Invalid_API_key",
+    } <= set(reply_examples)
     assert "/api/v1" in text and "admin" in text
 
 

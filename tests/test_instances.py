@@ -162,8 +162,8 @@ async def test_a_pass_does_not_repoll_what_another_instance_just_refreshed(
     h = harness
     who = await h.customer()
     await h.place_many(
-        who, [{"service": "9", "link": f"https://ig.test/{i}", "quantity": "500"}
-              for i in range(60)]
+        who,
+        [{"service": "9", "link": f"https://ig.test/{i}", "quantity": "500"} for i in range(60)],
     )
     first_tap = UpstreamTap(h.simulator, hold_after=1)  # its second batch waits for us
     second_tap = UpstreamTap(h.simulator)
@@ -177,8 +177,7 @@ async def test_a_pass_does_not_repoll_what_another_instance_just_refreshed(
     try:
         h.clock.advance(h.tick)
         running = asyncio.create_task(
-            sync_pass(h.db, first, sending_grace_seconds=h.grace, batch_size=20,
-                      min_age_seconds=60)
+            sync_pass(h.db, first, sending_grace_seconds=h.grace, batch_size=20, min_age_seconds=60)
         )
         await asyncio.wait_for(first_tap.holding.wait(), 10)  # one batch done, one leased
         # As sync_forever runs it: what was refreshed within half an interval is left alone.
@@ -260,8 +259,14 @@ async def test_two_worker_processes_on_postgresql_settle_each_order_once(
         args = [postgres_url, f"{real_simulator}/api/v1", SIM_KEY, start_at]
         procs = [
             await asyncio.create_subprocess_exec(
-                sys.executable, "-c", WORKER, *args, cwd=ROOT, env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                sys.executable,
+                "-c",
+                WORKER,
+                *args,
+                cwd=ROOT,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             for _ in range(2)
         ]

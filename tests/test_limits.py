@@ -192,18 +192,25 @@ class TestBodyAndIds:
 
     async def test_an_oversized_body_is_413(self, client: httpx.AsyncClient, db: Database):
         alice = await new_customer(db, "alice")
-        small = await client.post("/api/v2", data={"key": alice.key, "action": "balance",
-                                                   "pad": "x" * 100})
+        small = await client.post(
+            "/api/v2", data={"key": alice.key, "action": "balance", "pad": "x" * 100}
+        )
         assert_served(small)
-        big = await client.post("/api/v2", data={"key": alice.key, "action": "balance",
-                                                 "pad": "x" * 400})
+        big = await client.post(
+            "/api/v2", data={"key": alice.key, "action": "balance", "pad": "x" * 400}
+        )
         assert big.status_code == 413
         assert big.json() == {"error": contract.BODY_TOO_LARGE}
 
-    @pytest.mark.parametrize(("action", "param"), [
-        ("status", "orders"), ("refill", "orders"), ("cancel", "orders"),
-        ("refill_status", "refills"),
-    ])
+    @pytest.mark.parametrize(
+        ("action", "param"),
+        [
+            ("status", "orders"),
+            ("refill", "orders"),
+            ("cancel", "orders"),
+            ("refill_status", "refills"),
+        ],
+    )
     async def test_more_ids_than_the_setting_are_refused(
         self, client: httpx.AsyncClient, db: Database, action: str, param: str
     ) -> None:
@@ -218,10 +225,15 @@ class TestBodyAndIds:
         assert "error" not in reply and len(reply) == 5
 
 
-@pytest.mark.parametrize(("action", "param"), [
-    ("status", "orders"), ("refill", "orders"), ("cancel", "orders"),
-    ("refill_status", "refills"),
-])
+@pytest.mark.parametrize(
+    ("action", "param"),
+    [
+        ("status", "orders"),
+        ("refill", "orders"),
+        ("cancel", "orders"),
+        ("refill_status", "refills"),
+    ],
+)
 async def test_101_ids_are_refused_by_default(
     gateway_app: FastAPI, client: httpx.AsyncClient, db: Database, action: str, param: str
 ) -> None:
@@ -251,8 +263,11 @@ async def redis_prefix() -> AsyncIterator[str]:
         await client.ping()
     except (redis.RedisError, OSError) as exc:
         await client.aclose()
-        pytest.fail(f"Redis at {REDIS_URL} is unreachable ({exc}); set SMMGW_TEST_SKIP_REDIS=1"
-                    " to skip the Redis tests deliberately", pytrace=False)
+        pytest.fail(
+            f"Redis at {REDIS_URL} is unreachable ({exc}); set SMMGW_TEST_SKIP_REDIS=1"
+            " to skip the Redis tests deliberately",
+            pytrace=False,
+        )
     prefix = f"smmgw-test:{uuid.uuid4().hex}:"
     try:
         yield prefix
@@ -273,10 +288,18 @@ async def redis_keys(prefix: str) -> dict[str, int]:
 
 
 async def test_two_instances_share_one_limit_in_redis(
-    database_url: str, db: Database, started, redis_prefix: str  # type: ignore[no-untyped-def]
+    database_url: str,
+    db: Database,
+    started,
+    redis_prefix: str,  # type: ignore[no-untyped-def]
 ) -> None:
-    settings = gateway_settings(database_url, rate_limit_per_second=0.5, rate_limit_burst=4,
-                                redis_url=REDIS_URL, redis_prefix=redis_prefix)
+    settings = gateway_settings(
+        database_url,
+        rate_limit_per_second=0.5,
+        rate_limit_burst=4,
+        redis_url=REDIS_URL,
+        redis_prefix=redis_prefix,
+    )
     _, first = await started(settings)
     _, second = await started(settings)
     alice = await new_customer(db, "alice")
@@ -295,12 +318,20 @@ async def test_two_instances_share_one_limit_in_redis(
 
 
 async def test_redis_buckets_refill_over_time(
-    database_url: str, db: Database, started, redis_prefix: str  # type: ignore[no-untyped-def]
+    database_url: str,
+    db: Database,
+    started,
+    redis_prefix: str,  # type: ignore[no-untyped-def]
 ) -> None:
     import asyncio
 
-    settings = gateway_settings(database_url, rate_limit_per_second=2, rate_limit_burst=2,
-                                redis_url=REDIS_URL, redis_prefix=redis_prefix)
+    settings = gateway_settings(
+        database_url,
+        rate_limit_per_second=2,
+        rate_limit_burst=2,
+        redis_url=REDIS_URL,
+        redis_prefix=redis_prefix,
+    )
     _, first = await started(settings)
     _, second = await started(settings)
     alice = await new_customer(db, "alice")
@@ -314,10 +345,14 @@ async def test_redis_buckets_refill_over_time(
 
 
 async def test_an_unreachable_redis_fails_open_loudly(
-    database_url: str, db: Database, started, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+    database_url: str,
+    db: Database,
+    started,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
 ) -> None:
-    settings = gateway_settings(database_url, rate_limit_per_second=0.1, rate_limit_burst=1,
-                                redis_url=UNREACHABLE_REDIS)
+    settings = gateway_settings(
+        database_url, rate_limit_per_second=0.1, rate_limit_burst=1, redis_url=UNREACHABLE_REDIS
+    )
     _, client = await started(settings)
     alice = await new_customer(db, "alice")
     before = REGISTRY.get_sample_value("smmgw_rate_limit_fail_open_total") or 0
@@ -326,8 +361,9 @@ async def test_an_unreachable_redis_fails_open_loudly(
         assert_served(await balance(client, alice.key))
     after = REGISTRY.get_sample_value("smmgw_rate_limit_fail_open_total")
     assert after - before == 5
-    errors = [r for r in caplog.records
-              if r.name == "smm_gateway.limits" and r.levelno == logging.ERROR]
+    errors = [
+        r for r in caplog.records if r.name == "smm_gateway.limits" and r.levelno == logging.ERROR
+    ]
     assert len(errors) == 1  # once per outage, not once per request
     assert "WITHOUT a rate limit" in errors[0].getMessage()
     assert alice.key not in caplog.text

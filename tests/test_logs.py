@@ -369,6 +369,8 @@ def test_a_traceback_in_text_cannot_forge_a_line(database_url: str) -> None:
         assert "\r" not in buffer.getvalue()
     finally:
         configure_logging(load_settings())
+
+
 class TestSampledAccessLines:
     """SMMGW_ACCESS_LOG_SAMPLE=3: one line in three of the requests that went well (the first
     included); every request that did not go well keeps its line, with the same fields."""

@@ -2,14 +2,18 @@
 models describe, on SQLite and on PostgreSQL, and the migration history has one head."""
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from conftest import POSTGRES_ADMIN_URL
 from sqlalchemy import Column, Integer, MetaData, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from app import ledger
 from app.db import Database, alembic_config, ensure_unique_upstream_ids
@@ -83,6 +87,25 @@ async def test_migrating_again_is_harmless(db: Database) -> None:
         assert await conn.run_sync(current) == _head()
 
 
+@asynccontextmanager
+async def _never_migrated(  # type: ignore[no-untyped-def]
+    database_url: str, tmp_path
+) -> AsyncIterator[Database]:
+    """A database of the same kind that was never migrated, dropped afterwards."""
+    url = await _fresh_database(database_url, tmp_path)
+    db = Database(url)
+    try:
+        yield db
+    finally:
+        await db.dispose()
+        if not db.is_sqlite:
+            admin = await asyncpg.connect(POSTGRES_ADMIN_URL)
+            try:
+                await admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+            finally:
+                await admin.close()
+
+
 async def _fresh_database(database_url: str, tmp_path) -> str:  # type: ignore[no-untyped-def]
     """An empty database of the same kind, never migrated."""
     if database_url.startswith("sqlite"):
@@ -150,3 +173,73 @@ async def test_old_data_migrates_even_with_a_shared_upstream_id(  # type: ignore
                 await admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
             finally:
                 await admin.close()
+
+
+async def test_a_single_upstream_database_migrates_to_one_provider_default(  # type: ignore[no-untyped-def]
+    database_url: str, tmp_path
+) -> None:
+    """0005 (issue 13): a database made by 0004 with data gets provider `default` (url and key
+    NULL: from the settings, as before), every service becomes its own offer of `default`
+    (same id), every order is `default`'s, and nothing else changes. One upstream order id is
+    then unique per provider."""
+    async with _never_migrated(database_url, tmp_path) as db:
+        async with db.write() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0004"))
+            for sql in [*_OLD_ROWS[:2], _ORDER_0004.format(id="1")]:
+                await conn.execute(text(sql))  # a customer, a service, an order on upstream 777
+            for kind, amount, order in (("topup", 10, "NULL"), ("charge", -5, "1")):
+                ref = "NULL" if order == "NULL" else f"'charge:{order}'"
+                await conn.execute(
+                    text(
+                        "INSERT INTO ledger_entries (customer_id, amount, kind, order_id, ref,"
+                        f" created_at) VALUES (1, {amount}, '{kind}', {order}, {ref},"
+                        " '2026-11-01 00:00:00')"
+                    )
+                )
+            await conn.execute(text("UPDATE customers SET balance = 5"))
+            await conn.execute(
+                text("INSERT INTO kv (key, value) VALUES ('upstream_family', 'smartpanel')")
+            )
+        services_before = await _rows(db, "SELECT * FROM services ORDER BY id")
+        orders_before = await _rows(db, "SELECT * FROM orders ORDER BY id")
+        await db.migrate()
+        assert await _rows(
+            db, "SELECT id, name, url, key_encrypted, enabled, family, family_heard FROM providers"
+        ) == [(1, "default", None, None, True, None, "smartpanel")]
+        assert await _rows(
+            db,
+            "SELECT service_id, provider_id, provider_service_id, position, rate, listed"
+            " FROM service_offers",
+        ) == [(102, 1, 102, 0, 1, True)]
+        assert await _rows(db, "SELECT * FROM services ORDER BY id") == services_before
+        after = await _rows(db, "SELECT * FROM orders ORDER BY id")
+        assert [row[:-1] for row in after] == orders_before  # provider_id is the new last
+        assert [row[-1] for row in after] == [1]
+        assert await ledger.verify(db) == []
+        # Unique per provider: upstream order 777 may exist at another provider too.
+        async with db.write() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO providers (id, name, url, enabled, created_at, updated_at)"
+                    " VALUES (2, 'b', 'http://b.test', true, '2026-12-01', '2026-12-01')"
+                )
+            )
+            second = _ORDER_0004.format(id="2").replace(" (id,", " (provider_id, id,")
+            await conn.execute(text(second.replace("VALUES (2,", "VALUES (2, 2,")))
+        with pytest.raises(IntegrityError):  # but not twice at the same provider
+            async with db.write() as conn:
+                await conn.execute(text("UPDATE orders SET provider_id = 1 WHERE id = 2"))
+
+
+_ORDER_0004 = (
+    "INSERT INTO orders (id, customer_id, service_id, state, status, params, quantity, rate,"
+    " charge, cost, refunded, upstream_order_id, upstream_charge, service_type, settle_by,"
+    " announced, created_at, updated_at) VALUES ({id}, 1, 102, 'placed', 'In progress', '{{}}',"
+    " 1, 5, 5, 5, 0, 777, 4, 'Package', 'charge_ratio', true, '2026-11-01 00:00:00',"
+    " '2026-11-01 00:00:00')"
+)
+
+
+async def _rows(db: Database, sql: str) -> list[tuple]:  # type: ignore[type-arg]
+    async with db.read() as conn:
+        return [tuple(row) for row in (await conn.execute(text(sql))).all()]

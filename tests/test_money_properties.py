@@ -232,9 +232,7 @@ class MoneyMachine(RuleBasedStateMachine):
             return
         assert not gives_away, f"a markup of {markup_bp} bp (free or worse) was taken"
         assert consent or not below, "a price below cost was taken without consent"
-        self.rules[(service, customer)] = (
-            fixed, None if fixed is not None else markup_bp, consent
-        )
+        self.rules[(service, customer)] = (fixed, None if fixed is not None else markup_bp, consent)
 
     @rule(service=st.sampled_from(SERVICE_IDS), customer=st.one_of(st.none(), customers))
     def clear_rule(self, service: int, customer: int | None) -> None:
@@ -263,8 +261,9 @@ class MoneyMachine(RuleBasedStateMachine):
             if whom is not None:
                 customer = whom
         svc = SERVICES[service]
-        priced = self.run(priced_service(self.db, service, customer, self.markups[customer],
-                                         DEFAULT_BP))
+        priced = self.run(
+            priced_service(self.db, service, customer, self.markups[customer], DEFAULT_BP)
+        )
         rate = self.expected_rate(service, customer)
         if priced is None:
             assert rate is None, f"service {service} suspended for a rate {rate} >= cost"
@@ -277,8 +276,14 @@ class MoneyMachine(RuleBasedStateMachine):
         amount = svc.min + (span * scale // 10_000)
         params: dict[str, str] = {"service": str(service), "link": "https://example.com/p"}
         if svc.type == "Subscriptions":
-            params = {"service": str(service), "username": "someone", "min": str(svc.min),
-                      "max": str(amount), "delay": "0", "posts": str(posts)}
+            params = {
+                "service": str(service),
+                "username": "someone",
+                "min": str(svc.min),
+                "max": str(amount),
+                "delay": "0",
+                "posts": str(posts),
+            }
             units = amount * posts
         elif svc.type in ("Custom Comments", "Custom Comments Package"):
             lines = max(svc.min, min(svc.max, 1 + scale % 40))
@@ -315,8 +320,12 @@ class MoneyMachine(RuleBasedStateMachine):
             return None
         assert balance >= request.charge
         self.orders[order_id] = {
-            "customer": customer, "type": svc.type, "charge": request.charge,
-            "cost": request.cost, "quantity": request.quantity, "refunded": 0,
+            "customer": customer,
+            "type": svc.type,
+            "charge": request.charge,
+            "cost": request.cost,
+            "quantity": request.quantity,
+            "refunded": 0,
         }
         return order_id
 
@@ -363,8 +372,16 @@ class MoneyMachine(RuleBasedStateMachine):
         )
         upstream_id = next(self.upstream_ids)
         self.run(commit_outcome(self.db, order, upstream_id))
-        claimed = _Claimed(order, int(info["customer"]), upstream_id,
-                           settle_by(str(info["type"])), quantity, charge, cost, None)
+        claimed = _Claimed(
+            order,
+            int(info["customer"]),
+            upstream_id,
+            settle_by(str(info["type"])),
+            quantity,
+            charge,
+            cost,
+            None,
+        )
         refund = settlement_refund(claimed, status, heard)
         # DESIGN.md, "Status and settlement", computed here independently.
         flat = info["type"] in FLAT
@@ -388,9 +405,13 @@ class MoneyMachine(RuleBasedStateMachine):
             expected = charge - ceil(Fraction(charge * kept, cost))
             # the more the upstream keeps, the less comes back
             less = settlement_refund(
-                claimed, status,
-                UpstreamOrderStatus(status=status, charge_micros=upstream_charge + 1,
-                                    child_orders=heard.child_orders),
+                claimed,
+                status,
+                UpstreamOrderStatus(
+                    status=status,
+                    charge_micros=upstream_charge + 1,
+                    child_orders=heard.child_orders,
+                ),
             )
             assert less <= refund
         assert refund == expected, (status, heard, info, refund, expected)

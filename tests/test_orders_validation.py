@@ -831,8 +831,11 @@ async def test_smartpanel_packages_are_placed_at_the_flat_rate_with_or_without_q
     offered: dict[int, dict[str, Any]],
 ) -> None:
     expected = PLENTY
-    for kind, extra in (("Package", {}), ("Package", {"quantity": "1"}),
-                        ("Custom Comments Package", {"comments": "great\nlovely"})):
+    for kind, extra in (
+        ("Package", {}),
+        ("Package", {"quantity": "1"}),
+        ("Custom Comments Package", {"comments": "great\nlovely"}),
+    ):
         item = first_of_type(offered, kind)
         link = f"https://example.com/pkg/{len(extra)}/{kind.replace(' ', '')}"
         reply = await add(client, alice.key, {"service": item["service"], "link": link, **extra})
@@ -858,9 +861,16 @@ async def test_subscriptions_are_neither_offered_nor_charged_where_the_upstream_
         assert all(s.id in offered for s in subscriptions)
         return
     assert not any(s.id in offered for s in subscriptions)
-    order = {"service": str(subscriptions[0].id), "username": "brand", "min": "100",
-             "max": "200", "delay": "30", "posts": "2", "link": "https://ig.test/brand",
-             "quantity": "100"}
+    order = {
+        "service": str(subscriptions[0].id),
+        "username": "brand",
+        "min": "100",
+        "max": "200",
+        "delay": "30",
+        "posts": "2",
+        "link": "https://ig.test/brand",
+        "quantity": "100",
+    }
     await assert_refused(db, client, sim_client, alice, [(order, SUBSCRIPTIONS_UNAVAILABLE)])
 
 

@@ -105,6 +105,7 @@ class Shell:
             command = command.replace(DB_PLACEHOLDER, self.database_url)
         for documented, free in self.ports.items():
             command = re.sub(rf"(--(?:sim-)?port) {documented}\b", rf"\1 {free}", command)
+            command = re.sub(rf"(://127\.0\.0\.1:){documented}\b", rf"\g<1>{free}", command)
         if _subcommand(command) == "demo" and "--port" not in command:
             command += f" --port {self.ports[8000]} --sim-port {self.ports[9000]}"
         return command

@@ -42,10 +42,12 @@ async def test_refill_single_and_multi(harness: Harness) -> None:
     h = harness
     alice, bob = await h.customer(), await h.customer()
     done = await h.add(alice, service=BOTH, link="https://ig.test/sim:complete", quantity=1000)
-    partial = await h.add(alice, service=REFILL_ONLY, link="https://ig.test/sim:partial",
-                          quantity=500)
-    no_refill = await h.add(alice, service=CANCEL_ONLY, link="https://ig.test/sim:complete",
-                            quantity=500)
+    partial = await h.add(
+        alice, service=REFILL_ONLY, link="https://ig.test/sim:partial", quantity=500
+    )
+    no_refill = await h.add(
+        alice, service=CANCEL_ONLY, link="https://ig.test/sim:complete", quantity=500
+    )
     foreign = await h.add(bob, service=BOTH, link="https://ig.test/sim:complete", quantity=1000)
     h.clock.advance(3 * h.tick)
     assert (await h.sync()).settled == 4
@@ -126,8 +128,9 @@ async def test_refill_status_single_and_multi_cached_between_syncs(harness: Harn
 async def test_refill_status_follows_the_upstream_once_stale(harness: Harness) -> None:
     h = harness
     alice = await h.customer()
-    order = await h.add(alice, service=REFILL_ONLY, link="https://ig.test/sim:partial",
-                        quantity=500)
+    order = await h.add(
+        alice, service=REFILL_ONLY, link="https://ig.test/sim:partial", quantity=500
+    )
     h.clock.advance(3 * h.tick)
     await h.sync()
     refill = int((await h.call(alice.key, "refill", order=order))["refill"])
@@ -145,8 +148,9 @@ async def test_refill_status_follows_the_upstream_once_stale(harness: Harness) -
 async def test_cancel_refunds_once_through_settlement(harness: Harness) -> None:
     h = harness
     alice, bob = await h.customer(), await h.customer()
-    finished = await h.add(alice, service=CANCEL_ONLY, link="https://ig.test/sim:complete",
-                           quantity=500)
+    finished = await h.add(
+        alice, service=CANCEL_ONLY, link="https://ig.test/sim:complete", quantity=500
+    )
     h.clock.advance(3 * h.tick)
     await h.sync()
     assert (await h.order(finished)).status == "Completed"
@@ -154,8 +158,9 @@ async def test_cancel_refunds_once_through_settlement(harness: Harness) -> None:
     # Still running when the customer changes their mind.
     first = await h.add(alice, service=CANCEL_ONLY, link="https://ig.test/e", quantity=600)
     second = await h.add(alice, service=BOTH, link="https://ig.test/f", quantity=1000)
-    no_cancel = await h.add(alice, service=REFILL_ONLY, link="https://ig.test/sim:complete",
-                            quantity=500)
+    no_cancel = await h.add(
+        alice, service=REFILL_ONLY, link="https://ig.test/sim:complete", quantity=500
+    )
     foreign = await h.add(bob, service=CANCEL_ONLY, link="https://ig.test/h", quantity=500)
     fresh = {o: (await h.order(o)).charge for o in (first, second, no_cancel)}
     assert fresh[first] == expected_charge(CANCEL_ONLY, 600, alice.markup_bp)

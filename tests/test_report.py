@@ -40,8 +40,14 @@ async def place(h: Harness, who: Account, placed: list, **params: object) -> int
 
 def lines(figures: dict[int, list[int]], names: dict[int, str]) -> list[ReportLine]:
     return [
-        ReportLine(key, names[key], len(rows), sum(r for r, _ in rows),
-                   sum(c for _, c in rows), sum(r - c for r, c in rows))
+        ReportLine(
+            key,
+            names[key],
+            len(rows),
+            sum(r for r, _ in rows),
+            sum(c for _, c in rows),
+            sum(r - c for r, c in rows),
+        )
         for key, rows in sorted(figures.items())
     ]
 
@@ -97,10 +103,19 @@ async def test_report_over_a_scenario_and_its_periods(harness: Harness) -> None:
     await place(h, alice, early, service=102, link="https://ig.test/sim:partial")
     await place(h, bob, early, service=9, link="https://ig.test/sim:cancel", quantity=600)
     await place(h, bob, early, service=24, link="https://tt.test/sim:complete", quantity=1000)
-    await place(h, bob, early, service=5, link="https://ig.test/sim:complete", quantity=500,
-                runs=2, interval=5)
-    refused = await h.call(bob.key, "add", service=9, link="https://ig.test/sim:reject",
-                           quantity=500)
+    await place(
+        h,
+        bob,
+        early,
+        service=5,
+        link="https://ig.test/sim:complete",
+        quantity=500,
+        runs=2,
+        interval=5,
+    )
+    refused = await h.call(
+        bob.key, "add", service=9, link="https://ig.test/sim:reject", quantity=500
+    )
     assert "error" in refused  # refused upstream: refunded, never in the report
     h.clock.advance(4 * h.tick)
     await h.sync()
@@ -154,8 +169,9 @@ async def test_a_canceled_dripfeed_parent_costs_nothing(harness: Harness) -> Non
     refunded in full, the upstream kept nothing of it, and the report says so."""
     h = harness
     dave = await h.customer(markup_bp=2000)
-    oid = await h.add(dave, service=5, link="https://ig.test/sim:cancel", quantity=500, runs=3,
-                      interval=0)
+    oid = await h.add(
+        dave, service=5, link="https://ig.test/sim:cancel", quantity=500, runs=3, interval=0
+    )
     for _ in range(6):
         h.clock.advance(h.tick)
         await h.sync()

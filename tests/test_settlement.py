@@ -230,11 +230,19 @@ async def test_dripfeed_partial_parent_settles(harness: Harness, sim_config: Sim
     dave = await h.customer(markup_bp=2000)
     quantity, runs = 500, 3
     oid = await h.add(
-        dave, service=5, link="https://ig.test/sim:partial", quantity=quantity, runs=runs,
+        dave,
+        service=5,
+        link="https://ig.test/sim:partial",
+        quantity=quantity,
+        runs=runs,
         interval=5,
     )
     done = await h.add(
-        dave, service=5, link="https://ig.test/sim:complete", quantity=quantity, runs=runs,
+        dave,
+        service=5,
+        link="https://ig.test/sim:complete",
+        quantity=quantity,
+        runs=runs,
         interval=5,
     )
     charge = expected_charge(5, quantity * runs, dave.markup_bp)
@@ -280,7 +288,11 @@ async def test_dripfeed_partial_parent_shows_what_its_runs_did_not_deliver(
     erin = await h.customer()
     quantity, runs = 500, 3
     oid = await h.add(
-        erin, service=5, link="https://ig.test/sim:partial", quantity=quantity, runs=runs,
+        erin,
+        service=5,
+        link="https://ig.test/sim:partial",
+        quantity=quantity,
+        runs=runs,
         interval=5,
     )
     h.clock.advance((runs + 2) * h.tick)

@@ -116,8 +116,17 @@ async def test_smartpanel_services_every_field_a_string(sp: Sim) -> None:
     services = response.json()
     assert len(services) == len(LISTED) < len(CATALOG)
     first = services[0]
-    assert list(first) == ["service", "name", "category", "rate", "min", "max", "type", "desc",
-                           "dripfeed"]
+    assert list(first) == [
+        "service",
+        "name",
+        "category",
+        "rate",
+        "min",
+        "max",
+        "type",
+        "desc",
+        "dripfeed",
+    ]
     assert first["service"] == "5" and first["rate"] == "1.0200" and first["dripfeed"] == "1"
     for item in services:
         assert "refill" not in item and "cancel" not in item
@@ -142,10 +151,17 @@ async def test_standard_services_numbers_and_booleans(std: Sim) -> None:
     by_id = {item["service"]: item for item in services}
     five = by_id[5]
     assert five == {
-        "service": 5, "name": "Instagram Followers [15K]", "type": "Default",
+        "service": 5,
+        "name": "Instagram Followers [15K]",
+        "type": "Default",
         "category": "Instagram - Followers [Guaranteed/Refill] - Less Drops \u2b50",
-        "rate": "1.02", "min": "500", "max": "10000", "refill": True, "cancel": False,
-        "dripfeed": True, "desc": "Start: 0-1 hours\nSpeed: 15K/day\nRefill: 30 days",
+        "rate": "1.02",
+        "min": "500",
+        "max": "10000",
+        "refill": True,
+        "cancel": False,
+        "dripfeed": True,
+        "desc": "Start: 0-1 hours\nSpeed: 15K/day\nRefill: 30 days",
     }
     assert "desc" not in by_id[9] and by_id[9]["rate"] == "0.045"
     assert by_id[120]["type"] == "Custom Comments"
@@ -160,11 +176,15 @@ async def test_both_paths_get_and_body_wins(sp: Sim) -> None:
     for path in ("/api/v1", "/api/v2", "/api/v2/"):
         reply = await sp.client.get(path, params={"key": KEY, "action": "balance"})
         assert reply.json() == {"status": "success", "balance": "1000.0000", "currency": "USD"}
-    reply = await sp.client.post("/api/v1", params={"key": "wrong", "action": "services"},
-                                 data={"key": KEY, "action": "balance"})
+    reply = await sp.client.post(
+        "/api/v1",
+        params={"key": "wrong", "action": "services"},
+        data={"key": KEY, "action": "balance"},
+    )
     assert reply.json()["balance"] == "1000.0000"
-    multipart = await sp.client.post("/api/v1", files={"key": (None, KEY),
-                                                       "action": (None, "balance")})
+    multipart = await sp.client.post(
+        "/api/v1", files={"key": (None, KEY), "action": (None, "balance")}
+    )
     assert multipart.json()["status"] == "success"
 
 
@@ -173,8 +193,16 @@ async def test_smartpanel_ignores_json_body_standard_reads_it(sp: Sim, std: Sim)
     assert (await sp.client.post("/api/v1", json=body)).json() == {"error": SP_KEY_ERROR}
     reply = await std.client.post("/api/v2", json=body)
     assert reply.json() == {"status": "success", "balance": "1000.00", "currency": "USD"}
-    numbers = await std.client.post("/api/v2", json={"key": KEY, "action": "add", "service": 5,
-                                                     "link": "https://x.test/a", "quantity": 500})
+    numbers = await std.client.post(
+        "/api/v2",
+        json={
+            "key": KEY,
+            "action": "add",
+            "service": 5,
+            "link": "https://x.test/a",
+            "quantity": 500,
+        },
+    )
     assert numbers.json()["status"] == "success"
 
 
@@ -188,8 +216,12 @@ def test_strip_tags_like_php() -> None:
 
 
 async def test_smartpanel_decodes_every_value_twice(sp: Sim) -> None:
-    await sp.add(service=130, link="https://ig.test/p/a%2Bb+c?x=%41", quantity=1,
-                 comments="nice+one\n<b>bold</b> %3Ci%3E\nI <3 it")
+    await sp.add(
+        service=130,
+        link="https://ig.test/p/a%2Bb+c?x=%41",
+        quantity=1,
+        comments="nice+one\n<b>bold</b> %3Ci%3E\nI <3 it",
+    )
     [order] = await sp.orders()
     assert order["params"]["link"] == "https://ig.test/p/a+b c?x=A"
     assert order["params"]["comments"] == "nice one\nbold \nI "
@@ -220,27 +252,36 @@ async def test_smartpanel_error_texts(sp: Sim) -> None:
         assert await error(action=action, order=1) == {"error": "This action is Invalid"}
     link = "https://ig.test/u"
     assert await error(action="add", service=4, link=link, quantity=600) == {
-        "error": "Service ID does not exists"}
+        "error": "Service ID does not exists"
+    }
     assert await error(action="add", service=5, link=link, quantity=499) == {
-        "error": "Quantity must to be greater than or equal to minimum amount 500"}
+        "error": "Quantity must to be greater than or equal to minimum amount 500"
+    }
     assert await error(action="add", service=5, link=link, quantity=10_001) == {
-        "error": "Quantity must to be less than or equal to maximum amount 10000"}
+        "error": "Quantity must to be less than or equal to maximum amount 10000"
+    }
     assert await error(action="add", service=5, link="", quantity=600) == {"error": "Bad Link"}
     assert await error(action="add", service=5, link="<b></b>", quantity=600) == {
-        "error": "Bad Link"}
-    assert await error(action="add", service=10, link=link, quantity=600, runs=2,
-                       interval=5) == {"error": "This services does not support Dripfeed feature!"}
-    assert await error(action="add", service=5, link=link, quantity=600, runs=2,
-                       interval=7) == {"status": "error", "message": "Invalid Interval in minutes"}
+        "error": "Bad Link"
+    }
+    assert await error(action="add", service=10, link=link, quantity=600, runs=2, interval=5) == {
+        "error": "This services does not support Dripfeed feature!"
+    }
+    assert await error(action="add", service=5, link=link, quantity=600, runs=2, interval=7) == {
+        "status": "error",
+        "message": "Invalid Interval in minutes",
+    }
     assert await error(action="add", service=120, link=link) == {
-        "error": "Comments field is required"}
+        "error": "Comments field is required"
+    }
     assert await error(action="status", order=999) == {"error": "Incorrect order ID"}
     assert await error(action="status", order="12x") == {"error": "Incorrect order ID"}
     empty = await sp.call(action="status")
     assert empty.status_code == 200 and empty.content == b""
     sp.state.balance = 1_000_000
     assert await error(action="add", service=5, link=link, quantity=1000) == {
-        "error": "Not enough funds on balance"}
+        "error": "Not enough funds on balance"
+    }
     assert await sp.orders() == []
 
 
@@ -257,16 +298,20 @@ async def test_standard_error_texts(std: Sim) -> None:
     assert await error(action="nope") == "Incorrect request"
     assert await error(action="add", service=4, link=link, quantity=600) == "Incorrect service ID"
     assert await error(action="add", service=5, link=link, quantity=499) == (
-        "Quantity less than minimal 500")
+        "Quantity less than minimal 500"
+    )
     assert await error(action="add", service=5, link=link, quantity=10_001) == (
-        "Quantity more than maximum 10000")
+        "Quantity more than maximum 10000"
+    )
     assert await error(action="add", service=5, link=" ", quantity=600) == "Bad link"
     assert await error(action="add", service=140, link=link, quantity=1000) == (
-        "Missing parameter: usernames")
+        "Missing parameter: usernames"
+    )
     assert await error(action="status", order=999) == "Incorrect order ID"
     std.state.balance = 0
     assert await error(action="add", service=5, link=link, quantity=600) == (
-        "Not enough funds on balance")
+        "Not enough funds on balance"
+    )
 
 
 async def test_multi_status_bad_id_per_dialect(sp: Sim, std: Sim) -> None:
@@ -283,17 +328,26 @@ async def test_multi_status_bad_id_per_dialect(sp: Sim, std: Sim) -> None:
 # ----- lifecycle ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("marker", "final", "charge", "remains"), [
-    ("sim:complete", "Completed", "1.0200", "0"),
-    ("sim:partial", "Partial", "0.5100", "500"),
-    ("sim:cancel", "Canceled", "0.0000", "1000"),
-])
-async def test_smartpanel_lifecycle_by_marker(sp: Sim, marker: str, final: str, charge: str,
-                                              remains: str) -> None:
+@pytest.mark.parametrize(
+    ("marker", "final", "charge", "remains"),
+    [
+        ("sim:complete", "Completed", "1.0200", "0"),
+        ("sim:partial", "Partial", "0.5100", "500"),
+        ("sim:cancel", "Canceled", "0.0000", "1000"),
+    ],
+)
+async def test_smartpanel_lifecycle_by_marker(
+    sp: Sim, marker: str, final: str, charge: str, remains: str
+) -> None:
     order = await sp.add(service=5, link=f"https://ig.test/u?{marker}", quantity=1000)
-    assert await sp.status(order) == {"order": str(order), "status": "Pending",
-                                      "charge": "1.0200", "start_count": None, "remains": "0",
-                                      "currency": "USD"}
+    assert await sp.status(order) == {
+        "order": str(order),
+        "status": "Pending",
+        "charge": "1.0200",
+        "start_count": None,
+        "remains": "0",
+        "currency": "USD",
+    }
     sp.clock.advance(1.0)
     running = await sp.status(order)
     assert running["status"] == "In progress" and running["start_count"].isdigit()
@@ -310,8 +364,7 @@ async def test_smartpanel_lifecycle_by_marker(sp: Sim, marker: str, final: str, 
 
 
 async def test_reject_marker_refuses_without_an_order(sp: Sim) -> None:
-    reply = await sp.json(action="add", service=5, link="https://ig.test/sim:reject",
-                          quantity=1000)
+    reply = await sp.json(action="add", service=5, link="https://ig.test/sim:reject", quantity=1000)
     assert reply == {"error": "Service ID does not exists"}
     assert await sp.orders() == []
     assert (await sp.json(action="balance"))["balance"] == "1000.0000"
@@ -322,11 +375,15 @@ async def test_random_fates_are_deterministic_by_seed(make_sim: Any) -> None:
     for _ in range(2):
         sim = make_sim(dialect="smartpanel")
         async with sim.client:
-            ids = [await sim.add(service=9, link=f"https://ig.test/{i}", quantity=1000)
-                   for i in range(40)]
+            ids = [
+                await sim.add(service=9, link=f"https://ig.test/{i}", quantity=1000)
+                for i in range(40)
+            ]
             sim.clock.advance(2.0)
-            finals.append([(await sim.status(i))["status"] for i in ids]
-                          + [(await sim.status(i))["remains"] for i in ids])
+            finals.append(
+                [(await sim.status(i))["status"] for i in ids]
+                + [(await sim.status(i))["remains"] for i in ids]
+            )
             first_ids = ids
     assert finals[0] == finals[1]
     statuses = set(finals[0][:40])
@@ -337,9 +394,14 @@ async def test_random_fates_are_deterministic_by_seed(make_sim: Any) -> None:
 
 async def test_standard_status_shape_and_start_count_zero(std: Sim) -> None:
     order = await std.add(service=5, link="https://ig.test/sim:complete", quantity=1000)
-    assert await std.status(order) == {"order": str(order), "charge": "1.0200",
-                                       "start_count": "0", "status": "Pending", "remains": "0",
-                                       "currency": "USD"}
+    assert await std.status(order) == {
+        "order": str(order),
+        "charge": "1.0200",
+        "start_count": "0",
+        "status": "Pending",
+        "remains": "0",
+        "currency": "USD",
+    }
     std.clock.advance(5)
     assert (await std.status(order))["status"] == "Completed"
 
@@ -352,8 +414,9 @@ async def test_package_charges_flat_rate(sp: Sim, std: Sim) -> None:
 
 
 async def test_smartpanel_dripfeed_parent(sp: Sim) -> None:
-    order = await sp.add(service=5, link="https://ig.test/sim:complete", quantity=500, runs=3,
-                         interval=15)
+    order = await sp.add(
+        service=5, link="https://ig.test/sim:complete", quantity=500, runs=3, interval=15
+    )
     assert (await sp.json(action="balance"))["balance"] == "998.4700"  # 1.02 × 1500 / 1000
     first = await sp.status(order)
     assert first["status"] == "In progress" and first["runs"] == "3"
@@ -369,8 +432,9 @@ async def test_smartpanel_dripfeed_parent(sp: Sim) -> None:
 
 
 async def test_dripfeed_partial_refunds_each_run(std: Sim) -> None:
-    order = await std.add(service=5, link="https://ig.test/sim:partial", quantity=500, runs=2,
-                          interval=30)
+    order = await std.add(
+        service=5, link="https://ig.test/sim:partial", quantity=500, runs=2, interval=30
+    )
     std.clock.advance(10)
     status = await std.status(order)
     assert status["status"] == "Partial" and status["remains"] == "500"
@@ -378,8 +442,16 @@ async def test_dripfeed_partial_refunds_each_run(std: Sim) -> None:
 
 
 async def test_standard_subscription(std: Sim) -> None:
-    order = await std.add(service=190, username="brand sim:complete", min=100, max=200,
-                          delay=30, posts=2, old_posts=5, expiry="31/12/2999")
+    order = await std.add(
+        service=190,
+        username="brand sim:complete",
+        min=100,
+        max=200,
+        delay=30,
+        posts=2,
+        old_posts=5,
+        expiry="31/12/2999",
+    )
     # 0.20 × 200 × 2 posts / 1000; old posts are not charged.
     assert (await std.json(action="balance"))["balance"] == "999.92"
     assert (await std.status(order))["status"] == "Pending"
@@ -391,14 +463,12 @@ async def test_standard_subscription(std: Sim) -> None:
     assert len(children) == 2
     post = await std.status(children[1])
     assert post["status"] == "Completed" and post["charge"] == "0.0400"
-    bad_delay = await std.json(action="add", service=190, username="b", min=100, max=200,
-                               delay=7)
+    bad_delay = await std.json(action="add", service=190, username="b", min=100, max=200, delay=7)
     assert bad_delay == {"error": "Invalid parameter: delay"}
 
 
 async def test_subscription_cancel_refunds_everything(std: Sim) -> None:
-    order = await std.add(service=190, username="sim:cancel", min=100, max=100, delay=0,
-                          posts=3)
+    order = await std.add(service=190, username="sim:cancel", min=100, max=100, delay=0, posts=3)
     std.clock.advance(3)
     assert (await std.status(order))["status"] == "Canceled"
     assert (await std.json(action="balance"))["balance"] == "1000.00"
@@ -414,15 +484,16 @@ async def test_standard_refill_and_refill_status(std: Sim) -> None:
     std.clock.advance(2)
     refill = await std.json(action="refill", order=order)
     assert refill["refill"].isdigit()
-    assert await std.json(action="refill_status", refill=refill["refill"]) == {
-        "status": "Pending"}
+    assert await std.json(action="refill_status", refill=refill["refill"]) == {"status": "Pending"}
     many = await std.json(action="refill", orders=f"{order},7")
     assert many[0]["order"] == order and isinstance(many[0]["refill"], int)
     assert many[1] == {"order": 7, "refill": {"error": "Incorrect order ID"}}
     std.clock.advance(2)
     statuses = await std.json(action="refill_status", refills=f"{refill['refill']},3")
-    assert statuses == [{"refill": int(refill["refill"]), "status": "Completed"},
-                        {"refill": 3, "status": {"error": "Incorrect refill ID"}}]
+    assert statuses == [
+        {"refill": int(refill["refill"]), "status": "Completed"},
+        {"refill": 3, "status": {"error": "Incorrect refill ID"}},
+    ]
 
 
 async def test_standard_cancel(std: Sim) -> None:
@@ -437,7 +508,8 @@ async def test_standard_cancel(std: Sim) -> None:
     status = await std.status(cancelable)
     assert status["status"] == "Canceled" and status["charge"] == "0.0000"
     assert await std.json(action="cancel", order=cancelable) == [
-        {"order": cancelable, "cancel": {"error": "Order not eligible for cancel"}}]
+        {"order": cancelable, "cancel": {"error": "Order not eligible for cancel"}}
+    ]
 
 
 # ----- control endpoints ------------------------------------------------------------------------
@@ -452,11 +524,9 @@ async def test_stats_count_every_api_request(sp: Sim) -> None:
     await sp.client.post("/_sim/faults", json={})
     stats = (await sp.client.get("/_sim/stats")).json()
     # A client that keeps its cookies makes one session row, not one per call.
-    assert stats == {"calls": {"services": 1, "balance": 2, "status": 1}, "total": 4,
-                     "sessions": 1}
+    assert stats == {"calls": {"services": 1, "balance": 2, "status": 1}, "total": 4, "sessions": 1}
     await sp.client.post("/_sim/reset-stats")
-    assert (await sp.client.get("/_sim/stats")).json() == {"calls": {}, "total": 0,
-                                                          "sessions": 1}
+    assert (await sp.client.get("/_sim/stats")).json() == {"calls": {}, "total": 0, "sessions": 1}
 
 
 async def test_orders_listing_shows_each_order_once(sp: Sim) -> None:
@@ -492,8 +562,7 @@ async def test_fault_table_validation_and_replace(sp: Sim) -> None:
 def test_faults_from_config(make_sim: Any) -> None:
     sim = make_sim(faults={"garbage": 0.25})
     assert sim.state.faults == {"garbage": 0.25}
-    assert FAULT_KINDS == ("error5xx", "html", "garbage", "drop", "timeout_after_accept",
-                           "reject")
+    assert FAULT_KINDS == ("error5xx", "html", "garbage", "drop", "timeout_after_accept", "reject")
     with pytest.raises(ValueError, match="unknown fault"):
         make_sim(faults={"nope": 1.0})
 
@@ -528,16 +597,15 @@ async def test_drop_in_process_is_a_transport_error_after_the_order(sp: Sim) -> 
 async def test_timeout_in_process_hangs_after_the_order(sp: Sim) -> None:
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(
-            sp.call(action="add", service=5, link="https://ig.test/sim:timeout", quantity=500),
-            0.1)
+            sp.call(action="add", service=5, link="https://ig.test/sim:timeout", quantity=500), 0.1
+        )
     await sp.client.post("/_sim/faults", json={"timeout_after_accept": 1.0})
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(sp.call(action="balance"), 0.1)
     await sp.client.post("/_sim/faults", json={})
     assert len(await sp.orders()) == 1
     sp.state.hang_seconds = 0.05  # past the hang, the reply does come, very late
-    late = await sp.call(action="add", service=5, link="https://ig.test/sim:timeout",
-                         quantity=500)
+    late = await sp.call(action="add", service=5, link="https://ig.test/sim:timeout", quantity=500)
     assert late.json()["status"] == "success"
 
 
@@ -552,8 +620,9 @@ async def test_latency(make_sim: Any) -> None:
 async def test_drop_and_timeout_over_a_real_server(make_sim: Any) -> None:
     sim = make_sim(dialect="smartpanel")
     sim.state.hang_seconds = 5.0  # a safety net; the client disconnect ends the hang sooner
-    server = uvicorn.Server(uvicorn.Config(sim.app, host="127.0.0.1", port=0, log_level="error",
-                                           lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(sim.app, host="127.0.0.1", port=0, log_level="error", lifespan="off")
+    )
     task = asyncio.create_task(server.serve())
     try:
         for _ in range(500):  # uvicorn offers a flag, not an event
@@ -563,14 +632,20 @@ async def test_drop_and_timeout_over_a_real_server(make_sim: Any) -> None:
         assert server.started
         port = server.servers[0].sockets[0].getsockname()[1]
         url = f"http://127.0.0.1:{port}/api/v1"
-        form = {"key": KEY, "action": "add", "service": "5", "link": "https://ig.test/u",
-                "quantity": "500"}
+        form = {
+            "key": KEY,
+            "action": "add",
+            "service": "5",
+            "link": "https://ig.test/u",
+            "quantity": "500",
+        }
         async with httpx.AsyncClient(timeout=httpx.Timeout(0.3)) as client:
             await client.post(f"http://127.0.0.1:{port}/_sim/faults", json={"drop": 1.0})
             with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
                 await client.post(url, data=form)
-            await client.post(f"http://127.0.0.1:{port}/_sim/faults",
-                              json={"timeout_after_accept": 1.0})
+            await client.post(
+                f"http://127.0.0.1:{port}/_sim/faults", json={"timeout_after_accept": 1.0}
+            )
             with pytest.raises(httpx.ReadTimeout):
                 await client.post(url, data=form)
             await client.post(f"http://127.0.0.1:{port}/_sim/faults", json={})
@@ -594,9 +669,11 @@ async def test_smartpanel_packages_need_a_quantity_within_bounds(sp: Sim) -> Non
     link = "https://ig.test/p"
     for service in (102, 130):  # package, custom_comments_package
         assert await sp.json(action="add", service=service, link=link) == {
-            "error": "Quantity is required"}
+            "error": "Quantity is required"
+        }
     assert await sp.json(action="add", service=102, link=link, quantity=2) == {
-        "error": "Quantity must to be less than or equal to maximum amount 1"}
+        "error": "Quantity must to be less than or equal to maximum amount 1"
+    }
     assert await sp.orders() == []
     order = await sp.add(service=130, link=link, quantity=1, comments="great\nnice")
     assert (await sp.status(order))["charge"] == "3.5000"  # the flat rate
@@ -605,7 +682,8 @@ async def test_smartpanel_packages_need_a_quantity_within_bounds(sp: Sim) -> Non
 async def test_smartpanel_list_types_take_quantity_not_lines(sp: Sim) -> None:
     link = "https://ig.test/p"
     assert await sp.json(action="add", service=142, link=link, usernames="a\nb") == {
-        "error": "Quantity is required"}
+        "error": "Quantity is required"
+    }
     # The default branch ignores the list: 12 usernames sent, the quantity is what is charged.
     order = await sp.add(service=142, link=link, quantity=12, usernames="\n".join("abcdefghijkl"))
     assert (await sp.status(order))["charge"] == "0.0360"  # 3.00 × 12 / 1000
@@ -615,13 +693,19 @@ async def test_smartpanel_list_types_take_quantity_not_lines(sp: Sim) -> None:
 
 async def test_smartpanel_has_no_subscriptions(sp: Sim) -> None:
     # A subscriptions service goes through the default branch: link and quantity, no fields.
-    no_link = await sp.json(action="add", service=190, username="brand", min=100, max=200,
-                            delay=30, posts=2)
+    no_link = await sp.json(
+        action="add", service=190, username="brand", min=100, max=200, delay=30, posts=2
+    )
     assert no_link == {"error": "Bad Link"}
-    order = await sp.add(service=190, link="brand", quantity=100, username="brand", min=100,
-                         max=200, delay=30)
-    assert await sp.status(order) == {"status": "Pending", "expiry": False, "posts": None,
-                                      "orders": []}
+    order = await sp.add(
+        service=190, link="brand", quantity=100, username="brand", min=100, max=200, delay=30
+    )
+    assert await sp.status(order) == {
+        "status": "Pending",
+        "expiry": False,
+        "posts": None,
+        "orders": [],
+    }
     [row] = await sp.orders()
     assert row["kind"] == "plain" and row["charge"] == "0.0200"  # 0.20 × 100, a plain order
 
@@ -632,17 +716,16 @@ async def test_smartpanel_dripfeed_bounds_apply_to_the_total(sp: Sim) -> None:
     order = await sp.add(service=14, link=link, quantity=30, runs=2, interval=0)
     status = await sp.status(order)
     assert status["runs"] == "2" and isinstance(status["runs"], str)
-    assert await sp.json(action="add", service=14, link=link, quantity=20, runs=2,
-                         interval=0) == {
-        "error": "Quantity must to be greater than or equal to minimum amount 50"}
-    assert await sp.json(action="add", service=14, link=link, quantity=30_000, runs=2,
-                         interval=0) == {
-        "error": "Quantity must to be less than or equal to maximum amount 50000"}
+    assert await sp.json(action="add", service=14, link=link, quantity=20, runs=2, interval=0) == {
+        "error": "Quantity must to be greater than or equal to minimum amount 50"
+    }
+    assert await sp.json(
+        action="add", service=14, link=link, quantity=30_000, runs=2, interval=0
+    ) == {"error": "Quantity must to be less than or equal to maximum amount 50000"}
 
 
 async def test_smartpanel_splits_comments_on_the_pipe(sp: Sim) -> None:
-    order = await sp.add(service=120, link="https://ig.test/p",
-                         comments="a | b\r\nc\n\nd\ne")
+    order = await sp.add(service=120, link="https://ig.test/p", comments="a | b\r\nc\n\nd\ne")
     [row] = await sp.orders()
     assert json.loads(row["stored"]["comments"]) == ["a", "b", "c", "", "d", "e"]
     assert (await sp.status(order))["charge"] == "0.0540"  # 6 comments × 9.00 / 1000
@@ -665,21 +748,24 @@ async def test_smartpanel_shows_error_statuses_as_pending(sp: Sim) -> None:
 async def test_smartpanel_replies_pretty_printed_with_cookies(sp: Sim) -> None:
     response = await sp.call(action="balance")
     assert response.text == (
-        '{\n    "status": "success",\n    "balance": "1000.0000",\n    "currency": "USD"\n}')
+        '{\n    "status": "success",\n    "balance": "1000.0000",\n    "currency": "USD"\n}'
+    )
     assert "csrfToken" in response.cookies
-    interval = await sp.call(action="add", service=5, link="l", quantity=500, runs=2,
-                             interval=7)
+    interval = await sp.call(action="add", service=5, link="l", quantity=500, runs=2, interval=7)
     assert interval.text == '{"status":"error","message":"Invalid Interval in minutes"}'
 
 
 async def test_smartpanel_more_error_texts(sp: Sim) -> None:
     link = "https://ig.test/p"
     assert await sp.json(action="add", link=link, quantity=5) == {
-        "error": "There are missing required parameters. Please check your API Manual"}
+        "error": "There are missing required parameters. Please check your API Manual"
+    }
     assert await sp.json(action="add", service=5, link=link, quantity=500, runs=2) == {
-        "error": "Interval time is required"}
+        "error": "Interval time is required"
+    }
     assert await sp.json(action="add", service=5, link=link, quantity=500, interval=5) == {
-        "error": "Runs is required"}
+        "error": "Runs is required"
+    }
 
 
 async def test_smartpanel_currency_is_always_usd(make_sim: Any) -> None:
@@ -698,19 +784,33 @@ async def test_a_service_in_a_disabled_category_is_orderable_but_unlisted(sp: Si
 
 async def test_catalog_changes_at_run_time(sp: Sim) -> None:
     order = await sp.add(service=5, link="https://ig.test/p", quantity=500)
-    changed = await sp.client.post("/_sim/catalog", json={
-        "5": {"rate": "2.0000", "type": "Package", "min": 1, "max": 1},
-        "9": None,
-        "777": {"name": "New", "type": "Default", "category": "C", "rate": "0.5", "min": 10,
-                "max": 100},
-    })
+    changed = await sp.client.post(
+        "/_sim/catalog",
+        json={
+            "5": {"rate": "2.0000", "type": "Package", "min": 1, "max": 1},
+            "9": None,
+            "777": {
+                "name": "New",
+                "type": "Default",
+                "category": "C",
+                "rate": "0.5",
+                "min": 10,
+                "max": 100,
+            },
+        },
+    )
     assert changed.status_code == 200
     by_id = {item["service"]: item for item in await sp.json(action="services")}
     assert by_id["5"]["type"] == "package" and by_id["5"]["rate"] == "2.0000"
     assert "9" not in by_id and by_id["777"]["min"] == "10"
     assert (await sp.status(order))["charge"] == "0.5100"  # a live order keeps its terms
-    for bad in ({"5": {"colour": "red"}}, {"x": None}, {"888": {"name": "half"}},
-                {"5": {"rate": "1e99x"}}, [1]):
+    for bad in (
+        {"5": {"colour": "red"}},
+        {"x": None},
+        {"888": {"name": "half"}},
+        {"5": {"rate": "1e99x"}},
+        [1],
+    ):
         assert (await sp.client.post("/_sim/catalog", json=bad)).status_code == 400
     assert (await sp.json(action="services"))[0]["rate"] == "2.0000"  # all or nothing
 
@@ -725,4 +825,5 @@ def test_the_simulator_borrows_nothing_from_the_gateway() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert not node.module.startswith("app.") or node.module.startswith(
-                    "app.simulator"), f"{path.name} imports {node.module}"
+                    "app.simulator"
+                ), f"{path.name} imports {node.module}"

@@ -35,9 +35,9 @@ def settings(database_url: str, sim_config: SimConfig) -> Settings:
     return settings_for(database_url, sim_config)
 
 
-async def tapped(h: Harness, statuses: dict[int, str] | None = None) -> tuple[
-    UpstreamClient, UpstreamTap
-]:
+async def tapped(
+    h: Harness, statuses: dict[int, str] | None = None
+) -> tuple[UpstreamClient, UpstreamTap]:
     tap = UpstreamTap(h.simulator, statuses)
     client = UpstreamClient.from_settings(h.gw.settings, transport=httpx.ASGITransport(app=tap))
     return client, tap
@@ -143,8 +143,9 @@ async def test_orders_left_in_sending_become_unknown_after_the_grace(harness: Ha
     h = harness
     who = await h.customer()
     service = await priced_service(h.db, 5, who.id, who.markup_bp, 0)
-    request = validate_add({"link": "https://ig.test/x", "quantity": "1000"}, service,
-                           h.gw.upstream.rules)
+    request = validate_add(
+        {"link": "https://ig.test/x", "quantity": "1000"}, service, h.gw.upstream.rules
+    )
     # Phase 1 of placing committed, then the process died before the upstream call.
     crashed = await commit_intent(h.db, who.id, request, None)
     assert (await h.order(crashed)).state == "sending"
@@ -244,8 +245,9 @@ async def test_batches_cover_every_active_order_once_oldest_refreshed_first(
     refreshed = {o: (await h.order(o)).refreshed_at for o in first}
     assert all(refreshed.values())
 
-    [late] = await h.place_many(who, [{"service": "9", "link": "https://ig.test/z",
-                                       "quantity": "500"}])
+    [late] = await h.place_many(
+        who, [{"service": "9", "link": "https://ig.test/z", "quantity": "500"}]
+    )
     tap.status_calls.clear()
     result = await h.sync(upstream=client, batch_size=2)
     assert (result.polled, result.upstream_calls) == (6, 3)

@@ -7,9 +7,10 @@ report); a request that cannot be carried out raises `OperatorError` / `NotFound
 """
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 
-from app import catalog, customers, ledger
+from app import catalog, customers, ledger, providers
 from app.admin.schemas import (
     CatalogState,
     CatalogSyncOut,
@@ -21,12 +22,19 @@ from app.admin.schemas import (
     KeyIssued,
     KeyOut,
     KeyRevoked,
+    OfferMapIn,
+    OfferOut,
+    OffersChanged,
     OrderOut,
     Posting,
     PostingResult,
     PriceChanged,
     PriceExempt,
     PriceRuleIn,
+    ProviderBalanceOut,
+    ProviderCreate,
+    ProviderOut,
+    ProviderPatch,
     ReportOut,
     ReportTotal,
     ResolutionOut,
@@ -36,6 +44,7 @@ from app.admin.schemas import (
     Summary,
     SyncPassOut,
     UpstreamBalanceOut,
+    UpstreamCheck,
     VerifyResult,
 )
 from app.db import Database
@@ -44,8 +53,9 @@ from app.family import Family
 from app.money import bp_to_percent, render
 from app.orders import queries
 from app.orders.placing import STATES, UNKNOWN
-from app.orders.resolution import resolve_order
+from app.orders.resolution import check_upstream, resolve_order
 from app.parsing import row_id
+from app.providers import ProviderClients, as_clients
 from app.report import build_report
 from app.settings import Settings
 from app.sync import PassResult, sync_pass
@@ -187,9 +197,13 @@ async def verify(db: Database) -> VerifyResult:
 # --- services -----------------------------------------------------------------------------------
 
 
-async def sync_catalog(db: Database, upstream: UpstreamClient) -> CatalogSyncOut:
-    """Fetch the upstream catalog now; a failure (ok false) keeps the last good one."""
-    return CatalogSyncOut.of(await catalog.sync_catalog(db, upstream))
+async def sync_catalog(db: Database, upstream: UpstreamClient | ProviderClients) -> CatalogSyncOut:
+    """Fetch every enabled provider's catalog now; a failure (ok false) keeps that provider's
+    last good one. The totals add up the providers; `providers` has each one's result."""
+    clients = as_clients(upstream)
+    await clients.refresh(db)
+    results = await catalog.sync_catalogs(db, clients)
+    return CatalogSyncOut.of_all(results)
 
 
 async def upstream_family(db: Database, settings: Settings) -> Family:
@@ -287,6 +301,108 @@ async def clear_price(
     return ServiceChanged(service=service_id, changed=f"price rule for {_whom(customer)} cleared")
 
 
+async def list_offers(db: Database, service_id: int | None = None) -> list[OfferOut]:
+    """The providers that deliver a service (or every service), in the order they are tried."""
+    return [OfferOut.of(v) for v in await catalog.list_offers(db, service_id)]
+
+
+async def map_offer(db: Database, service_id: int, body: OfferMapIn) -> OffersChanged:
+    """Make a provider's service an alternative of a local service (the customer keeps one
+    service id and one price; the order goes to the first provider that takes it)."""
+    provider_id = await providers.provider_id_for(db, body.provider)
+    await catalog.map_offer(db, service_id, provider_id, body.provider_service_id, body.position)
+    return OffersChanged(
+        service=service_id,
+        changed=f"provider {body.provider}'s service {body.provider_service_id} delivers it",
+        offers=await list_offers(db, service_id),
+    )
+
+
+async def unmap_offer(db: Database, service_id: int, provider: str) -> OffersChanged:
+    provider_id = await providers.provider_id_for(db, provider)
+    home = await catalog.unmap_offer(db, service_id, provider_id)
+    return OffersChanged(
+        service=service_id,
+        changed=f"provider {provider}'s offer no longer delivers it (now service {home}'s)",
+        offers=await list_offers(db, service_id),
+    )
+
+
+# --- providers ----------------------------------------------------------------------------------
+
+
+async def list_providers(db: Database) -> list[ProviderOut]:
+    return [ProviderOut.of(v) for v in await providers.list_providers(db)]
+
+
+async def show_provider(db: Database, ref: str | int) -> ProviderOut:
+    return ProviderOut.of(await providers.get_provider(db, ref))
+
+
+async def add_provider(db: Database, settings: Settings, body: ProviderCreate) -> ProviderOut:
+    """A new provider, enabled; `services sync` then imports its catalog."""
+    return ProviderOut.of(await providers.add_provider(db, settings, **body.values()))
+
+
+async def update_provider(
+    db: Database, settings: Settings, ref: str | int, body: ProviderPatch
+) -> ProviderOut:
+    """Change a provider; enabling or disabling it changes which offer each service's price
+    and bounds come from (its reference), at once."""
+    changes = body.changes()
+    view = await providers.update_provider(db, settings, ref, **changes)
+    if "enabled" in changes:
+        await catalog.recompute_services(db)
+    return ProviderOut.of(view)
+
+
+async def provider_balance(
+    db: Database, clients: ProviderClients, ref: str | int | None = None
+) -> list[ProviderBalanceOut]:
+    """Our balance at each enabled provider (or one), asked now, and remembered for the
+    low-balance warning and gauge."""
+    await clients.refresh(db)
+    chosen = None if ref is None else await providers.provider_id_for(db, ref)
+    views = {v.id: v for v in await providers.list_providers(db)}
+    balances = []
+    for provider_id, view in views.items():
+        client = clients.get(provider_id)
+        if chosen is not None and provider_id != chosen:
+            continue
+        if chosen is None and not view.enabled:
+            continue
+        answer = (
+            await client.balance() if client is not None else Refused("no usable key", "config")
+        )
+        if isinstance(answer, Refused | Ambiguous):
+            error = answer.message if isinstance(answer, Refused) else answer.reason
+            balances.append(
+                ProviderBalanceOut(
+                    provider=view.name, balance=None, currency=None, error=error, low_balance=False
+                )
+            )
+            continue
+        micros, currency = answer
+        await providers.record_balance(db, provider_id, micros, currency)
+        low = view.low_balance_threshold is not None and micros < view.low_balance_threshold
+        balances.append(
+            ProviderBalanceOut(
+                provider=view.name,
+                balance=render(micros),
+                currency=currency or None,
+                error=None,
+                low_balance=low,
+            )
+        )
+    return balances
+
+
+async def low_balance_warning(db: Database) -> str | None:
+    """The line every CLI command prints while a provider's balance is below its threshold."""
+    low = await providers.low_balances(db)
+    return providers.low_balance_warning(low) if low else None
+
+
 # --- orders -------------------------------------------------------------------------------------
 
 
@@ -310,7 +426,7 @@ async def get_order(db: Database, order_id: int) -> OrderOut:
 
 
 async def resolve(
-    db: Database, upstream: UpstreamClient, order_id: int, verdict: ResolveIn
+    db: Database, upstream: UpstreamClient | ProviderClients, order_id: int, verdict: ResolveIn
 ) -> ResolutionOut:
     """The verdict on an `unknown` order, checked with its upstream first; with `correct`, the
     correction of an earlier verdict (an audited ledger entry)."""
@@ -327,6 +443,19 @@ async def resolve(
     return ResolutionOut.of_resolution(done)
 
 
+async def check_upstream_order(
+    db: Database,
+    upstream: UpstreamClient | ProviderClients,
+    order_id: int,
+    upstream_order_id: int,
+) -> UpstreamCheck:
+    """What the order's provider says about `upstream_order_id`, and how it differs from the
+    order: the check `resolve` makes, asked alone (nothing changes), to show before a verdict."""
+    await queries.get_order(db, order_id)  # NotFound for an order that does not exist
+    check = await check_upstream(db, upstream, order_id, upstream_order_id, force=True)
+    return UpstreamCheck.of(replace(check, forced=False))
+
+
 async def unresolved(db: Database) -> int:
     """How many orders wait in `unknown` for an operator's verdict."""
     return (await queries.count_by_state(db)).get(UNKNOWN, 0)
@@ -337,16 +466,19 @@ async def unresolved(db: Database) -> int:
 
 async def run_sync_pass(
     db: Database,
-    upstream: UpstreamClient,
+    upstream: UpstreamClient | ProviderClients,
     settings: Settings,
     on_batch: Callable[[PassResult], None] | None = None,
 ) -> SyncPassOut:
     """One status-sync pass (also turns orders stranded in `sending` into `unknown`)."""
     from app.main import sending_grace_seconds  # here: app.main imports the admin router
+    from app.orders.placing import SEND_MARGIN_SECONDS
 
-    result = await sync_pass(
-        db, upstream, sending_grace_seconds=sending_grace_seconds(settings), on_batch=on_batch
-    )
+    clients = as_clients(upstream)
+    await clients.refresh(db)
+    # A provider may have timeouts longer than the settings': the longest call decides.
+    grace = max(sending_grace_seconds(settings), clients.max_call_seconds + SEND_MARGIN_SECONDS)
+    result = await sync_pass(db, clients, sending_grace_seconds=grace, on_batch=on_batch)
     return SyncPassOut.of(result)
 
 

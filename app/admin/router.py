@@ -35,11 +35,18 @@ from app.admin.schemas import (
     KeyIssued,
     KeyOut,
     KeyRevoked,
+    OfferMapIn,
+    OfferOut,
+    OffersChanged,
     OrderOut,
     Posting,
     PostingResult,
     PriceChanged,
     PriceRuleIn,
+    ProviderBalanceOut,
+    ProviderCreate,
+    ProviderOut,
+    ProviderPatch,
     ReportOut,
     ResolutionOut,
     ResolveIn,
@@ -52,6 +59,7 @@ from app.admin.schemas import (
 )
 from app.db import Database
 from app.errors import NotFound, OperatorError
+from app.providers import ProviderClients
 from app.settings import Settings
 from app.upstream import UpstreamClient
 
@@ -153,9 +161,17 @@ def _upstream(request: Request) -> UpstreamClient:
     return request.app.state.gateway.upstream
 
 
+def _providers(request: Request) -> ProviderClients:
+    return request.app.state.gateway.providers
+
+
 Db = Annotated[Database, Depends(_db)]
 Config = Annotated[Settings, Depends(_settings)]
 Upstream = Annotated[UpstreamClient, Depends(_upstream)]
+Providers = Annotated[ProviderClients, Depends(_providers)]
+ProviderRef = Annotated[
+    str, Path(max_length=64, description="Provider id or exact name (`default`, …).")
+]
 CustomerRef = Annotated[str, Path(max_length=NAME_MAX, description="Customer id or exact name.")]
 CustomerQuery = Annotated[
     str | None, Query(max_length=NAME_MAX, description="Customer id or name.")
@@ -249,9 +265,9 @@ async def ledger_verify(db: Db) -> VerifyResult:
 
 
 @router.post("/services/sync", responses={502: {"model": ErrorOut}})
-async def sync_services(db: Db, upstream: Upstream) -> CatalogSyncOut:
-    """Fetch the upstream catalog now; on failure (502) the last good catalog stays."""
-    result = await ops.sync_catalog(db, upstream)
+async def sync_services(db: Db, clients: Providers) -> CatalogSyncOut:
+    """Fetch every enabled provider's catalog now; on failure (502) the last good one stays."""
+    result = await ops.sync_catalog(db, clients)
     if not result.ok:
         raise HTTPException(status_code=502, detail=f"catalog sync failed: {result.error}")
     return result
@@ -302,6 +318,64 @@ async def clear_price(
     return await ops.clear_price(db, service_id, customer)
 
 
+@router.get("/services/{service_id}/offers")
+async def list_offers(service_id: RowId, db: Db) -> list[OfferOut]:
+    """The providers that deliver the service, in the order an order tries them."""
+    return await ops.list_offers(db, service_id)
+
+
+@router.put("/services/{service_id}/offers")
+async def map_offer(service_id: RowId, body: OfferMapIn, db: Db) -> OffersChanged:
+    """Make a provider's service (as synced) an alternative of this service."""
+    return await ops.map_offer(db, service_id, body)
+
+
+@router.delete("/services/{service_id}/offers/{provider}")
+async def unmap_offer(service_id: RowId, provider: ProviderRef, db: Db) -> OffersChanged:
+    """Take a provider's offer off this service (it goes back to a service of its own)."""
+    return await ops.unmap_offer(db, service_id, provider)
+
+
+# --- providers ----------------------------------------------------------------------------------
+
+
+@router.get("/providers")
+async def list_providers(db: Db) -> list[ProviderOut]:
+    """Every provider; keys never shown (a fingerprint tells them apart)."""
+    return await ops.list_providers(db)
+
+
+@router.post("/providers", status_code=201)
+async def add_provider(body: ProviderCreate, db: Db, settings: Config) -> ProviderOut:
+    """A new provider (its key stored encrypted with SMMGW_SECRET_KEY, never shown again)."""
+    return await ops.add_provider(db, settings, body)
+
+
+@router.get("/provider-balances")
+async def providers_balance(db: Db, clients: Providers) -> list[ProviderBalanceOut]:
+    """Our balance at every enabled provider, asked now."""
+    return await ops.provider_balance(db, clients)
+
+
+@router.get("/providers/{provider}")
+async def show_provider(provider: ProviderRef, db: Db) -> ProviderOut:
+    return await ops.show_provider(db, provider)
+
+
+@router.patch("/providers/{provider}")
+async def update_provider(
+    provider: ProviderRef, body: ProviderPatch, db: Db, settings: Config
+) -> ProviderOut:
+    """Change a provider (`enabled` false: no new order goes there; its orders still sync)."""
+    return await ops.update_provider(db, settings, provider, body)
+
+
+@router.get("/providers/{provider}/balance")
+async def provider_balance(provider: ProviderRef, db: Db, clients: Providers) -> ProviderBalanceOut:
+    """Our balance at this provider, asked now."""
+    return (await ops.provider_balance(db, clients, provider))[0]
+
+
 # --- orders -------------------------------------------------------------------------------------
 
 
@@ -323,18 +397,18 @@ async def show_order(order_id: RowId, db: Db) -> OrderOut:
 
 @router.post("/orders/{order_id}/resolve")
 async def resolve_order(
-    order_id: RowId, body: Annotated[ResolveIn, Body()], db: Db, upstream: Upstream
+    order_id: RowId, body: Annotated[ResolveIn, Body()], db: Db, clients: Providers
 ) -> ResolutionOut:
     """The verdict on an `unknown` order: it exists upstream as `upstream_order_id` (placed,
     once the upstream confirms that id matches the order, or with `force`), or it was
     `not_placed` (refunded in full). With `correct`, an earlier verdict is corrected."""
-    return await ops.resolve(db, upstream, order_id, body)
+    return await ops.resolve(db, clients, order_id, body)
 
 
 @router.post("/sync")
-async def sync_pass(db: Db, upstream: Upstream, settings: Config) -> SyncPassOut:
+async def sync_pass(db: Db, clients: Providers, settings: Config) -> SyncPassOut:
     """One status-sync pass now (what `smm-gateway sync --once` does)."""
-    return await ops.run_sync_pass(db, upstream, settings)
+    return await ops.run_sync_pass(db, clients, settings)
 
 
 # --- report -------------------------------------------------------------------------------------

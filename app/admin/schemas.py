@@ -20,13 +20,15 @@ from pydantic import (
     model_validator,
 )
 
-from app.catalog import ServiceView, SyncResult
+from app.catalog import OfferView, ServiceView, SyncResult
 from app.customers import CustomerView, KeyView
 from app.ledger import MAX_OPERATOR_REF, EntryView
 from app.models import as_utc
 from app.money import MAX_RATE, bp_to_percent, parse_micros, percent_to_bp, render
+from app.orders import resolution
 from app.orders.queries import OrderView
 from app.orders.resolution import Resolution
+from app.providers import ProviderView
 from app.report import Report, ReportLine
 from app.sync import PassResult
 
@@ -476,6 +478,44 @@ class SuspendedPriceOut(_Out):
     cost: Money
 
 
+class ProviderSyncOut(_Out):
+    provider: str | None
+    ok: bool
+    services: int
+    dropped: int
+    error: str | None
+    family: str | None
+
+    @classmethod
+    def of(cls, result: SyncResult) -> Self:
+        return cls(
+            provider=result.provider,
+            ok=result.ok,
+            services=result.services,
+            dropped=result.dropped,
+            error=result.error,
+            family=result.family,
+        )
+
+
+ProviderName = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^\S+$", examples=["panel-b"])
+]
+UrlIn = Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://\S+$")]
+SecretIn = Annotated[str, Field(min_length=1, max_length=500, pattern=r"^\S+$")]
+TimeoutIn = Annotated[float, Field(gt=0, le=600)]
+Family = Literal["smartpanel", "standard"]
+
+
+def _not_negative_amount(text: str) -> str:
+    if parse_micros(text) < 0:
+        raise ValueError("must not be negative")
+    return text
+
+
+ThresholdIn = Annotated[AmountIn, AfterValidator(_not_negative_amount)]
+
+
 class CatalogSyncOut(_Out):
     ok: bool
     services: int
@@ -487,6 +527,26 @@ class CatalogSyncOut(_Out):
     suspended: list[SuspendedPriceOut] = Field(
         [], description="Fixed prices now below the upstream's rate: not sold until changed."
     )
+    providers: list[ProviderSyncOut] = Field([], description="Each provider's own result.")
+
+    @classmethod
+    def of_all(cls, results: list[SyncResult]) -> Self:
+        """Every provider's sync in one: ok when every one went well; `family` is the first
+        (provider default's)."""
+        first = cls.of(results[0])
+        errors = [f"{r.provider}: {r.error}" for r in results if not r.ok]
+        # Suspended prices are the whole catalog's: the last good sync's list says all.
+        last_good = next((r for r in reversed(results) if r.ok), results[0])
+        return first.model_copy(
+            update={
+                "ok": not errors,
+                "services": sum(r.services for r in results),
+                "dropped": sum(r.dropped for r in results),
+                "error": first.error if len(results) == 1 else "; ".join(errors) or None,
+                "suspended": cls.of(last_good).suspended,
+                "providers": [ProviderSyncOut.of(r) for r in results],
+            }
+        )
 
     @classmethod
     def of(cls, result: SyncResult) -> Self:
@@ -506,6 +566,179 @@ class CatalogSyncOut(_Out):
                 for p in result.suspended
             ],
         )
+
+
+# --- providers ----------------------------------------------------------------------------------
+
+
+class ProviderOut(_Out):
+    """A provider; its key is never shown, only a fingerprint that tells keys apart."""
+
+    id: int
+    name: str
+    url: str | None = Field(description="None: SMMGW_UPSTREAM_URL (provider default).")
+    key: str = Field(
+        description="`from SMMGW_UPSTREAM_KEY`, or `fingerprint <8 hex>` of the key set."
+    )
+    family: str | None = Field(description="As set; None: read from its catalog's shape.")
+    family_heard: str | None
+    double_decode: bool | None = Field(description="None: as its family does.")
+    connect_timeout_seconds: float | None = Field(description="None: the setting's.")
+    read_timeout_seconds: float | None = Field(description="None: the setting's.")
+    enabled: bool
+    low_balance_threshold: Money | None
+    balance: Money | None = Field(description="Our balance there, as last heard.")
+    balance_currency: str | None
+    balance_at: Timestamp | None
+    low_balance: bool = Field(description="The balance last heard is below the threshold.")
+    out_of_funds_since: Timestamp | None = Field(
+        description="It refused an order for lack of funds: tried after the others."
+    )
+    catalog_synced_at: Timestamp | None
+    catalog_error: str | None
+
+    @classmethod
+    def of(cls, view: ProviderView) -> Self:
+        key = (
+            "from SMMGW_UPSTREAM_KEY"
+            if view.key_from_settings
+            else f"fingerprint {view.key_fingerprint}"
+        )
+        return cls(
+            id=view.id,
+            name=view.name,
+            url=view.url,
+            key=key,
+            family=view.family,
+            family_heard=view.family_heard,
+            double_decode=view.double_decode,
+            connect_timeout_seconds=view.connect_timeout_seconds,
+            read_timeout_seconds=view.read_timeout_seconds,
+            enabled=view.enabled,
+            low_balance_threshold=_money(view.low_balance_threshold),
+            balance=_money(view.balance),
+            balance_currency=view.balance_currency,
+            balance_at=view.balance_at,
+            low_balance=view.low_balance,
+            out_of_funds_since=view.out_of_funds_at,
+            catalog_synced_at=view.catalog_synced_at,
+            catalog_error=view.catalog_error,
+        )
+
+
+class ProviderCreate(_In):
+    """A new provider. Its key is stored encrypted (SMMGW_SECRET_KEY) and never shown again."""
+
+    name: ProviderName
+    url: UrlIn
+    key: SecretIn
+    family: Family | None = Field(None, description="Absent: read from its catalog's shape.")
+    double_decode: bool | None = Field(None, description="Absent: as its family does.")
+    connect_timeout_seconds: TimeoutIn | None = None
+    read_timeout_seconds: TimeoutIn | None = None
+    low_balance: ThresholdIn | None = Field(
+        None, description="Warn (CLI, metrics) when our balance there is below this."
+    )
+
+    def values(self) -> dict[str, Any]:
+        """Keyword arguments for `providers.add_provider`."""
+        return {
+            "name": self.name,
+            "url": self.url,
+            "key": self.key,
+            "family": self.family,
+            "double_decode": self.double_decode,
+            "connect_timeout_seconds": self.connect_timeout_seconds,
+            "read_timeout_seconds": self.read_timeout_seconds,
+            "low_balance_threshold": None
+            if self.low_balance is None
+            else parse_micros(self.low_balance),
+        }
+
+
+class ProviderPatch(_In):
+    """Only the fields given change; null returns one to its default (the settings' for
+    provider default's url and key, the family's for double decoding, the settings' timeouts,
+    no threshold)."""
+
+    name: ProviderName | None = None
+    url: UrlIn | None = None
+    key: SecretIn | None = None
+    family: Family | None = None
+    double_decode: bool | None = None
+    connect_timeout_seconds: TimeoutIn | None = None
+    read_timeout_seconds: TimeoutIn | None = None
+    low_balance: ThresholdIn | None = None
+    enabled: bool | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """Keyword arguments for `providers.update_provider`."""
+        changes: dict[str, Any] = {}
+        for field in self.model_fields_set:
+            value = getattr(self, field)
+            if field == "low_balance":
+                changes["low_balance_threshold"] = None if value is None else parse_micros(value)
+            elif field in ("enabled", "name") and value is None:
+                continue
+            else:
+                changes[field] = value
+        return changes
+
+
+class ProviderBalanceOut(_Out):
+    provider: str
+    balance: Money | None
+    currency: str | None
+    error: str | None
+    low_balance: bool
+
+
+class OfferOut(_Out):
+    """One provider's offer of a local service, in the order they are tried."""
+
+    service: int
+    provider: str
+    provider_id: int
+    provider_service_id: int
+    position: int
+    name: str
+    type: str
+    rate: Money = Field(description="That provider's rate per 1000, as last synced.")
+    min: int
+    max: int
+    listed: bool
+    provider_enabled: bool
+
+    @classmethod
+    def of(cls, view: OfferView) -> Self:
+        return cls(
+            service=view.service_id,
+            provider=view.provider,
+            provider_id=view.provider_id,
+            provider_service_id=view.provider_service_id,
+            position=view.position,
+            name=view.name,
+            type=view.type,
+            rate=render(view.rate),
+            min=view.min,
+            max=view.max,
+            listed=view.listed,
+            provider_enabled=view.enabled,
+        )
+
+
+class OfferMapIn(_In):
+    provider: ProviderName = Field(description="Provider id or name.")
+    provider_service_id: int = Field(ge=1, le=2**31 - 1)
+    position: int | None = Field(
+        None, ge=0, le=10_000, description="Lower is tried first; absent: after the others."
+    )
+
+
+class OffersChanged(_Out):
+    service: int
+    changed: str
+    offers: list[OfferOut]
 
 
 # --- orders -------------------------------------------------------------------------------------
@@ -531,6 +764,7 @@ class OrderOut(_Out):
     params: dict[str, str] = Field(description="The parameters sent upstream.")
     created_at: Timestamp
     refreshed_at: Timestamp | None
+    provider_id: int = Field(1, description="The provider it was sent to (1: default).")
 
     @classmethod
     def of(cls, order: OrderView) -> Self:
@@ -554,6 +788,7 @@ class OrderOut(_Out):
             params={str(k): str(v) for k, v in order.params.items()},
             created_at=order.created_at,
             refreshed_at=order.refreshed_at,
+            provider_id=order.provider_id,
         )
 
 
@@ -591,6 +826,20 @@ class UpstreamCheck(_Out):
     mismatches: list[str] = Field(description="Each way it differs from the order; [] = none.")
     forced: bool = Field(description="Accepted despite the mismatches (force).")
 
+    @classmethod
+    def of(cls, check: "resolution.UpstreamCheck") -> Self:
+        return cls(
+            upstream_order_id=check.upstream_order_id,
+            found=check.found,
+            status=check.status,
+            charge=_money(check.charge),
+            expected_charge=render(check.expected_charge),
+            link=check.link,
+            service=check.service,
+            mismatches=list(check.mismatches),
+            forced=check.forced,
+        )
+
 
 class ResolutionOut(OrderOut):
     """The order after the verdict, with what the upstream said and any correction entry."""
@@ -603,19 +852,7 @@ class ResolutionOut(OrderOut):
         check = done.check
         return cls(
             **OrderOut.of(done.order).model_dump(),
-            upstream_check=None
-            if check is None
-            else UpstreamCheck(
-                upstream_order_id=check.upstream_order_id,
-                found=check.found,
-                status=check.status,
-                charge=_money(check.charge),
-                expected_charge=render(check.expected_charge),
-                link=check.link,
-                service=check.service,
-                mismatches=list(check.mismatches),
-                forced=check.forced,
-            ),
+            upstream_check=None if check is None else UpstreamCheck.of(check),
             correction=done.correction_ref,
         )
 
@@ -667,7 +904,7 @@ class ReportTotal(_Out):
 
 
 class ReportLineOut(ReportTotal):
-    id: int = Field(description="The customer's or the service's id.")
+    id: int = Field(description="The customer's, the service's or the provider's id.")
     name: str
 
     @classmethod
@@ -684,6 +921,9 @@ class ReportOut(_Out):
     by_customer: list[ReportLineOut]
     by_service: list[ReportLineOut]
     total: ReportTotal
+    by_provider: list[ReportLineOut] = Field(
+        [], description="Each provider's orders: what they paid us, what it kept, the margin."
+    )
 
     @classmethod
     def of(cls, report: Report, currency: str) -> Self:
@@ -694,6 +934,7 @@ class ReportOut(_Out):
             by_customer=[ReportLineOut.of_line(line) for line in report.by_customer],
             by_service=[ReportLineOut.of_line(line) for line in report.by_service],
             total=ReportTotal.of(report.total),
+            by_provider=[ReportLineOut.of_line(line) for line in report.by_provider],
         )
 
 

@@ -4,6 +4,11 @@
 2. call the upstream `add`, outside any transaction, never retried;
 3. commit the outcome: `placed`, `rejected` (refunded), or `unknown` (funds held, operator).
 A crash between 1 and 3 leaves `sending`; `recover_stale_sending` turns it into `unknown`.
+
+Phase 2 follows the route (app.orders.routing): the order is recorded on a provider before it
+is sent there, and goes on to the next only after a definite refusal that is not about the
+order itself; an ambiguous outcome ends the route (the order is `unknown` on that provider).
+The charge of phase 1 is the only one, however many providers are tried.
 """
 
 import asyncio
@@ -11,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,10 +35,12 @@ from app.contract import (
     settle_by,
 )
 from app.db import Database
-from app.models import Order, as_utc, utcnow
+from app.models import DEFAULT_PROVIDER_ID, Order, as_utc, utcnow
 from app.orders.hot_writes import NoFunds, commit_intent_row, mark_row
+from app.orders.routing import Attempt, moves_on
 from app.orders.validation import OrderRequest
 from app.parsing import is_unicode
+from app.providers import mark_out_of_funds
 from app.upstream import (
     Ambiguous,
     Refused,
@@ -89,30 +97,40 @@ def request_hash(request: OrderRequest) -> str:
     return hashlib.sha256(json.dumps(request.upstream_params, sort_keys=True).encode()).hexdigest()
 
 
+def _route(
+    upstream: UpstreamClient | Sequence[Attempt], request: OrderRequest
+) -> Sequence[Attempt]:
+    """One client alone is provider `default`, sent the request as validated."""
+    if isinstance(upstream, UpstreamClient):
+        return [Attempt(DEFAULT_PROVIDER_ID, upstream, request.upstream_params, request.cost)]
+    return upstream
+
+
 async def place_order(
     db: Database,
-    upstream: UpstreamClient,
+    upstream: UpstreamClient | Sequence[Attempt],
     customer_id: int,
     request: OrderRequest,
     idempotency_key: str | None = None,
 ) -> Placement:
-    if not all(is_unicode(k, v) for k, v in request.upstream_params.items()):
+    route = _route(upstream, request)
+    if not route:  # no provider can take it now (app.orders.routing): nothing charged
+        return Placement(None, TEMPORARILY_UNAVAILABLE)
+    if not all(is_unicode(k, v) for a in route for k, v in a.params.items()):
         # It would fail while the request is built, before a byte leaves: refuse, uncharged.
         return Placement(None, INCORRECT_REQUEST)
+    # The first request with this key may try every provider of the route before it answers.
+    in_flight = sum(attempt.client.max_call_seconds for attempt in route)
     if idempotency_key:
-        earlier = await _replay(
-            db, customer_id, idempotency_key, request, upstream.max_call_seconds
-        )
+        earlier = await _replay(db, customer_id, idempotency_key, request, in_flight)
         if earlier is not None:
             return earlier
     now = utcnow()
     try:
-        order_id = await commit_intent(db, customer_id, request, idempotency_key, now)
+        order_id = await commit_intent(db, customer_id, request, idempotency_key, route[0], now)
     except IntegrityError:
         # The same Idempotency-Key raced us and won: answer what it answers.
-        earlier = await _replay(
-            db, customer_id, idempotency_key or "", request, upstream.max_call_seconds
-        )
+        earlier = await _replay(db, customer_id, idempotency_key or "", request, in_flight)
         if earlier is None:
             raise
         return earlier
@@ -121,33 +139,80 @@ async def place_order(
         # and taken the funds (its commit came before our balance check), so our debit finds
         # them short before our insert could meet its key. Its answer is ours.
         if idempotency_key and (
-            earlier := await _replay(
-                db, customer_id, idempotency_key, request, upstream.max_call_seconds
-            )
+            earlier := await _replay(db, customer_id, idempotency_key, request, in_flight)
         ):
             return earlier
         raise
     # Shielded: a client that hangs up must not abandon an order between phases 2 and 3.
-    return await asyncio.shield(send_and_commit(db, upstream, order_id, request, now))
+    return await asyncio.shield(send_and_commit(db, route, order_id, request, now))
 
 
 async def send_and_commit(
     db: Database,
-    upstream: UpstreamClient,
+    upstream: UpstreamClient | Sequence[Attempt],
     order_id: int,
     request: OrderRequest,
     committed_at: datetime | None = None,
 ) -> Placement:
-    """Phase 2 and 3. `committed_at`: when this process committed the intent (its
-    created_at), so that a young order needs no read to know it is still ours to send."""
-    if not _young(committed_at) and not await _still_sendable(db, order_id):
-        # Stalled past the margin (a pause, an overloaded host): recovery may already call
-        # this order unknown and an operator refund it, so it must never reach the upstream.
-        await reject_and_refund(
-            db, order_id, error=TEMPORARILY_UNAVAILABLE, note="too late to send upstream"
+    """Phases 2 and 3, provider after provider. `committed_at`: when this process committed
+    the intent (its created_at), so that a young order needs no read to know it is still ours
+    to send."""
+    route = _route(upstream, request)
+    for index, attempt in enumerate(route):
+        # The first provider was recorded with the intent; each next one before it is sent.
+        if index == 0:
+            sendable = _young(committed_at) or await _still_sendable(db, order_id)
+        else:
+            sendable = await _switch(db, order_id, attempt)
+        if not sendable:
+            # Stalled past the margin (a pause, an overloaded host): recovery may already call
+            # this order unknown and an operator refund it, so it must never reach the upstream.
+            await reject_and_refund(
+                db, order_id, error=TEMPORARILY_UNAVAILABLE, note="too late to send upstream"
+            )
+            return Placement(None, TEMPORARILY_UNAVAILABLE)
+        outcome = await attempt.client.add(attempt.params)
+        await _note_funds(db, attempt, outcome)
+        if isinstance(outcome, Refused) and index + 1 < len(route) and moves_on(outcome):
+            log.warning(
+                "order %s: provider %s refused it (%s: %s); trying provider %s",
+                order_id,
+                attempt.client.provider,
+                outcome.reason,
+                outcome.message,
+                route[index + 1].client.provider,
+            )
+            continue
+        return await commit_outcome(db, order_id, outcome)
+    raise AssertionError("a route ends in an outcome")
+
+
+async def _switch(db: Database, order_id: int, attempt: Attempt) -> bool:
+    """Record the next provider (what it is sent, what it costs there) before sending; its
+    `updated_at` restarts the recovery's clock. False: no longer `sending`."""
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(Order)
+            .where(Order.id == order_id, Order.state == SENDING)
+            .values(
+                provider_id=attempt.provider_id,
+                params=json.dumps(attempt.params),
+                cost=attempt.cost,
+                updated_at=utcnow(),
+            )
         )
-        return Placement(None, TEMPORARILY_UNAVAILABLE)
-    return await commit_outcome(db, order_id, await upstream.add(request.upstream_params))
+    return result.rowcount == 1
+
+
+async def _note_funds(db: Database, attempt: Attempt, outcome: int | Refused | Ambiguous) -> None:
+    """A provider out of funds is tried after the others until it takes an order again."""
+    out = isinstance(outcome, Refused) and is_upstream_funds_error(outcome.message)
+    if out == attempt.out_of_funds or not (out or isinstance(outcome, int)):
+        return
+    try:
+        await mark_out_of_funds(db, attempt.provider_id, out)
+    except _BLIPS as exc:  # a hint for the next orders' routes: never worth failing this one
+        log.warning("provider %s: funds state not written (%s)", attempt.provider_id, exc)
 
 
 def _young(created_at: datetime | None) -> bool:
@@ -170,21 +235,29 @@ async def commit_intent(
     customer_id: int,
     request: OrderRequest,
     idempotency_key: str | None,
+    first: Attempt | None = None,
     now: datetime | None = None,
 ) -> int:
-    """Phase 1: the order (`sending`) with its charge debited and entered, or NotEnoughFunds
-    and nothing written; one statement on PostgreSQL (app/orders/hot_writes.py)."""
+    """Phase 1: the order (`sending`, at the provider it goes to first: provider `default`
+    for a caller without a route) with its charge debited and entered, or NotEnoughFunds and
+    nothing written; one statement on PostgreSQL (app/orders/hot_writes.py)."""
+    provider_id, params, cost = (
+        (first.provider_id, first.params, first.cost)
+        if first is not None
+        else (DEFAULT_PROVIDER_ID, request.upstream_params, request.cost)
+    )
     now = now or utcnow()
     order = {
         "customer_id": customer_id,
         "service_id": request.service_id,
+        "provider_id": provider_id,
         "state": SENDING,
         "status": PENDING,
-        "params": json.dumps(request.upstream_params),
+        "params": json.dumps(params),
         "quantity": request.quantity,
         "rate": request.rate,
         "charge": request.charge,
-        "cost": request.cost,
+        "cost": cost,
         "service_type": request.service_type,
         "settle_by": settle_by(request.service_type),
         "refunded": 0,
@@ -428,18 +501,14 @@ async def recover_stale_sending(db: Database, older_than_seconds: float) -> list
     have them, so their funds stay held until an operator resolves them."""
     await write_unwritten_outcomes(db)
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    # `updated_at`: the last provider was recorded then, just before it was sent the order.
+    stale = (Order.state == SENDING, Order.updated_at < cutoff)
     async with db.write() as conn:
-        ids = list(
-            (
-                await conn.execute(
-                    select(Order.id).where(Order.state == SENDING, Order.created_at < cutoff)
-                )
-            ).scalars()
-        )
+        ids = list((await conn.execute(select(Order.id).where(*stale))).scalars())
         if ids:
             await conn.execute(
                 update(Order)
-                .where(Order.id.in_(ids), Order.state == SENDING)
+                .where(Order.id.in_(ids), *stale)
                 .values(
                     state=UNKNOWN,
                     error="interrupted before the outcome was recorded",

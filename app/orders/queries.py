@@ -45,6 +45,7 @@ class OrderView:
     upstream_first_charge: int | None = None
     held: str | None = None  # why its settlement waits (a final status without its figures)
     settled_at: datetime | None = None
+    provider_id: int = 1  # the provider it was sent to (`default`: 1)
 
     @property
     def current_charge(self) -> int:
@@ -74,6 +75,7 @@ _COLUMNS = (
     Order.upstream_first_charge,
     Order.held,
     Order.settled_at,
+    Order.provider_id,
 )
 
 
@@ -238,10 +240,13 @@ async def count_by_state(db: Database) -> dict[str, int]:
 
 
 async def refuse_taken(conn: Conn, upstream_order_id: int, order_id: int) -> None:
-    """An upstream order belongs to one of our orders at most (a rejected one let it go)."""
+    """An upstream order of a provider belongs to one of our orders at most (a rejected one
+    let it go); the provider is this order's."""
+    provider = select(Order.provider_id).where(Order.id == order_id).scalar_subquery()
     taken = await conn.scalar(
         select(Order.id).where(
             Order.upstream_order_id == upstream_order_id,
+            Order.provider_id == provider,
             Order.id != order_id,
             Order.state != REJECTED,
         )

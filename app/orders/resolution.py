@@ -24,6 +24,7 @@ from app.models import LedgerEntry, Order, utcnow
 from app.money import render
 from app.orders.placing import PLACED, REJECTED, SENDING, UNKNOWN
 from app.orders.queries import OrderView, get_order, refuse_taken, resolve
+from app.providers import ProviderClients, as_clients
 from app.upstream import Refused, UpstreamClient, UpstreamOrderStatus
 
 # The upstream's charge may be rounded (4 decimals) or priced a moment later: a difference
@@ -78,18 +79,33 @@ def _mismatches(params: dict[str, str], cost: int, heard: UpstreamOrderStatus) -
 
 
 async def check_upstream(
-    db: Database, upstream: UpstreamClient, order_id: int, upstream_order_id: int, *, force: bool
+    db: Database,
+    upstream: UpstreamClient | ProviderClients,
+    order_id: int,
+    upstream_order_id: int,
+    *,
+    force: bool,
 ) -> UpstreamCheck:
-    """Ask the order's upstream about `upstream_order_id`; refuse (OperatorError, one line
+    """Ask the order's provider about `upstream_order_id`; refuse (OperatorError, one line
     saying what it said) when it differs from the order, unless `force`."""
     async with db.read() as conn:
         row = (
-            await conn.execute(select(Order.params, Order.cost).where(Order.id == order_id))
+            await conn.execute(
+                select(Order.params, Order.cost, Order.provider_id).where(Order.id == order_id)
+            )
         ).first()
     if row is None:
         raise OperatorError(f"no order {order_id}")
     params, cost = json.loads(row[0]), row[1]
-    heard = await upstream.status_one(upstream_order_id)
+    clients = as_clients(upstream)
+    await clients.refresh(db)
+    client = clients.get(row[2])
+    if client is None:
+        raise OperatorError(
+            f"order {order_id}'s provider {clients.name(row[2])} cannot be asked (its key or"
+            " URL is not usable): fix it with `smm-gateway providers set`"
+        )
+    heard = await client.status_one(upstream_order_id)
     if isinstance(heard, UpstreamOrderStatus):
         status = heard.status or heard.raw_status
         check = UpstreamCheck(
@@ -289,7 +305,7 @@ async def _correct_to_placed(
 
 async def resolve_order(
     db: Database,
-    upstream: UpstreamClient,
+    upstream: UpstreamClient | ProviderClients,
     order_id: int,
     *,
     upstream_order_id: int | None = None,

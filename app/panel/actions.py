@@ -21,6 +21,7 @@ from app.customers import Caller, authenticate
 from app.orders.aftercare import refill_statuses, request_cancels, request_refills
 from app.orders.placing import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_TOO_LONG, place_order
 from app.orders.queries import caller_and_orders, customer_orders
+from app.orders.routing import route_for
 from app.orders.validation import parse_service_id, validate_add
 from app.panel import render
 from app.panel.services_cache import render_services
@@ -97,11 +98,13 @@ async def add(ctx: ActionContext) -> Any:
         )
     if service is None:
         raise ContractError(INCORRECT_SERVICE)
-    request = validate_add(ctx.params, service, gw.upstream.rules)
+    route = await route_for(gw.db, gw.providers, service.id)
+    request = validate_add(ctx.params, service, route.rules)
     key = (ctx.headers.get("idempotency-key") or ctx.params.get("idempotency_key", "")).strip()
     if len(key) > IDEMPOTENCY_KEY_MAX:
         raise ContractError(IDEMPOTENCY_KEY_TOO_LONG)
-    placement = await place_order(gw.db, gw.upstream, caller.customer_id, request, key or None)
+    attempts = route.attempts(ctx.params, service, request)
+    placement = await place_order(gw.db, attempts, caller.customer_id, request, key or None)
     if placement.order_id is None:
         raise ContractError(placement.error or INCORRECT_REQUEST)
     return render.order_placed(placement.order_id)
@@ -184,7 +187,7 @@ def _by_raw(raws: list[str], results: dict[int, Any], unknown: Any) -> dict[str,
 async def refill(ctx: ActionContext) -> Any:
     raws, many = _ids_param(ctx, "order", "orders", "order")
     gw = ctx.gateway
-    results = await request_refills(gw.db, gw.upstream, ctx.caller.customer_id, _known(raws))
+    results = await request_refills(gw.db, gw.providers, ctx.caller.customer_id, _known(raws))
     by_raw = _by_raw(raws, results, INCORRECT_ORDER)
     ctx.items.extend(None if isinstance(r, int) else r for r in by_raw.values())
     return render.refill_many(by_raw) if many else render.refill_single(by_raw[raws[0]])
@@ -195,7 +198,7 @@ async def refill_status(ctx: ActionContext) -> Any:
     gw = ctx.gateway
     results = await refill_statuses(
         gw.db,
-        gw.upstream,
+        gw.providers,
         ctx.caller.customer_id,
         _known(raws),
         gw.settings.sync_interval_seconds,
@@ -210,7 +213,7 @@ async def refill_status(ctx: ActionContext) -> Any:
 async def cancel(ctx: ActionContext) -> Any:
     raws, _ = _ids_param(ctx, "order", "orders", "order")
     gw = ctx.gateway
-    results = await request_cancels(gw.db, gw.upstream, ctx.caller.customer_id, _known(raws))
+    results = await request_cancels(gw.db, gw.providers, ctx.caller.customer_id, _known(raws))
     by_raw = _by_raw(raws, results, INCORRECT_ORDER)
     ctx.items.extend(None if r is True else str(r) for r in by_raw.values())
     return render.cancel_many(by_raw)

@@ -470,11 +470,24 @@ _COLUMNS = (
 
 
 def _rec(row: Any) -> Rec:
-    (oid, cid, sid, state, status, charge, cost, refunded, qty, up, settled, ann, params,
-     first) = row
+    (oid, cid, sid, state, status, charge, cost, refunded, qty, up, settled, ann, params, first) = (
+        row
+    )
     return Rec(
-        oid, cid, sid, state, status, charge, cost, refunded, qty, up,
-        settled is not None, bool(ann), _token_of(json.loads(params)), first,
+        oid,
+        cid,
+        sid,
+        state,
+        status,
+        charge,
+        cost,
+        refunded,
+        qty,
+        up,
+        settled is not None,
+        bool(ann),
+        _token_of(json.loads(params)),
+        first,
     )
 
 
@@ -618,16 +631,21 @@ class Simulation(WideSteps):
             f"simulation failed: seed={o.seed} step={self.step} of {o.steps} db={o.db_kind}"
             f" dialect={self.dialect} (during {self.current})\n{problem}\n"
             f"replay: python bench/simulate.py --seed {o.seed} --steps {self.step}"
-            f" --db {o.db_kind}" + (f" --dialect {o.dialect}" if o.dialect else "")
+            f" --db {o.db_kind}"
+            + (f" --dialect {o.dialect}" if o.dialect else "")
             + ("" if o.tolerate == KNOWN_BUGS else " --strict")
             + "".join(f" --weight {k}={n}" for k, n in o.weights.items() if WEIGHTS.get(k) != n)
-            + ("" if o.faults == frozenset(FAULT_CLASSES)
-               else f" --faults '{','.join(sorted(o.faults))}'")
+            + (
+                ""
+                if o.faults == frozenset(FAULT_CLASSES)
+                else f" --faults '{','.join(sorted(o.faults))}'"
+            )
             + f"\nlast steps:\n{tail}"
         )
 
-    async def http(self, key: str, action: str, headers: dict[str, str] | None = None,
-                   **params: object) -> Any:
+    async def http(
+        self, key: str, action: str, headers: dict[str, str] | None = None, **params: object
+    ) -> Any:
         assert self.node is not None
         data = {"key": key, "action": action} | {k: str(v) for k, v in params.items()}
         response = await self.node.client.post("/api/v2", data=data, headers=headers)
@@ -809,9 +827,19 @@ class Simulation(WideSteps):
         params = self.valid_params(svc, token, rng.choice(MARKERS))
         case = rng.choice(
             (
-                "unknown service", "quantity below min", "quantity above max", "quantity text",
-                "no link", "link with space", "missing text", "dripfeed not supported",
-                "bad interval", "tag-like text", "too expensive", "min over max", "bad delay",
+                "unknown service",
+                "quantity below min",
+                "quantity above max",
+                "quantity text",
+                "no link",
+                "link with space",
+                "missing text",
+                "dripfeed not supported",
+                "bad interval",
+                "tag-like text",
+                "too expensive",
+                "min over max",
+                "bad delay",
             )
         )
         if case == "unknown service":
@@ -827,8 +855,17 @@ class Simulation(WideSteps):
         elif case == "link with space" and "link" in params:
             params["link"] = params["link"].replace("/T", "/ T")
         elif case == "missing text":
-            for name in ("comments", "usernames", "hashtags", "hashtag", "username", "media",
-                         "answer_number", "groups", "keywords"):
+            for name in (
+                "comments",
+                "usernames",
+                "hashtags",
+                "hashtag",
+                "username",
+                "media",
+                "answer_number",
+                "groups",
+                "keywords",
+            ):
                 if (name in params and name != "username") or (
                     name == "username" and svc.type != "Subscriptions" and name in params
                 ):
@@ -946,7 +983,8 @@ class Simulation(WideSteps):
             return  # a tolerated known bug (an HTTP 500 for a placed order): counted already
         async with self.db.read() as conn:
             rows = [
-                _rec(r) for r in await conn.execute(
+                _rec(r)
+                for r in await conn.execute(
                     select(*_COLUMNS).where(Order.customer_id == cust.id, Order.id > self.max_id)
                 )
             ]
@@ -982,7 +1020,8 @@ class Simulation(WideSteps):
             oid = int(raw) if raw.isdigit() else None
             rec = self.recs.get(oid) if oid is not None else None
             visible = (
-                rec is not None and rec.customer_id == cust.id
+                rec is not None
+                and rec.customer_id == cust.id
                 and (rec.state in (SENDING, PLACED, UNKNOWN) or rec.announced)
             )
             if visible:
@@ -1019,9 +1058,7 @@ class Simulation(WideSteps):
         if anomalies:
             self.fail(f"sync reported anomalies: {anomalies}")
 
-    def own_orders(
-        self, cust: Cust, want: Callable[[Rec], bool], most: int = 3
-    ) -> list[int]:
+    def own_orders(self, cust: Cust, want: Callable[[Rec], bool], most: int = 3) -> list[int]:
         """A few of the customer's orders, mostly (when there are any) recent ones that
         `want` picks, so that refills and cancels are granted often enough to matter."""
         own = self.by_customer[cust.id]
@@ -1037,8 +1074,11 @@ class Simulation(WideSteps):
         cust = self.rng.choice(self.customers)
         ids = self.own_orders(
             cust,
-            lambda r: r.state == PLACED and r.status in (COMPLETED, PARTIAL)
-            and SERVICES[r.service_id].refill,
+            lambda r: (
+                r.state == PLACED
+                and r.status in (COMPLETED, PARTIAL)
+                and SERVICES[r.service_id].refill
+            ),
         )
         if not ids:
             self.note(f"refill: customer {cust.id} has no orders")
@@ -1071,8 +1111,10 @@ class Simulation(WideSteps):
             svc = SERVICES[self.rng.choice(CANCELABLE)]
             marker = self.rng.choice(("", "sim:complete", "sim:partial"))
             reply = await self.http(cust.key, "add", **self.valid_params(svc, self.token(), marker))
-            self.note(f"add to cancel: customer {cust.id} service {svc.id} -> "
-                      f"{self.describe_reply(reply)}")
+            self.note(
+                f"add to cancel: customer {cust.id} service {svc.id} -> "
+                f"{self.describe_reply(reply)}"
+            )
             await self.check_reply(cust, self.token(), reply)
             if "order" in reply:
                 fresh = reply["order"]
@@ -1150,8 +1192,10 @@ class Simulation(WideSteps):
                 f" {self.describe_reply(first)}, retry -> {self.describe_reply(again)}"
             )
             if again != first:
-                self.fail(f"a retry with the same Idempotency-Key answered {again}, not {first}",
-                          bug="idempotency")
+                self.fail(
+                    f"a retry with the same Idempotency-Key answered {again}, not {first}",
+                    bug="idempotency",
+                )
         else:
             other = self.valid_params(svc, self.token(1), "sim:complete")
             again = await self.http(cust.key, "add", headers=headers, **other)
@@ -1236,8 +1280,10 @@ class Simulation(WideSteps):
         except Exception as exc:
             if not self.poisoned:
                 raise
-            self.fail(f"one poison status stopped the sync pass: {type(exc).__name__}: {exc}",
-                      bug="poison-stops-sync")
+            self.fail(
+                f"one poison status stopped the sync pass: {type(exc).__name__}: {exc}",
+                bug="poison-stops-sync",
+            )
             return PassResult()
 
     async def _sync_pass(self, batch_size: int) -> Any:
@@ -1316,8 +1362,7 @@ class Simulation(WideSteps):
         finally:
             self.wire.disarm()
         self.note(
-            f"add with a crash armed ({when}) never reached upstream:"
-            f" {self.describe_reply(reply)}"
+            f"add with a crash armed ({when}) never reached upstream: {self.describe_reply(reply)}"
         )
         await self.check_reply(cust, self.token(), reply)
 
@@ -1485,7 +1530,7 @@ class Simulation(WideSteps):
         if len(orders) == self.sim_scanned:
             return []
         new = []
-        for order in list(orders.values())[self.sim_scanned:]:
+        for order in list(orders.values())[self.sim_scanned :]:
             if order.parent is not None:
                 continue
             token = _token_of(order.params)
@@ -1534,7 +1579,9 @@ class Simulation(WideSteps):
             self.fail(f"{where}: refunded {rec.refunded} outside [0, charge {rec.charge}]")
         if before is not None:
             if (before.charge, before.customer_id, before.token) != (
-                rec.charge, rec.customer_id, rec.token
+                rec.charge,
+                rec.customer_id,
+                rec.token,
             ):
                 self.fail(f"{where}: its charge, customer or link changed: {before} -> {rec}")
             legal = {
@@ -1578,8 +1625,10 @@ class Simulation(WideSteps):
             if rec.refunded != rec.charge:
                 self.fail(f"{where} is rejected but refunded {rec.refunded} of {rec.charge}")
             if upstream is not None:
-                self.fail(f"{where} is rejected and refunded, yet the upstream holds it as"
-                          f" {upstream}: a free order")
+                self.fail(
+                    f"{where} is rejected and refunded, yet the upstream holds it as"
+                    f" {upstream}: a free order"
+                )
         if rec.state == PLACED:
             final = rec.status in FINAL_STATUSES
             if final != rec.settled:
@@ -1593,8 +1642,11 @@ class Simulation(WideSteps):
                 expected = self.expected_refund(rec)
                 sim_order = self.sim.orders[rec.upstream_order_id]
                 bug = None
-                if (sim_order.kind == "subscription" and not sim_order.children
-                        and rec.status == PARTIAL):
+                if (
+                    sim_order.kind == "subscription"
+                    and not sim_order.children
+                    and rec.status == PARTIAL
+                ):
                     bug = "partial-subscription-without-runs"
                     if before is None or not before.settled:
                         self.outcomes["settled:partial-subscription-without-runs"] += 1
@@ -1624,8 +1676,10 @@ class Simulation(WideSteps):
             self.below_cost_ok.get((rec.service_id, rec.customer_id))
             or self.below_cost_ok.get((rec.service_id, None))
         ):
-            self.fail(f"order id {rec.id} charged {rec.charge} below its upstream cost {rec.cost}"
-                      " without the operator's consent")
+            self.fail(
+                f"order id {rec.id} charged {rec.charge} below its upstream cost {rec.cost}"
+                " without the operator's consent"
+            )
 
     def apply(self, rec: Rec) -> None:
         before = self.recs.get(rec.id)
@@ -1650,7 +1704,7 @@ class Simulation(WideSteps):
         async with self.db.read() as conn:
             rows = list(await conn.execute(select(*_COLUMNS).where(Order.id > self.max_id)))
             for start in range(0, len(wanted), 500):
-                chunk = wanted[start:start + 500]
+                chunk = wanted[start : start + 500]
                 rows += list(await conn.execute(select(*_COLUMNS).where(Order.id.in_(chunk))))
             balances = dict(list(await conn.execute(select(Customer.id, Customer.balance))))
         for rec in sorted((_rec(r) for r in rows), key=lambda r: r.id):
@@ -1665,8 +1719,10 @@ class Simulation(WideSteps):
                 continue
             rec = self.recs[owner]
             if rec.state == REJECTED:
-                self.fail(f"order {self.rank(owner)} was rejected and refunded, yet the upstream"
-                          f" holds it as {upstream_id}: a free order")
+                self.fail(
+                    f"order {self.rank(owner)} was rejected and refunded, yet the upstream"
+                    f" holds it as {upstream_id}: a free order"
+                )
         self.check_alarms()
         for cust in self.customers:
             expected = self.funds[cust.id] - self.kept[cust.id]
@@ -1688,8 +1744,10 @@ class Simulation(WideSteps):
             if found is None:
                 continue
             rec = self.recs.get(int(found.group(1)))
-            if rec is not None and rec.state == PLACED and (
-                rec.upstream_order_id == int(found.group(2))
+            if (
+                rec is not None
+                and rec.state == PLACED
+                and (rec.upstream_order_id == int(found.group(2)))
             ):
                 self.fail(
                     f"false CRITICAL: {message!r}, but order {self.rank(rec.id)} is placed as"
@@ -1726,8 +1784,10 @@ class Simulation(WideSteps):
                 (rec.state == PLACED and rec.upstream_order_id == row["id"])
                 or rec.state in (UNKNOWN, SENDING)
             ):
-                self.fail(f"upstream order {row['id']} belongs to order {self.rank(rec.id)},"
-                          f" which is {rec.state} with upstream id {rec.upstream_order_id}")
+                self.fail(
+                    f"upstream order {row['id']} belongs to order {self.rank(rec.id)},"
+                    f" which is {rec.state} with upstream id {rec.upstream_order_id}"
+                )
         placed = Counter(r.upstream_order_id for r in rows if r.state == PLACED)
         if any(n > 1 for n in placed.values()):
             self.fail(f"upstream orders claimed twice: {[u for u, n in placed.items() if n > 1]}")
@@ -1744,8 +1804,16 @@ class Simulation(WideSteps):
         """A fingerprint of the end state that two runs of one seed must share: orders by
         rank (never by id), balances, the upstream's orders."""
         parts = [
-            (self.rank(r.id), r.customer_id, r.service_id, r.state, r.status, r.charge,
-             r.refunded, r.upstream_order_id)
+            (
+                self.rank(r.id),
+                r.customer_id,
+                r.service_id,
+                r.state,
+                r.status,
+                r.charge,
+                r.refunded,
+                r.upstream_order_id,
+            )
             for r in sorted(self.recs.values(), key=lambda r: r.id)
         ]
         async with self.db.read() as conn:

@@ -61,7 +61,8 @@ async def test_racing_retries_with_one_idempotency_key_get_one_answer(
         sqlite_template, tmp_path, SEED_IDEMPOTENCY, STEPS_IDEMPOTENCY, concurrent_adds=40
     )
     refused = sum(
-        n for kind, n in report.outcomes.items()
+        n
+        for kind, n in report.outcomes.items()
         if kind.startswith("key-race:error:") and "funds" not in kind
     )
     assert refused >= 1, f"the recorded scenario did not happen: {report.outcomes}"
@@ -122,8 +123,13 @@ async def test_a_drip_feed_with_interval_zero_is_taken(db: Database, harness) ->
     drip-feed intervals; seen in the simulation's outcomes."""
     customer = await harness.customer()
     reply = await harness.call(
-        customer.key, "add", service=5, link="https://example.com/drip", quantity=500,
-        runs=2, interval=0,
+        customer.key,
+        "add",
+        service=5,
+        link="https://example.com/drip",
+        quantity=500,
+        runs=2,
+        interval=0,
     )
     assert "order" in reply, reply
 
@@ -150,8 +156,13 @@ async def wide_replay(
     path = tmp_path / f"wide-{seed}.db"
     shutil.copyfile(template, path)
     return await run_simulation(
-        Options(seed=seed, steps=steps, database_url=f"sqlite+aiosqlite:///{path}",
-                tolerate=frozenset(), faults=frozenset(faults))
+        Options(
+            seed=seed,
+            steps=steps,
+            database_url=f"sqlite+aiosqlite:///{path}",
+            tolerate=frozenset(),
+            faults=frozenset(faults),
+        )
     )
 
 
@@ -215,7 +226,12 @@ async def test_database_faults_at_phase_boundaries(db: Database, database_url: s
     step 101), and after a status call raised InterfaceError out of sync_pass (seed 1 step 82,
     all classes). On SQLite: another connection holds the write lock across the boundary."""
     report = await run_simulation(
-        Options(seed=1, steps=150, database_url=database_url, tolerate=frozenset(),
-                faults=frozenset({"db"}))
+        Options(
+            seed=1,
+            steps=150,
+            database_url=database_url,
+            tolerate=frozenset(),
+            faults=frozenset({"db"}),
+        )
     )
     assert report.outcomes["db-fault:after add"] >= 1, report.outcomes

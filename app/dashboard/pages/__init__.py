@@ -1,0 +1,1 @@
+"""One module per dashboard page: its GET views and the forms it posts."""
