@@ -2,6 +2,7 @@
 would: the same column values, timestamps in the same form, so every later read and every
 comparison in SQL (recovery's `created_at < cutoff`, the lease) sees them alike."""
 
+import asyncio
 import re
 from datetime import timedelta
 
@@ -60,4 +61,26 @@ async def test_an_orders_timestamps_are_written_as_sqlalchemy_writes_them(
             )
             for value in (*stored, topup):
                 assert SQLALCHEMY_SQLITE_DATETIME.fullmatch(value), stored
+    await h.assert_clean()
+
+
+async def test_racing_adds_with_one_key_answer_alike_when_the_funds_cover_one(
+    harness: Harness,
+) -> None:
+    """Phase 1 debits before it inserts, so of two requests with one Idempotency-Key the
+    loser may find the funds gone before it meets the key: it must answer the winner's
+    order id, not `Not enough funds` (found by the seeded simulation, seed 1, `--faults db`)."""
+    h = harness
+    add = {"service": 5, "link": "https://ig.test/race", "quantity": 1000}
+    probe = await h.customer(balance=10**12)
+    first = await h.add(probe, **add)
+    charge = (await h.order(first)).charge
+    for round_ in range(4):
+        alice = await h.customer(balance=charge)  # exactly one order's worth
+        replies = await asyncio.gather(
+            *(h.call(alice.key, "add", idempotency_key=f"k{round_}", **add) for _ in range(2))
+        )
+        assert replies[0] == replies[1], replies
+        assert replies[0].get("status") == "success", replies
+        assert await h.balance(alice.id) == 0
     await h.assert_clean()

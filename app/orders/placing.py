@@ -134,6 +134,15 @@ async def place_order(
         if earlier is None:
             raise
         return earlier
+    except NotEnoughFunds:
+        # Phase 1 debits before it inserts: the same Idempotency-Key racing us may have won
+        # and taken the funds (its commit came before our balance check), so our debit finds
+        # them short before our insert could meet its key. Its answer is ours.
+        if idempotency_key and (
+            earlier := await _replay(db, customer_id, idempotency_key, request, in_flight)
+        ):
+            return earlier
+        raise
     # Shielded: a client that hangs up must not abandon an order between phases 2 and 3.
     return await asyncio.shield(send_and_commit(db, route, order_id, request, now))
 
