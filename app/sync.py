@@ -16,9 +16,21 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, literal_column, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    bindparam,
+    func,
+    literal_column,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import InstrumentedAttribute
 
 from app import ledger
 from app.contract import (
@@ -182,59 +194,111 @@ def settlement_refund(order: _Claimed, status: str, heard: UpstreamOrderStatus) 
     return ratio_refund(order.charge, heard.charge_micros, order.first_charge, order.cost)
 
 
-async def _apply(
-    db: Database, order: _Claimed, heard: UpstreamOrderStatus, result: PassResult
-) -> None:
+@dataclass(frozen=True)
+class _Change:
+    """What one status reply changes on its order, decided before anything is written."""
+
+    now: datetime
+    status: str | None  # None: a final status held for the operator, the shown one stays
+    upstream_status: str | None
+    start_count: int | None  # None here and below: not reported, the stored figure stays
+    remains: int | None
+    upstream_charge: int | None
+    first_charge: int | None  # the ratio's base, stored only if the order has none yet
+    held: str | None
+    refund: int | None  # set: a final status, the order settles now with this refund
+
+
+def _change(order: _Claimed, heard: UpstreamOrderStatus) -> _Change:
     status = heard.status
     if status is None:
         log.warning(
             "order %s: unknown upstream status %r shown as In progress", order.id, heard.raw_status
         )
         status = IN_PROGRESS
-    now = utcnow()
-    values: dict[str, object] = {
-        "status": status,
-        "upstream_status": (heard.raw_status or "")[:32] or None,
-        "refreshed_at": now,
-        "lease_until": None,
-        "lease_owner": None,
-        "updated_at": now,
-    }
-    if heard.start_count is not None:
-        values["start_count"] = heard.start_count
-    if heard.remains is not None:
-        values["remains"] = min(heard.remains, order.quantity)
     final = status in FINAL_STATUSES or status == EXPIRED
-    if heard.charge_micros is not None:
-        values["upstream_charge"] = heard.charge_micros
-        # The ratio's base is what the upstream charged up front, and only a status we know
-        # to be live says that: a final charge is what it keeps, and a word we do not know
-        # may be final (its charge already dropped by a cancel or partial). A live 0 charged
-        # nothing: no base, and it must not stand in the way of the real one.
-        if heard.status is not None and not final and heard.charge_micros > 0:
-            values["upstream_first_charge"] = func.coalesce(
-                Order.upstream_first_charge, heard.charge_micros
-            )
+    first_charge = None
+    # The ratio's base is what the upstream charged up front, and only a status we know to be
+    # live says that: a final charge is what it keeps, and a word we do not know may be final
+    # (its charge already dropped by a cancel or partial). A live 0 charged nothing: no base,
+    # and it must not stand in the way of the real one.
+    if heard.charge_micros is not None and heard.status is not None and not final:
+        first_charge = heard.charge_micros if heard.charge_micros > 0 else None
     refund = settlement_refund(order, status, heard) if final else None
+    held = None
+    shown: str | None = status
     if final and refund is None:
         # Held, not guessed (DESIGN.md): the status shown stays what it was, the order stays
         # in the sync, and the operator sees it (CLI warning, smmgw_settlements_held).
         log.warning("order %s: %s without remains or charge; settlement held", order.id, status)
-        del values["status"]
-        values["held"] = f"{status} reported without remains or charge"
-        final = False
+        shown = None
+        held = f"{status} reported without remains or charge"
+    return _Change(
+        now=utcnow(),
+        status=shown,
+        upstream_status=(heard.raw_status or "")[:32] or None,
+        start_count=heard.start_count,
+        remains=None if heard.remains is None else min(heard.remains, order.quantity),
+        upstream_charge=heard.charge_micros,
+        first_charge=first_charge,
+        held=held,
+        refund=refund,
+    )
+
+
+def _values(change: _Change) -> dict[str, object]:
+    """The SET of one order's own write: what it heard, and the lease given back."""
+    values: dict[str, object] = {
+        "upstream_status": change.upstream_status,
+        "refreshed_at": change.now,
+        "lease_until": None,
+        "lease_owner": None,
+        "updated_at": change.now,
+    }
+    if change.status is not None:
+        values["status"] = change.status
+    if change.start_count is not None:
+        values["start_count"] = change.start_count
+    if change.remains is not None:
+        values["remains"] = change.remains
+    if change.upstream_charge is not None:
+        values["upstream_charge"] = change.upstream_charge
+    if change.first_charge is not None:
+        values["upstream_first_charge"] = func.coalesce(
+            Order.upstream_first_charge, change.first_charge
+        )
+    if change.held is not None:
+        values["held"] = change.held
+    return values
+
+
+async def _apply(
+    db: Database, order: _Claimed, heard: UpstreamOrderStatus, result: PassResult
+) -> None:
+    """One order's reply, written on its own (settling it if final)."""
+    change = _change(order, heard)
+    if change.refund is not None:
+        await _settle(db, order, change, result)
+        return
     try:
         async with db.write() as conn:
-            if not final:
-                await conn.execute(update(Order).where(*_owned(order)).values(**values))
-                return
-            assert refund is not None
-            values["held"] = None
+            await conn.execute(update(Order).where(*_owned(order)).values(**_values(change)))
+    except IntegrityError:
+        log.warning("order %s: settled already elsewhere", order.id)
+
+
+async def _settle(db: Database, order: _Claimed, change: _Change, result: PassResult) -> None:
+    refund = change.refund
+    assert refund is not None
+    values = _values(change)
+    values["held"] = None
+    try:
+        async with db.write() as conn:
             # Only the first settler gets past this guard; the unique ref backs it up.
             settled = await conn.execute(
                 update(Order)
                 .where(*_owned(order))
-                .values(settled_at=now, refunded=refund, **values)
+                .values(settled_at=change.now, refunded=refund, **values)
             )
             if settled.rowcount != 1:
                 return
@@ -244,6 +308,72 @@ async def _apply(
         log.warning("order %s: settled already elsewhere", order.id)
         return
     result.settled += 1
+
+
+def _kept(column: InstrumentedAttribute[Any], name: str) -> ColumnElement[Any]:
+    """The figure bound as `name`, or the stored one where the row's is None (not reported)."""
+    return func.coalesce(bindparam(name, type_=column.type), column)
+
+
+# A batch's refreshes as one prebuilt UPDATE, run once per order (executemany). Each row is
+# guarded as `_owned` guards one order's write: its id, not settled, and still held by this
+# claim's lease (a claim always names an owner), so an order another instance took over or
+# settled meanwhile matches nothing. A None the row binds keeps the stored value, as the
+# per-order write leaves out that column.
+_REFRESH = (
+    update(Order)
+    .where(
+        Order.id == bindparam("o_id"),
+        Order.settled_at.is_(None),
+        Order.lease_owner == bindparam("o_owner"),
+    )
+    .values(
+        status=_kept(Order.status, "o_status"),
+        upstream_status=bindparam("o_upstream_status", type_=Order.upstream_status.type),
+        start_count=_kept(Order.start_count, "o_start_count"),
+        remains=_kept(Order.remains, "o_remains"),
+        upstream_charge=_kept(Order.upstream_charge, "o_upstream_charge"),
+        upstream_first_charge=func.coalesce(
+            Order.upstream_first_charge,
+            bindparam("o_first_charge", type_=Order.upstream_first_charge.type),
+        ),
+        held=_kept(Order.held, "o_held"),
+        refreshed_at=bindparam("o_refreshed_at", type_=Order.refreshed_at.type),
+        updated_at=bindparam("o_updated_at", type_=Order.updated_at.type),
+        lease_until=null(),
+        lease_owner=null(),
+    )
+)
+
+
+async def _refresh(db: Database, refreshes: list[tuple[_Claimed, _Change]]) -> None:
+    """Store a batch's refreshes (replies that settle nothing) in one transaction.
+
+    Safe to lose and to repeat: a refresh moves no money and overwrites figures with what the
+    upstream said last. If this write fails, the transaction stores none of them (the error
+    ends the pass, as any failed write does); their leases run out, and the next pass asks
+    about the same orders again and writes them then.
+    """
+    if not refreshes:
+        return
+    rows = [
+        {
+            "o_id": order.id,
+            "o_owner": order.lease_owner,
+            "o_status": change.status,
+            "o_upstream_status": change.upstream_status,
+            "o_start_count": change.start_count,
+            "o_remains": change.remains,
+            "o_upstream_charge": change.upstream_charge,
+            "o_first_charge": change.first_charge,
+            "o_held": change.held,
+            "o_refreshed_at": change.now,
+            "o_updated_at": change.now,
+        }
+        for order, change in refreshes
+    ]
+    async with db.write() as conn:
+        await conn.execute(_REFRESH, rows)
 
 
 async def _missing(db: Database, order: _Claimed, refusal: Refused, result: PassResult) -> None:
@@ -338,15 +468,21 @@ async def _sync_provider(
         if _has_parents(heard):
             batch = await _renew(db, batch, lease)
         heard = await _with_child_charges(upstream, heard, result)
-        unanswered = []
+        refreshes, settling, unanswered = [], [], []
         for order in batch:
             item = heard.get(order.upstream_order_id)
             if isinstance(item, UpstreamOrderStatus):
-                await _apply(db, order, item, result)
+                change = _change(order, item)
+                (refreshes if change.refund is None else settling).append((order, change))
             elif isinstance(item, Refused):
                 await _missing(db, order, item, result)
             else:
                 unanswered.append(order)
+        # The batch's refreshes in one transaction; each settlement in its own, as one order
+        # at a time (its guard, its ledger entry under the unique ref, exactly once).
+        await _refresh(db, refreshes)
+        for order, change in settling:
+            await _settle(db, order, change, result)
         if unanswered:
             # No news for these: try them again next pass, after the others.
             await _release(db, unanswered, refreshed_at=utcnow())

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sync_helpers import (
     TOPUP,
     Harness,
@@ -262,4 +262,61 @@ async def test_batches_cover_every_active_order_once_oldest_refreshed_first(
     async with h.db.read() as conn:
         leases = (await conn.execute(select(Order.lease_until))).scalars().all()
     assert leases == [None] * 6
+    await h.assert_clean()
+
+
+async def test_a_pass_commits_once_per_batch_of_refreshes_and_once_per_settlement(
+    harness: Harness, tap_client: tuple[UpstreamClient, UpstreamTap]
+) -> None:
+    """The orders a pass only refreshes are written together, one transaction per batch; each
+    order it settles in a transaction of its own. One commit per polled order made a pass over
+    100,000 active orders take ~8 minutes on PostgreSQL (bench/README.md "Scale")."""
+    h = harness
+    client, tap = tap_client
+    engine = h.db._sqlite_write if h.db.is_sqlite else h.db._pg.sync_engine  # type: ignore[union-attr]
+    commits = 0
+
+    def count(_conn: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(engine, "commit", count)
+    try:
+        await h.sync(upstream=client)  # nothing to poll: what any pass commits
+        idle, commits = commits, 0
+
+        who, fates = await three_fates(h)
+        h.clock.advance(3 * h.tick)  # these three are final upstream
+        live = await h.place_many(
+            who,
+            [{"service": "9", "link": f"https://ig.test/{i}", "quantity": "500"} for i in range(9)],
+        )
+        up = {oid: (await h.order(oid)).upstream_order_id for oid in fates + live}
+        tap.statuses[up[live[0]]] = "Awaiting moderation"  # a word we do not know
+        balance_before = await h.balance(who.id)
+        commits = 0
+        result = await h.sync(upstream=client, batch_size=4)
+        pass_commits = commits
+    finally:
+        event.remove(engine, "commit", count)
+
+    assert (result.polled, result.upstream_calls, result.settled) == (12, 3, 3)
+    # Per batch a claim and one write of its refreshes; one per settlement.
+    assert pass_commits - idle <= 2 * result.upstream_calls + result.settled
+    heard = await h.sim_statuses([up[o] for o in live])
+    for oid in live:
+        order, said = await h.order(oid), heard[up[oid]]
+        shown = "In progress" if oid == live[0] else said["status"]
+        assert (order.status, order.refunded, order.settled_at) == (shown, 0, None), order
+        assert order.remains == sim_remains(said["remains"]) and order.refreshed_at, order
+    assert (await h.order(live[0])).upstream_status == "Awaiting moderation"
+    charge = expected_charge(5, 1000, who.markup_bp)
+    remains = sim_remains((await h.sim_status(up[fates[1]]))["remains"])
+    refund = partial_refund(charge, remains, 1000)
+    assert [(await h.order(o)).refunded for o in fates] == [0, refund, charge]
+    assert all([(await h.order(o)).settled_at for o in fates])
+    assert await h.balance(who.id) == balance_before + refund + charge
+    async with h.db.read() as conn:
+        leases = (await conn.execute(select(Order.lease_owner, Order.lease_until))).all()
+    assert set(leases) == {(None, None)}  # every lease handed back
     await h.assert_clean()
