@@ -6,6 +6,8 @@ import asyncio
 import re
 from datetime import timedelta
 
+import asyncpg
+import pytest
 from sqlalchemy import select, text
 from sync_helpers import Harness
 
@@ -83,4 +85,53 @@ async def test_racing_adds_with_one_key_answer_alike_when_the_funds_cover_one(
         assert replies[0] == replies[1], replies
         assert replies[0].get("status") == "success", replies
         assert await h.balance(alice.id) == 0
+    await h.assert_clean()
+
+
+async def test_phase_one_chosen_to_break_a_lock_cycle_is_run_again(harness: Harness) -> None:
+    """PostgreSQL aborts one statement of a lock cycle; when that is phase 1 (which wrote
+    nothing and sent nothing) the customer still gets their order, charged once, not a 500.
+    The cycle is made here on purpose: another transaction holds the service row that the
+    order's foreign key must share-lock, and then wants the customer row phase 1 holds."""
+    h = harness
+    if h.db.is_sqlite:
+        pytest.skip("SQLite takes the whole database's write lock first: no lock cycle")
+    alice = await h.customer()
+    before = await h.balance(alice.id)
+    url = h.db.url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    other = await asyncpg.connect(url, timeout=10)
+    try:
+        # The other side waits longer before it looks for a cycle: phase 1 finds it first.
+        await other.execute("SET deadlock_timeout = '10s'")
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("SELECT 1 FROM services WHERE id = 5 FOR UPDATE")
+        add = asyncio.create_task(
+            h.call(alice.key, "add", service=5, link="https://ig.test/cycle", quantity=1000)
+        )
+        # Until phase 1 (holding the customer) waits for the service; asked on a connection
+        # of its own, since a transaction keeps its first view of pg_stat_activity.
+        watcher = await asyncpg.connect(url, timeout=10)
+        try:
+            for _ in range(500):
+                waiting = await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await watcher.close()
+        assert waiting, "phase 1 never waited for the service row"
+        # Waits for phase 1's customer row: a cycle, broken by aborting phase 1.
+        await other.execute("UPDATE customers SET balance = balance WHERE id = $1", alice.id)
+        await tx.commit()
+        reply = await add
+    finally:
+        await other.close()
+    assert "order" in reply, reply
+    order = await h.order(reply["order"])
+    assert order.state == "placed"
+    assert await h.balance(alice.id) == before - order.charge
     await h.assert_clean()

@@ -12,18 +12,24 @@ The order's columns are the caller's dict keys, so a statement is built once per
 columns (and a new column needs no new SQL here).
 """
 
+import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cache
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Column
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 
 from app.db import Database
 from app.ledger import CHARGE, CHARGE_REF_PREFIX
 from app.models import LedgerEntry, Order
+
+log = logging.getLogger("smm_gateway.orders")
 
 _ORDERS = Order.__table__.c
 _ENTRIES = LedgerEntry.__table__.c
@@ -39,6 +45,11 @@ def _sqlite_binder(column: Column[Any]) -> Callable[[Any], Any]:
     """How SQLAlchemy stores a value of this column on SQLite (datetimes as its text)."""
     process = column.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)
     return process if process is not None else (lambda value: value)
+
+
+# PostgreSQL aborts one statement of a lock cycle (a deadlock) or of a serialization conflict.
+_LOCK_CYCLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+INTENT_DEADLOCK_RETRY_DELAYS = (0.01, 0.05, 0.2)
 
 
 class NoFunds(Exception):
@@ -88,10 +99,25 @@ async def commit_intent_row(
     returns the order's id. NoFunds (nothing written) when the balance is short."""
     columns = tuple(order)
     if not db.is_sqlite:
-        rows = await db.pg_write(_pg_intent(columns), charge, customer_id, now, *order.values())
-        if not rows:
-            raise NoFunds
-        return rows[0][0]
+        sql = _pg_intent(columns)
+        for delay in (*INTENT_DEADLOCK_RETRY_DELAYS, None):
+            try:
+                rows = await db.pg_write(sql, charge, customer_id, now, *order.values())
+            except OperationalError as exc:
+                # The server broke a lock cycle by aborting this statement: it wrote nothing
+                # (one statement, its own transaction) and nothing was sent upstream yet, so
+                # it is simply run again; the other side of the cycle has gone on meanwhile.
+                if delay is None or not isinstance(exc.orig, _LOCK_CYCLE):
+                    raise
+                log.warning(
+                    "phase 1 chosen to break a lock cycle (%s); again", type(exc.orig).__name__
+                )
+                await asyncio.sleep(delay)
+                continue
+            if not rows:
+                raise NoFunds
+            return rows[0][0]
+        raise AssertionError("the last try raises")
 
     def run(raw: sqlite3.Connection) -> int:
         if raw.execute(_SQLITE_DEBIT, (charge, customer_id, charge)).rowcount != 1:
