@@ -113,6 +113,9 @@ async def main(args: argparse.Namespace) -> int:
         "digest": report.digest,
         "step_kinds": dict(report.kinds.most_common()),
         "outcomes": dict(report.outcomes.most_common(25)),
+        "provider_outcomes": {  # the `providers` class (tests/simulation/providers.py)
+            k: n for k, n in sorted(report.outcomes.items()) if k.startswith("providers:")
+        },
     }
     print(json.dumps(summary, indent=2))
     if args.log:

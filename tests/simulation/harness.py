@@ -275,22 +275,25 @@ class Gate:
         if token in self.current:
             self.current.pop(token).set()
 
-    async def release(self, token: str, answered: asyncio.Future[Any]) -> None:
-        """Let one token's request on; `answered`: done once its requests have answered."""
+    async def release(self, token: str, answered: asyncio.Future[Any]) -> int:
+        """Let one token's request on; `answered`: done once its requests have answered.
+        Returns how many providers it was let on to."""
         queue = self.arrivals[token]
         item = queue.get_nowait()
+        rounds = 0
         while True:
             release, processed = item
             release.set()
+            rounds += 1
             await processed.wait()
             if self.verdicts.get(token) not in DEFINITE:
-                return
+                return rounds
             # Refused: it answers now, or arrives at the next provider first.
             arrival = asyncio.ensure_future(queue.get())
             await asyncio.wait({arrival, answered}, return_when=asyncio.FIRST_COMPLETED)
             if not arrival.done():
                 arrival.cancel()
-                return
+                return rounds
             item = arrival.result()
 
 
@@ -314,6 +317,7 @@ class Wire:
         self.kill_after_add: str | None = None  # this host dies once it has taken an add
         self.trails: dict[str, list[tuple[str, str]]] = {}  # token -> [(host, verdict)]
         self.touched: set[str] = set()  # tokens whose trail grew since the last check
+        self.killed = 0  # adds a provider died in the middle of
 
     def arm(self, action: str, when: str, nth: int) -> None:
         self.crash, self.crash_counter, self.crashed = (action, when, nth), 0, False
@@ -386,6 +390,7 @@ class Wire:
             if kill:  # it took the order (or refused it), then died before its reply left
                 self.kill_after_add = None
                 self.down.add(host)
+                self.killed += 1
                 raise httpx.RemoteProtocolError("simulated: the provider died mid-reply")
             verdict = reply.verdict()
             await self.run_hook(action, "after")
@@ -1393,7 +1398,9 @@ class Simulation(WideSteps, ProviderSteps):
                 for token in order:
                     if token in gate.arrived:
                         mine = [t for t, r in zip(tasks, requests, strict=True) if r[0] == token]
-                        await gate.release(token, asyncio.ensure_future(asyncio.wait(mine)))
+                        answered = asyncio.ensure_future(asyncio.wait(mine))
+                        if await gate.release(token, answered) > 1:
+                            self.outcomes["providers:concurrent-add-held-again"] += 1
                 replies = await asyncio.gather(*tasks)
         except TimeoutError:
             self.fail("concurrent adds deadlocked (nothing moved for 120 s)")
@@ -1890,6 +1897,7 @@ class Simulation(WideSteps, ProviderSteps):
                 )
         touched, self.wire.touched = self.wire.touched, set()
         self.check_trails(touched)
+        self.note_kills()
         self.check_alarms()
         for cust in self.customers:
             expected = self.funds[cust.id] - self.kept[cust.id]

@@ -78,7 +78,7 @@ class ProviderSteps:
 
     def providers_init(self: Simulation) -> None:
         self.a_funded = True
-        self.killed_mid_add = 0
+        self.killed_seen = 0
 
     @property
     def two_providers(self: Simulation) -> bool:
@@ -129,7 +129,7 @@ class ProviderSteps:
 
     async def step_provider_down(self: Simulation) -> None:
         roll = self.rng.random()
-        if roll < 0.5:
+        if roll < 0.6:
             host, name = A_HOST, "default"
         else:
             host, name = B_HOST, "b"
@@ -138,15 +138,13 @@ class ProviderSteps:
             self.note(f"provider {name}: back up (restarted, its orders kept)")
             self.outcomes[f"providers:{name}-up"] += 1
             return
-        if host == A_HOST and roll < 0.2:
-            # Killed while it takes the next add: it holds the order, the reply is lost.
+        if host == A_HOST and roll < 0.35:
+            # Killed while it takes the next add that reaches it (armed until one does): it
+            # holds the order (or refused it), its reply is lost, and it is down.
             self.wire.kill_after_add = A_HOST
-            self.note("provider default: killed during the next add it takes")
-            self.outcomes["providers:a-killed-mid-add"] += 1
+            self.note("provider default: to be killed during the next add it takes")
+            self.outcomes["providers:a-kill-armed"] += 1
             await self.step_add()
-            if self.wire.kill_after_add is not None:  # no add reached it: killed anyway
-                self.wire.kill_after_add = None
-                self.wire.down.add(A_HOST)
             return
         self.wire.down.add(host)
         self.note(f"provider {name}: down (connect refused)")
@@ -162,6 +160,12 @@ class ProviderSteps:
             await client.post("/_sim/faults", json={})
 
     # -- checks --
+
+    def note_kills(self: Simulation) -> None:
+        if self.wire.killed > self.killed_seen:
+            self.killed_seen = self.wire.killed
+            self.note("  provider default died in the middle of an add: down")
+            self.outcomes["providers:a-killed-mid-add"] += 1
 
     def check_trails(self: Simulation, tokens: set[str], count: bool = True) -> None:
         """A request reached another provider only after a definite refusal of the one it
