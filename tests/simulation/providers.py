@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 A, B = 1, 2  # provider ids: `default` (simulator A), then `b` as `providers add` numbers it
 A_HOST, B_HOST = "upstream.sim", "b.sim"
+NAMES = {A_HOST: "default", B_HOST: "b"}
 B_KEY = "vopr-simulator-key-b"
 B_SEED_OFFSET = 7919  # B's own randomness: another seed than A's
 FUNDED = "1000000000"  # what a funded simulator holds (its starting balance, 10**15 micros)
@@ -128,15 +129,14 @@ class ProviderSteps:
         self.outcomes[f"providers:a-{'funded' if self.a_funded else 'out-of-funds'}"] += 1
 
     async def step_provider_down(self: Simulation) -> None:
+        down = sorted(self.wire.down)
+        if down and self.rng.random() < 0.6:  # outages end: most steps bring one back
+            await self.provider_up(self.rng.choice(down))
+            return
         roll = self.rng.random()
-        if roll < 0.6:
-            host, name = A_HOST, "default"
-        else:
-            host, name = B_HOST, "b"
+        host = A_HOST if roll < 0.6 else B_HOST
         if host in self.wire.down:
-            self.wire.down.discard(host)
-            self.note(f"provider {name}: back up (restarted, its orders kept)")
-            self.outcomes[f"providers:{name}-up"] += 1
+            await self.provider_up(host)
             return
         if host == A_HOST and roll < 0.35:
             # Killed while it takes the next add that reaches it (armed until one does): it
@@ -147,8 +147,14 @@ class ProviderSteps:
             await self.step_add()
             return
         self.wire.down.add(host)
+        name = NAMES[host]
         self.note(f"provider {name}: down (connect refused)")
         self.outcomes[f"providers:{name}-down"] += 1
+
+    async def provider_up(self: Simulation, host: str) -> None:
+        self.wire.down.discard(host)
+        self.note(f"provider {NAMES[host]}: back up (restarted, its orders kept)")
+        self.outcomes[f"providers:{NAMES[host]}-up"] += 1
 
     async def providers_all_well(self: Simulation) -> None:
         """The drain: every provider up, funded, without faults."""
