@@ -27,6 +27,9 @@ upstream transport (before or after the simulator acted), or simulated by callin
 functions and dropping the process. Either way the harness then disposes the Gateway (its
 Database and UpstreamClient) and starts a fresh one on the same database URL, advances the
 clock past `sending_grace_seconds` and runs the recovery the real start-up runs (a sync pass).
+
+With the fault class `providers` (tests/simulation/providers.py) a second simulator is provider
+`b`; the Wire routes each call by host, so an upstream order is named (provider, id) throughout.
 """
 
 from __future__ import annotations
