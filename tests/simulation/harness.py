@@ -1329,9 +1329,12 @@ class Simulation(WideSteps, ProviderSteps):
         else:
             kinds = self.rng.sample(FAULT_KINDS, self.rng.randint(1, 3))
             table = {k: self.rng.choice((0.05, 0.1, 0.2, 0.3)) for k in kinds}
-        response = await self.sim_client.post("/_sim/faults", json=table)
+        provider = A
+        if self.two_providers and self.rng.random() < 0.4:
+            provider = B  # faults per provider: b's ambiguous answers leave orders unknown there
+        response = await self.sim_clients[provider].post("/_sim/faults", json=table)
         assert response.status_code == 200, response.text
-        self.note(f"faults: {table or 'off'}")
+        self.note(f"faults{'' if provider == A else ' at b'}: {table or 'off'}")
 
     async def step_idempotent_retry(self) -> None:
         cust = self.rng.choice(self.customers)
