@@ -102,6 +102,7 @@ async def main(args: argparse.Namespace) -> int:
         "faults": sorted(options.faults),
         "orders": report.orders,
         "upstream_orders": report.upstream_orders,
+        "orders_by_provider_state": report.by_provider,
         "crashes": report.crashes,
         "hung_replies": report.hangs,
         "full_checks": report.full_checks,
@@ -112,6 +113,9 @@ async def main(args: argparse.Namespace) -> int:
         "digest": report.digest,
         "step_kinds": dict(report.kinds.most_common()),
         "outcomes": dict(report.outcomes.most_common(25)),
+        "provider_outcomes": {  # the `providers` class (tests/simulation/providers.py)
+            k: n for k, n in sorted(report.outcomes.items()) if k.startswith("providers:")
+        },
     }
     print(json.dumps(summary, indent=2))
     if args.log:
@@ -149,17 +153,36 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--dialect", choices=("standard", "smartpanel"), default=None,
-                        help="the simulator's dialect (default: by the seed, even = standard)")
-    parser.add_argument("--full-check-every", type=int, default=None,
-                        help="run the whole-database checks every N steps (default: adaptive)")
-    parser.add_argument("--strict", action="store_true",
-                        help="fail on known bugs too (harness.KNOWN_BUGS) instead of counting them")
-    parser.add_argument("--weight", action="append", default=[], metavar="KIND=N",
-                        help="change one step kind's weight (replays of runs that changed them)")
-    parser.add_argument("--faults", default="all",
-                        help="the wider fault classes on: all, none, or a comma list of "
-                        + ", ".join(FAULT_CLASSES))
+    parser.add_argument(
+        "--dialect",
+        choices=("standard", "smartpanel"),
+        default=None,
+        help="the simulator's dialect (default: by the seed, even = standard)",
+    )
+    parser.add_argument(
+        "--full-check-every",
+        type=int,
+        default=None,
+        help="run the whole-database checks every N steps (default: adaptive)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on known bugs too (harness.KNOWN_BUGS) instead of counting them",
+    )
+    parser.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="KIND=N",
+        help="change one step kind's weight (replays of runs that changed them)",
+    )
+    parser.add_argument(
+        "--faults",
+        default="all",
+        help="the wider fault classes on: all, none, or a comma list of "
+        + ", ".join(FAULT_CLASSES),
+    )
     parser.add_argument("--progress-every", type=int, default=1000)
     parser.add_argument("--log", help="write the whole step log to this file")
     return parser.parse_args()

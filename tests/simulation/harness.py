@@ -27,6 +27,9 @@ upstream transport (before or after the simulator acted), or simulated by callin
 functions and dropping the process. Either way the harness then disposes the Gateway (its
 Database and UpstreamClient) and starts a fresh one on the same database URL, advances the
 clock past `sending_grace_seconds` and runs the recovery the real start-up runs (a sync pass).
+
+With the fault class `providers` (tests/simulation/providers.py) a second simulator is provider
+`b`; the Wire routes each call by host, so an upstream order is named (provider, id) throughout.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ from app.orders.placing import (
 )
 from app.orders.queries import resolve
 from app.orders.validation import OrderRequest, validate_add
+from app.providers import ProviderClients
 from app.settings import Settings, load_settings
 from app.simulator import FAULT_KINDS, SimConfig, create_simulator_app
 from app.simulator.catalog import CATALOG, SERVICES
@@ -82,9 +86,23 @@ from app.simulator.catalog import Service as SimService
 from app.sync import PassResult, sync_pass
 from app.upstream import Ambiguous, Refused, UpstreamClient
 
+from .providers import (
+    A_HOST,
+    B_HOST,
+    DEFINITE,
+    PROVIDER_STEPS,
+    PROVIDER_WEIGHTS,
+    A,
+    B,
+    ProviderSteps,
+    connect_refused,
+    host_of,
+    second_simulator,
+)
 from .wide import CLASS_STEPS, FAULT_CLASSES, WIDE_WEIGHTS, Hook, WideSteps, catalog_sync_checked
 
 SIM_KEY = "vopr-simulator-key"
+SECRET_KEY = "vopr-secret-key-for-provider-keys-0123456789"
 TICK = 1.0  # the simulator's time between two lifecycle steps of an order
 # Generous on purpose: thanks to `Wire` a reply that never comes costs no wall time at all
 # (it becomes a ReadTimeout at once), so the real timeouts are only a safety net that must
@@ -127,7 +145,11 @@ WEIGHTS: dict[str, int] = {
     "stalled_send": 1,
     # The wider classes of issue 10 (tests/simulation/wide.py), each off with its class.
     **WIDE_WEIGHTS,
+    # A second provider, out of funds, down, killed mid-add (tests/simulation/providers.py).
+    **PROVIDER_WEIGHTS,
 }
+# The fault class of each step kind that has one (off: the kind weighs 0).
+STEP_CLASSES = {**CLASS_STEPS, **PROVIDER_STEPS}
 
 # Bugs a run may meet and count instead of failing on, while their fix is pending (a run that
 # tolerates one counts it in Report.tolerated). Add an id here with its xfail regression test
@@ -217,23 +239,33 @@ class Gate:
     arrived there or been answered, then lets the harness release them one at a time
     (`release`). Requests are named by their link's token: two that share one (a retry racing
     its own first try with one Idempotency-Key) count once, since the second one waits for
-    the first one's outcome and answers only after its release."""
+    the first one's outcome and answers only after its release. A request a provider refused
+    definitely may arrive again at the next provider: it is held again, and its release goes
+    on until it either arrives there or its requests have answered (so that the providers see
+    the group in one order, whatever the timing)."""
 
     def __init__(self, tokens: set[str]) -> None:
         self.tokens = tokens
-        self.arrived: dict[str, asyncio.Event] = {}
-        self.processed: dict[str, asyncio.Event] = {}
+        self.arrivals: dict[str, asyncio.Queue[tuple[asyncio.Event, asyncio.Event]]] = {}
+        self.current: dict[str, asyncio.Event] = {}  # the round at the upstream: processed
+        self.verdicts: dict[str, str] = {}  # each token's last outcome at the wire
         self.answered: set[str] = set()
         self.all_in = asyncio.Event()
 
+    @property
+    def arrived(self) -> set[str]:
+        return set(self.arrivals)
+
     def _check(self) -> None:
-        if self.tokens <= set(self.arrived) | self.answered:
+        if self.tokens <= set(self.arrivals) | self.answered:
             self.all_in.set()
 
     async def hold(self, token: str) -> None:
-        release = asyncio.Event()
-        self.arrived[token] = release
-        self.processed[token] = asyncio.Event()
+        if self.verdicts.get(token, "refused") not in DEFINITE:
+            return  # it went on after an outcome that was no refusal: the checks report it
+        release, processed = asyncio.Event(), asyncio.Event()
+        self.arrivals.setdefault(token, asyncio.Queue()).put_nowait((release, processed))
+        self.current[token] = processed
         self._check()
         await release.wait()
 
@@ -241,22 +273,42 @@ class Gate:
         self.answered.add(token)
         self._check()
 
-    def done(self, token: str) -> None:
-        if token in self.processed:
-            self.processed[token].set()
+    def done(self, token: str, verdict: str) -> None:
+        self.verdicts[token] = verdict
+        if token in self.current:
+            self.current.pop(token).set()
 
-    async def release(self, token: str) -> None:
-        self.arrived[token].set()
-        await self.processed[token].wait()
+    async def release(self, token: str, answered: asyncio.Future[Any]) -> int:
+        """Let one token's request on; `answered`: done once its requests have answered.
+        Returns how many providers it was let on to."""
+        queue = self.arrivals[token]
+        item = queue.get_nowait()
+        rounds = 0
+        while True:
+            release, processed = item
+            release.set()
+            rounds += 1
+            await processed.wait()
+            if self.verdicts.get(token) not in DEFINITE:
+                return rounds
+            # Refused: it answers now, or arrives at the next provider first.
+            arrival = asyncio.ensure_future(queue.get())
+            await asyncio.wait({arrival, answered}, return_when=asyncio.FIRST_COMPLETED)
+            if not arrival.done():
+                arrival.cancel()
+                return rounds
+            item = arrival.result()
 
 
 class Wire:
-    """ASGI app between the gateway's upstream client and the simulator: arms crashes at a
-    chosen call, turns a reply that never comes into an immediate read timeout, and gates
-    concurrent adds."""
+    """ASGI app between the gateway's upstream clients and the simulators (one per provider,
+    by host): arms crashes at a chosen call, turns a reply that never comes into an immediate
+    read timeout, gates concurrent adds, refuses the connection to a provider that is down,
+    and keeps every `add`'s trail (which provider, what outcome) per request."""
 
-    def __init__(self, sim_app: FastAPI) -> None:
+    def __init__(self, sim_app: FastAPI, others: dict[str, FastAPI] | None = None) -> None:
         self.sim_app = sim_app
+        self.apps = {A_HOST: sim_app, **(others or {})}
         self.calls: Counter[str] = Counter()
         self.crash: tuple[str, str, int] | None = None  # (action, "before"|"after", nth call)
         self.crash_counter = 0
@@ -264,6 +316,11 @@ class Wire:
         self.gate: Gate | None = None
         self.hook: Hook | None = None  # a database fault or another instance, at one call
         self.hangs = 0
+        self.down: set[str] = set()  # hosts that refuse the connection
+        self.kill_after_add: str | None = None  # this host dies once it has taken an add
+        self.trails: dict[str, list[tuple[str, str]]] = {}  # token -> [(host, verdict)]
+        self.touched: set[str] = set()  # tokens whose trail grew since the last check
+        self.killed = 0  # adds a provider died in the middle of
 
     def arm(self, action: str, when: str, nth: int) -> None:
         self.crash, self.crash_counter, self.crashed = (action, when, nth), 0, False
@@ -271,10 +328,17 @@ class Wire:
     def disarm(self) -> None:
         self.crash = None
 
+    def record(self, token: str | None, host: str, verdict: str) -> None:
+        if token is not None:
+            self.trails.setdefault(token, []).append((host, verdict))
+            self.touched.add(token)
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.sim_app(scope, receive, send)
             return
+        host = host_of(scope)
+        sim_app = self.apps[host]
         body = bytearray()
         while True:
             message = await receive()
@@ -283,14 +347,20 @@ class Wire:
                 break
         form = _form(bytes(body))
         action = form.get("action", "")
+        token = _token_of(form)
+        if host in self.down:  # before anything else: the request never leaves
+            if action == "add":
+                self.record(token, host, "down")
+            raise connect_refused(host)
         self.calls[action] += 1
         when = None
         if self.crash is not None and self.crash[0] == action:
             self.crash_counter += 1
             if self.crash_counter == self.crash[2]:
                 when, self.crash, self.crashed = self.crash[1], None, True
-        token = _token_of(form)
         gate = self.gate if action == "add" else None
+        verdict = "ambiguous"
+        reply = _Reply(send)
         try:
             if gate is not None and token:
                 await gate.hold(token)
@@ -306,8 +376,9 @@ class Wire:
                     return {"type": "http.request", "body": bytes(body), "more_body": False}
                 raise _Hung  # only a reply that waits for the client to go away asks again
 
+            kill = action == "add" and self.kill_after_add == host
             try:
-                await self.sim_app(scope, replay, send)
+                await sim_app(scope, replay, reply.send if not kill else reply.keep)
             except _Hung:
                 self.hangs += 1
                 if when == "after":
@@ -319,16 +390,59 @@ class Wire:
                 raise
             if when == "after":
                 raise Crash(f"the gateway died before reading the reply to {action}")
+            if kill:  # it took the order (or refused it), then died before its reply left
+                self.kill_after_add = None
+                self.down.add(host)
+                self.killed += 1
+                raise httpx.RemoteProtocolError("simulated: the provider died mid-reply")
+            verdict = reply.verdict()
             await self.run_hook(action, "after")
         finally:
+            if action == "add":
+                self.record(token, host, verdict)
             if gate is not None and token:
-                gate.done(token)
+                gate.done(token, verdict)
 
     async def run_hook(self, action: str, when: str) -> None:
         hook = self.hook
         if hook is not None and hook.due(action, when):
             self.hook = None  # one shot: what it runs may call the upstream again
             await hook.run()
+
+
+class _Reply:
+    """What a simulator answered, as the Wire passes it on (or keeps it: a reply lost)."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self.status = 0
+        self.body = bytearray()
+
+    async def keep(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif message["type"] == "http.response.body":
+            self.body.extend(message.get("body", b""))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.keep(message)
+        await self._send(message)
+
+    def verdict(self) -> str:
+        """accepted (an order id), refused (an {"error"} or a 4xx) or ambiguous."""
+        if 400 <= self.status < 500:
+            return "refused"
+        if self.status != 200:
+            return "ambiguous"
+        try:
+            data = json.loads(bytes(self.body))
+        except ValueError:
+            return "ambiguous"
+        if isinstance(data, dict) and "order" in data:
+            return "accepted"
+        if isinstance(data, dict) and "error" in data:
+            return "refused"
+        return "ambiguous"
 
 
 def _token_of(params: dict[str, Any]) -> str | None:
@@ -388,6 +502,10 @@ class Node:
     def upstream(self) -> UpstreamClient:
         return self.app.state.gateway.upstream
 
+    @property
+    def providers(self) -> ProviderClients:
+        return self.app.state.gateway.providers
+
     async def stop(self) -> None:
         await self.client.aclose()
         await self.lifespan.__aexit__(None, None, None)
@@ -409,6 +527,7 @@ def gateway_settings(database_url: str, dialect: str) -> Settings:
         log_format="text",
         admin_token="",
         redis_url="",
+        secret_key=SECRET_KEY,  # provider b's key is stored encrypted with it
     )
 
 
@@ -441,6 +560,7 @@ class Rec:
     announced: bool
     token: str | None
     first_charge: int | None  # the upstream's first charge as the gateway kept it
+    provider_id: int = A
 
     @property
     def kept(self) -> int:
@@ -466,12 +586,13 @@ _COLUMNS = (
     Order.announced,
     Order.params,
     Order.upstream_first_charge,
+    Order.provider_id,
 )
 
 
 def _rec(row: Any) -> Rec:
     (oid, cid, sid, state, status, charge, cost, refunded, qty, up, settled, ann, params, first) = (
-        row
+        row[:14]
     )
     return Rec(
         oid,
@@ -488,6 +609,7 @@ def _rec(row: Any) -> Rec:
         bool(ann),
         _token_of(json.loads(params)),
         first,
+        row[14],
     )
 
 
@@ -532,12 +654,13 @@ class Report:
     cpu_seconds: float
     digest: str
     log: list[str]
+    by_provider: dict[str, int] = field(default_factory=dict)  # "provider:state" -> orders
 
 
 # --- the simulation -------------------------------------------------------------------------
 
 
-class Simulation(WideSteps):
+class Simulation(WideSteps, ProviderSteps):
     TICK = TICK
 
     def __init__(self, options: Options) -> None:
@@ -556,10 +679,21 @@ class Simulation(WideSteps):
             clock=self.clock,
         )
         self.sim = self.sim_app.state.sim
-        self.wire = Wire(self.sim_app)
-        self.sim_client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.sim_app), base_url="http://upstream.sim"
-        )
+        apps = {A: self.sim_app}
+        self.dialects = {A: self.dialect}
+        if "providers" in options.faults:
+            apps[B] = second_simulator(options.seed, self.clock)
+            self.dialects[B] = "standard"
+        self.sims = {pid: sim_app.state.sim for pid, sim_app in apps.items()}
+        self.wire = Wire(self.sim_app, {B_HOST: apps[B]} if B in apps else None)
+        self.sim_clients = {
+            pid: httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=sim_app),
+                base_url=f"http://{A_HOST if pid == A else B_HOST}",
+            )
+            for pid, sim_app in apps.items()
+        }
+        self.sim_client = self.sim_clients[A]
         self.settings = gateway_settings(options.database_url, self.dialect)
         self.grace = sending_grace_seconds(self.settings)
         self.node: Node | None = None
@@ -581,17 +715,18 @@ class Simulation(WideSteps):
         self.live: set[int] = set()
         self.kept: Counter[int] = Counter()  # per customer: sum of charge - refunded
         self.gw_by_token: dict[str, int] = {}
-        self.gw_by_upstream: dict[int, int] = {}
-        # the simulator's orders, as scanned
-        self.sim_by_token: dict[str, int] = {}
-        self.sim_scanned = 0
+        self.gw_by_upstream: dict[tuple[int, int], int] = {}  # (provider, upstream id) -> ours
+        # the simulators' orders, as scanned: a link -> (provider, upstream id)
+        self.sim_by_token: dict[str, tuple[int, int]] = {}
+        self.sim_scanned: Counter[int] = Counter()
         self.below_cost_ok: dict[tuple[int, int | None], bool] = {}
         self.alarms = Alarms()
         self.wide_init()
+        self.providers_init()
         kinds = list(options.weights)
         self._kinds = kinds
         self._weights = [
-            0 if CLASS_STEPS.get(k, "") not in options.faults | {""} else options.weights[k]
+            0 if STEP_CLASSES.get(k, "") not in options.faults | {""} else options.weights[k]
             for k in kinds
         ]
 
@@ -606,6 +741,12 @@ class Simulation(WideSteps):
     def upstream(self) -> UpstreamClient:
         assert self.node is not None
         return self.node.upstream
+
+    @property
+    def clients(self) -> ProviderClients:
+        """Every provider's client, as the running gateway holds them."""
+        assert self.node is not None
+        return self.node.providers
 
     def note(self, text: str) -> None:
         self.log.append(f"{self.step:>6} {text}")
@@ -715,6 +856,7 @@ class Simulation(WideSteps):
             cpu_seconds=time.process_time() - cpu,
             digest=digest,
             log=self.log,
+            by_provider=dict(sorted(self.provider_counts().items())),
         )
 
     def full_check_every(self) -> int:
@@ -737,6 +879,8 @@ class Simulation(WideSteps):
         result = await sync_catalog(self.db, self.upstream)
         if not result.ok:
             raise SimulationFailure(self.describe(f"catalog sync failed at start: {result}"))
+        if self.two_providers:
+            await self.add_second_provider()
         for _ in range(3):
             await self.new_customer()
         self.note(f"setup: dialect {self.dialect}, {len(self.customers)} customers")
@@ -748,7 +892,8 @@ class Simulation(WideSteps):
                 await self.node.stop()
             finally:
                 self.node = None
-        await self.sim_client.aclose()
+        for client in self.sim_clients.values():
+            await client.aclose()
 
     async def new_customer(self) -> Cust:
         dialect = self.rng.choice(("standard", "smartpanel"))
@@ -1131,22 +1276,31 @@ class Simulation(WideSteps):
         ranks = [self.rank_new(i) if i == fresh else self.rank(i) for i in ids]
         self.note(f"cancel: customer {cust.id} {ranks} -> {said}")
 
-    async def upstream_order_for(self, token: str | None) -> int | None:
-        """What an operator finds upstream for an order: `/_sim/orders` searched by its link
-        (the in-process index once the listing is large)."""
+    async def upstream_order_for(self, token: str | None, provider: int = A) -> int | None:
+        """What an operator finds at the order's provider for it: that simulator's
+        `/_sim/orders` searched by its link (the in-process index once the listing is large).
+        A link held by another provider than the order's is a failure."""
         if token is None:
             return None
-        if len(self.sim.orders) <= 2000:
-            listing = (await self.sim_client.get("/_sim/orders")).json()
+        self.scan_sim()
+        held = self.sim_by_token.get(token)
+        if held is not None and held[0] != provider:
+            self.fail(f"{token} is at provider {held[0]}, its order is on provider {provider}")
+        if len(self.sims[provider].orders) <= 2000:
+            listing = (await self.sim_clients[provider].get("/_sim/orders")).json()
             found = [row["id"] for row in listing if _token_of(row["params"]) == token]
             if len(found) > 1:
                 self.fail(f"the upstream holds {len(found)} orders for {token}: {found}")
             return found[0] if found else None
-        self.scan_sim()
-        return self.sim_by_token.get(token)
+        return held[1] if held is not None else None
 
     async def operator_resolves(self, order_id: int, token: str | None) -> str:
-        upstream_id = await self.upstream_order_for(token)
+        rec = self.recs.get(order_id)
+        if rec is None:  # made in this very step: read it
+            async with self.db.read() as conn:
+                row = (await conn.execute(select(*_COLUMNS).where(Order.id == order_id))).one()
+            rec = _rec(row)
+        upstream_id = await self.upstream_order_for(token, rec.provider_id)
         try:
             if upstream_id is None:
                 await resolve(self.db, order_id, not_placed=True)
@@ -1175,9 +1329,12 @@ class Simulation(WideSteps):
         else:
             kinds = self.rng.sample(FAULT_KINDS, self.rng.randint(1, 3))
             table = {k: self.rng.choice((0.05, 0.1, 0.2, 0.3)) for k in kinds}
-        response = await self.sim_client.post("/_sim/faults", json=table)
+        provider = A
+        if self.two_providers and self.rng.random() < 0.4:
+            provider = B  # faults per provider: b's ambiguous answers leave orders unknown there
+        response = await self.sim_clients[provider].post("/_sim/faults", json=table)
         assert response.status_code == 200, response.text
-        self.note(f"faults: {table or 'off'}")
+        self.note(f"faults{'' if provider == A else ' at b'}: {table or 'off'}")
 
     async def step_idempotent_retry(self) -> None:
         cust = self.rng.choice(self.customers)
@@ -1246,7 +1403,10 @@ class Simulation(WideSteps):
                     order = [_token_of(json.loads(p)) for _, p in rows]
                 for token in order:
                     if token in gate.arrived:
-                        await gate.release(token)
+                        mine = [t for t, r in zip(tasks, requests, strict=True) if r[0] == token]
+                        answered = asyncio.ensure_future(asyncio.wait(mine))
+                        if await gate.release(token, answered) > 1:
+                            self.outcomes["providers:concurrent-add-held-again"] += 1
                 replies = await asyncio.gather(*tasks)
         except TimeoutError:
             self.fail("concurrent adds deadlocked (nothing moved for 120 s)")
@@ -1289,7 +1449,7 @@ class Simulation(WideSteps):
     async def _sync_pass(self, batch_size: int) -> Any:
         return await sync_pass(
             self.db,
-            self.upstream,
+            self.clients,
             sending_grace_seconds=self.grace,
             batch_size=batch_size,
             lease_seconds=self.grace,
@@ -1490,6 +1650,7 @@ class Simulation(WideSteps):
 
     async def drain(self) -> None:
         await self.sim_client.post("/_sim/faults", json={})
+        await self.providers_all_well()
         await self.heal_all()
         self.note("drain: faults off; resolve every unknown order, sync until all is final")
         for _ in range(30):
@@ -1523,36 +1684,40 @@ class Simulation(WideSteps):
                 select(func.count()).select_from(Order).where(Order.state == state)
             )
 
-    def scan_sim(self) -> list[int]:
-        """New top-level orders the simulator holds since the last scan; each must belong to
-        exactly one link we sent, and no link may reach it twice."""
-        orders = self.sim.orders
-        if len(orders) == self.sim_scanned:
-            return []
+    def scan_sim(self) -> list[tuple[int, int]]:
+        """New top-level orders the simulators hold since the last scan, as (provider, id);
+        each must belong to exactly one link we sent, and no link may reach one twice, at
+        one provider or at two."""
         new = []
-        for order in list(orders.values())[self.sim_scanned :]:
-            if order.parent is not None:
+        for provider, sim in self.sims.items():
+            orders = sim.orders
+            if len(orders) == self.sim_scanned[provider]:
                 continue
-            token = _token_of(order.params)
-            if token is None:
-                self.fail(f"the upstream holds order {order.id} we cannot name: {order.params}")
-                continue
-            if token in self.sim_by_token:
-                self.fail(
-                    f"the upstream got {token} twice: orders {self.sim_by_token[token]} and"
-                    f" {order.id} (a retried add buys twice)"
-                )
-            self.sim_by_token[token] = order.id
-            new.append(order.id)
-        self.sim_scanned = len(orders)
+            for order in list(orders.values())[self.sim_scanned[provider] :]:
+                if order.parent is not None:
+                    continue
+                token = _token_of(order.params)
+                if token is None:
+                    self.fail(f"the upstream holds order {order.id} we cannot name: {order.params}")
+                    continue
+                if token in self.sim_by_token:
+                    self.fail(
+                        f"the upstream got {token} twice: orders {self.sim_by_token[token]} and"
+                        f" {(provider, order.id)} (provider, id): a retried add bought twice, or"
+                        " a failover after an outcome that was no refusal"
+                    )
+                self.sim_by_token[token] = (provider, order.id)
+                new.append((provider, order.id))
+            self.sim_scanned[provider] = len(orders)
         return new
 
     def expected_refund(self, rec: Rec) -> int | None:
         """DESIGN.md's settlement of a final order, from what the simulator itself holds."""
-        sim_order = self.sim.orders.get(rec.upstream_order_id)
+        sim = self.sims[rec.provider_id]
+        sim_order = sim.orders.get(rec.upstream_order_id)
         if sim_order is None:
             return None
-        view = self.sim.view(sim_order)
+        view = sim.view(sim_order)
         if view.status == COMPLETED:
             return 0
         if view.status == CANCELED:
@@ -1560,7 +1725,7 @@ class Simulation(WideSteps):
         service_type = sim_order.service.type
         flat = service_type in PACKAGE_TYPES or service_type == "Subscriptions"
         # SmartPanel reports no remains for drip-feed parents and subscriptions.
-        reports_remains = self.dialect == "standard" or sim_order.kind == "plain"
+        reports_remains = self.dialects[rec.provider_id] == "standard" or sim_order.kind == "plain"
         if view.status == PARTIAL and reports_remains and not flat:
             remains = min(max(view.remains, 0), rec.quantity)
             return rec.charge * remains // rec.quantity
@@ -1600,23 +1765,33 @@ class Simulation(WideSteps):
                 self.fail(
                     f"{where}: upstream id {before.upstream_order_id} -> {rec.upstream_order_id}"
                 )
+            if before.state != SENDING and before.provider_id != rec.provider_id:
+                self.fail(f"{where}: moved from provider {before.provider_id} to {rec.provider_id}")
         if rec.state == SENDING:
             self.fail(f"{where} is still sending after its step ended")
         self.check_wide_order(rec, before, where)
-        upstream = self.sim_by_token.get(rec.token) if rec.token else None
+        held = self.sim_by_token.get(rec.token) if rec.token else None  # (provider, id)
+        upstream = held[1] if held is not None else None
+        if rec.state in (PLACED, UNKNOWN, SENDING) and rec.provider_id not in self.sims:
+            self.fail(f"{where} is {rec.state} on provider {rec.provider_id}, which we never added")
+        if held is not None and held[0] != rec.provider_id and rec.state != REJECTED:
+            self.fail(
+                f"{where} is {rec.state} on provider {rec.provider_id}, but provider {held[0]}"
+                f" holds its link as {held[1]}"
+            )
         if rec.state == PLACED:
             if rec.upstream_order_id is None:
                 self.fail(f"{where} is placed without an upstream id")
-            elif upstream != rec.upstream_order_id:
+            elif held != (rec.provider_id, rec.upstream_order_id):
                 self.fail(
-                    f"{where} is placed as upstream {rec.upstream_order_id}, but the upstream's"
-                    f" order for its link is {upstream}"
+                    f"{where} is placed as upstream {rec.upstream_order_id} on provider"
+                    f" {rec.provider_id}, but the upstream's order for its link is {held}"
+                    " (provider, id)"
                 )
-            owner = self.gw_by_upstream.setdefault(rec.upstream_order_id, rec.id)
+            mark = (rec.provider_id, rec.upstream_order_id or 0)
+            owner = self.gw_by_upstream.setdefault(mark, rec.id)
             if owner != rec.id:
-                self.fail(
-                    f"{where} and {self.rank(owner)} both claim upstream {rec.upstream_order_id}"
-                )
+                self.fail(f"{where} and {self.rank(owner)} both claim upstream {mark}")
         elif rec.upstream_order_id is not None:
             self.fail(f"{where} is {rec.state} with upstream id {rec.upstream_order_id}")
         if rec.state in (SENDING, UNKNOWN) and rec.refunded:
@@ -1636,11 +1811,12 @@ class Simulation(WideSteps):
             if not rec.settled and rec.refunded:
                 self.fail(f"{where} refunded {rec.refunded} before it was final")
             if rec.settled:
-                sim_status = self.sim.view(self.sim.orders[rec.upstream_order_id]).status
+                sim = self.sims[rec.provider_id]
+                sim_status = sim.view(sim.orders[rec.upstream_order_id]).status
                 if sim_status != rec.status:
                     self.fail(f"{where} settled as {rec.status}; the upstream says {sim_status}")
                 expected = self.expected_refund(rec)
-                sim_order = self.sim.orders[rec.upstream_order_id]
+                sim_order = sim.orders[rec.upstream_order_id]
                 bug = None
                 if (
                     sim_order.kind == "subscription"
@@ -1654,11 +1830,11 @@ class Simulation(WideSteps):
                     bug = "poison-settled"
                 if expected != rec.refunded:
                     self.fail(
-                        f"{where} ({self.sim.orders[rec.upstream_order_id].service.type},"
+                        f"{where} ({sim_order.service.type}, provider {rec.provider_id},"
                         f" {rec.status}) refunded {rec.refunded}; DESIGN.md's settlement gives"
                         f" {expected} (charge {rec.charge}, cost {rec.cost}, quantity"
                         f" {rec.quantity}, upstream view"
-                        f" {self.sim.view(sim_order)})",
+                        f" {sim.view(sim_order)})",
                         bug=bug,
                     )
 
@@ -1711,11 +1887,13 @@ class Simulation(WideSteps):
             before = self.recs.get(rec.id)
             self.apply(rec)
             self.check_order(rec, before)
-        for upstream_id in new_upstream:
-            token = _token_of(self.sim.orders[upstream_id].params)
+        for provider, upstream_id in new_upstream:
+            token = _token_of(self.sims[provider].orders[upstream_id].params)
             owner = self.gw_by_token.get(token or "")
             if owner is None:
-                self.fail(f"the upstream holds order {upstream_id} ({token}) we have no order for")
+                self.fail(
+                    f"provider {provider} holds order {upstream_id} ({token}) we have no order for"
+                )
                 continue
             rec = self.recs[owner]
             if rec.state == REJECTED:
@@ -1723,6 +1901,9 @@ class Simulation(WideSteps):
                     f"order {self.rank(owner)} was rejected and refunded, yet the upstream"
                     f" holds it as {upstream_id}: a free order"
                 )
+        touched, self.wire.touched = self.wire.touched, set()
+        self.check_trails(touched)
+        self.note_kills()
         self.check_alarms()
         for cust in self.customers:
             expected = self.funds[cust.id] - self.kept[cust.id]
@@ -1770,27 +1951,31 @@ class Simulation(WideSteps):
             if before != rec:
                 self.fail(f"order id {rec.id} changed outside any check: {before} -> {rec}")
             self.check_order(rec, before)
-        listing = self.sim.listing()  # what GET /_sim/orders answers, without the JSON
-        tokens = Counter(_token_of(row["params"]) for row in listing)
+        listing = [  # what GET /_sim/orders answers, without the JSON, per provider
+            (provider, row) for provider, sim in self.sims.items() for row in sim.listing()
+        ]
+        tokens = Counter(_token_of(row["params"]) for _, row in listing)
         if any(n > 1 for n in tokens.values()):
             twice = [t for t, n in tokens.items() if n > 1]
-            self.fail(f"the upstream holds one request twice: {twice}")
+            self.fail(f"the upstreams hold one request twice (at one provider or two): {twice}")
         by_token = {r.token: r for r in rows}
-        for row in listing:
+        for provider, row in listing:
             rec = by_token.get(_token_of(row["params"]))
             if rec is None:
-                self.fail(f"upstream order {row['id']} matches none of ours")
-            elif not (
+                self.fail(f"upstream order {row['id']} at provider {provider} matches none of ours")
+            elif rec.provider_id != provider or not (
                 (rec.state == PLACED and rec.upstream_order_id == row["id"])
                 or rec.state in (UNKNOWN, SENDING)
             ):
                 self.fail(
-                    f"upstream order {row['id']} belongs to order {self.rank(rec.id)},"
-                    f" which is {rec.state} with upstream id {rec.upstream_order_id}"
+                    f"upstream order {row['id']} at provider {provider} belongs to order"
+                    f" {self.rank(rec.id)}, which is {rec.state} on provider {rec.provider_id}"
+                    f" with upstream id {rec.upstream_order_id}"
                 )
-        placed = Counter(r.upstream_order_id for r in rows if r.state == PLACED)
+        placed = Counter((r.provider_id, r.upstream_order_id) for r in rows if r.state == PLACED)
         if any(n > 1 for n in placed.values()):
             self.fail(f"upstream orders claimed twice: {[u for u, n in placed.items() if n > 1]}")
+        self.check_trails(set(self.wire.trails), count=False)
         kept: Counter[int] = Counter()
         for rec in rows:
             kept[rec.customer_id] += rec.kept
@@ -1818,8 +2003,10 @@ class Simulation(WideSteps):
         ]
         async with self.db.read() as conn:
             balances = sorted(list(await conn.execute(select(Customer.id, Customer.balance))))
-        sim = sorted(self.sim_by_token.values())
-        text = json.dumps([parts, [list(b) for b in balances], sim, self.sim.balance])
+        # One provider: the upstream ids alone (the digests of runs before providers stay).
+        sim = [u if p == A else [p, u] for p, u in sorted(self.sim_by_token.values())]
+        money = [self.sim.balance] + [s.balance for p, s in self.sims.items() if p != A]
+        text = json.dumps([parts, [list(b) for b in balances], sim, *money])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -1,8 +1,10 @@
 """The seeded simulation in CI: a few seeds x a few hundred steps, on SQLite and PostgreSQL.
 
 Every step is followed by every check (the per-step checks and the whole-database ones,
-`ledger.verify` included). Seeds alternate the simulator's dialect (even: standard, with
-refill and cancel; odd: SmartPanel). A failure prints the seed, the step and the step log;
+`ledger.verify` included). Every fault class is on, `providers` included: a second simulator
+is provider `b`, the alternative of every service. Seeds alternate the first simulator's
+dialect (even: standard, with refill and cancel; odd: SmartPanel); b's is standard. A
+failure prints the seed, the step and the step log;
 `python bench/simulate.py --seed S --steps N --db sqlite|postgresql` replays it.
 """
 
@@ -19,7 +21,8 @@ STEPS = 250
 def _summary(report: Report) -> str:
     return (
         f"seed {report.seed} on {report.db} ({report.dialect}): {report.steps} steps,"
-        f" {report.orders} orders, {report.upstream_orders} upstream, {report.crashes} crashes,"
+        f" {report.orders} orders ({report.by_provider}), {report.upstream_orders} upstream,"
+        f" {report.crashes} crashes,"
         f" {report.wall_seconds:.1f} s wall, {report.cpu_seconds:.1f} s cpu"
     )
 
@@ -36,6 +39,13 @@ async def test_seeded_simulation(db: Database, database_url: str, seed: int) -> 
     for kind in ("catalog_change", "poison", "unknown_status", "db_fault", "lease_race"):
         assert report.kinds[kind] > 0, (kind, _summary(report))
     assert report.outcomes["charge:differs"] > 0, _summary(report)
+    # Issue 13: a second provider (tests/simulation/providers.py). Provider default ran out of
+    # funds and went down; orders failed over to b after a definite refusal, and stayed there.
+    for kind in ("provider_funds", "provider_down"):
+        assert report.kinds[kind] > 0, (kind, _summary(report))
+    failovers = sum(n for k, n in report.outcomes.items() if k.startswith("providers:failover"))
+    assert failovers > 0, (report.outcomes, _summary(report))
+    assert any(k.startswith("2:") for k in report.by_provider), report.by_provider
     # Known bugs are counted, not hidden: the regression tests name each one.
     assert set(report.tolerated) <= KNOWN_BUGS
 

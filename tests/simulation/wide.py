@@ -11,7 +11,9 @@
   status call of a sync pass, after the catalog call): PostgreSQL drops the gateway's
   connections (pg_terminate_backend), SQLite is write-locked by another connection for a while;
 - `lease`: a second gateway instance on the same database runs its sync pass while the first
-  one's status call is outstanding and its lease has expired (the clock jumps past it).
+  one's status call is outstanding and its lease has expired (the clock jumps past it);
+- `providers`: a second provider, with provider `default` out of funds, down and restarted,
+  killed mid-add, and the second one down (tests/simulation/providers.py).
 
 Nothing of the gateway is mocked: every fault is a simulator knob or a real database fault.
 """
@@ -37,7 +39,7 @@ from app.sync import sync_pass
 if TYPE_CHECKING:
     from .harness import Node, Rec, Simulation
 
-FAULT_CLASSES = ("catalog", "poison", "statuses", "charge", "db", "lease")
+FAULT_CLASSES = ("catalog", "poison", "statuses", "charge", "db", "lease", "providers")
 # The step kinds each class adds (a class switched off weighs its steps 0; `charge` is a marker).
 CLASS_STEPS = {
     "catalog_change": "catalog",
@@ -169,7 +171,9 @@ class WideSteps:
         return sorted(
             r.upstream_order_id
             for i in self.live
-            if (r := self.recs[i]).upstream_order_id is not None and not r.settled
+            if (r := self.recs[i]).upstream_order_id is not None
+            and not r.settled
+            and r.provider_id == 1  # the knobs of provider `default`'s simulator
         )
 
     async def heal_one(self: Simulation) -> bool:
@@ -242,7 +246,7 @@ class WideSteps:
                 bug="unknown-status-shown",
             )
         newly = rec.settled and (before is None or not before.settled)
-        fields = self.poisoned.get(rec.upstream_order_id or -1)
+        fields = self.poisoned.get(rec.upstream_order_id or -1) if rec.provider_id == 1 else None
         if newly and fields is not None:
             self.settled_poisoned.add(rec.id)
             self.fail(
@@ -251,7 +255,7 @@ class WideSteps:
                 bug="unknown-status-settled" if "status" in fields else "poison-settled",
             )
         if rec.settled and rec.first_charge is not None:
-            sim_order = self.sim.orders.get(rec.upstream_order_id or -1)
+            sim_order = self.sims[rec.provider_id].orders.get(rec.upstream_order_id or -1)
             # Exact for a plain order; a drip-feed parent's is the sum of the runs it showed.
             if (
                 sim_order is not None
@@ -385,7 +389,7 @@ class WideSteps:
             self.clock.advance(self.grace + self.upstream.max_call_seconds + 3 * self.TICK)
             result = await sync_pass(
                 other.db,
-                other.upstream,
+                other.providers,
                 sending_grace_seconds=self.grace,
                 batch_size=100,
                 lease_seconds=self.grace,
@@ -416,7 +420,7 @@ async def catalog_sync_checked(sim: Simulation) -> None:
         return
     sim.note(f"catalog sync: {'ok' if result.ok else result.error}")
     # (A fault of the services call itself may fail it: that is no poison's doing.)
-    if sim.poisoned_services and not result.ok and not sim.sim.faults:
+    if sim.poisoned_services and not result.ok and not sim.sim.faults and not sim.wire.down:
         sim.fail(
             f"one poison catalog entry failed the whole catalog sync: {result.error}",
             bug="poison-catalog",
