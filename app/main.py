@@ -95,11 +95,8 @@ async def sync_orders_forever(gateway: Gateway) -> None:
         gateway.db,
         gateway.providers,
         gateway.settings.sync_interval_seconds,
-        # A provider may have timeouts longer than the settings': the longest call decides.
-        max(
-            sending_grace_seconds(gateway.settings),
-            gateway.providers.max_call_seconds + SEND_MARGIN_SECONDS,
-        ),
+        # A provider may have timeouts longer than the settings': each pass counts them.
+        sending_grace_seconds(gateway.settings),
     )
 
 

@@ -44,7 +44,7 @@ from app.contract import (
 )
 from app.db import Database, is_unreachable
 from app.models import Order, utcnow
-from app.orders.placing import PLACED, recover_stale_sending
+from app.orders.placing import PLACED, SEND_MARGIN_SECONDS, recover_stale_sending
 from app.providers import ProviderClients, as_clients
 from app.settlement import ratio_refund, remains_refund
 from app.upstream import Refused, UpstreamClient, UpstreamOrderStatus
@@ -546,22 +546,33 @@ async def _with_child_charges(
     return completed
 
 
+async def pass_grace(db: Database, clients: ProviderClients, floor: float) -> float:
+    """How long an order may stay `sending` before a pass calls it unknown: at least `floor`
+    (the settings'), and never less than the slowest provider's call as the providers table
+    says now, so recovery never steps in while a provider may still answer."""
+    await clients.refresh(db)
+    return max(floor, clients.max_call_seconds + SEND_MARGIN_SECONDS)
+
+
 async def sync_forever(
     db: Database,
     upstream: UpstreamClient | ProviderClients,
     interval: float,
     sending_grace_seconds: float,
 ) -> None:
+    clients = as_clients(upstream)
     while True:
         try:
+            # Each pass: a provider added or slowed since the loop started counts.
+            grace = await pass_grace(db, clients, sending_grace_seconds)
             result = await sync_pass(
                 db,
-                upstream,
-                sending_grace_seconds=sending_grace_seconds,
+                clients,
+                sending_grace_seconds=grace,
                 min_age_seconds=interval / 2,
                 # A batch takes one upstream call, bounded by the grace: a process killed
                 # mid-batch delays those orders by that long, not by minutes.
-                lease_seconds=sending_grace_seconds,
+                lease_seconds=grace,
             )
             if result.polled:
                 log.info(

@@ -7,10 +7,13 @@ alternatives of local services 9 and 14, after A's. Everything is asked of the s
 themselves (/_sim/stats, /_sim/orders) and of the gateway's contract; both databases.
 """
 
+import asyncio
+import contextlib
 import json
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -41,11 +44,12 @@ from app.catalog import OTHER_PROVIDERS_FIRST_ID
 from app.contract import TEMPORARILY_UNAVAILABLE
 from app.db import Database
 from app.errors import OperatorError
-from app.main import Gateway, create_app
+from app.main import Gateway, create_app, sending_grace_seconds
+from app.models import utcnow
 from app.money import charge_for, parse_micros
 from app.orders.queries import get_order
 from app.simulator import SimConfig, create_simulator_app
-from app.sync import sync_pass
+from app.sync import sync_forever, sync_pass
 
 KEY_B = "sim-b-key-0123456789"
 SECRET = "a-test-secret-of-at-least-32-characters!"
@@ -596,3 +600,34 @@ async def test_a_seeded_run_across_two_providers_keeps_every_proof(
     assert sum(parse_micros(line.margin) for line in report.by_provider) == parse_micros(
         report.total.margin
     )
+
+
+async def test_recovery_waits_out_the_slowest_provider_s_call(two: Two, db: Database) -> None:
+    """The sync loop (the worker's) started before a provider was made slower must not call an
+    order still waiting on that provider's call unknown: an operator could then refund an
+    order the provider is about to place."""
+    customer = await _customer(db)
+    _, on_b = await _one_on_each(two, db, customer)
+    grace = sending_grace_seconds(two.gw.settings)
+    # The worker's loop (app.main.sync_orders_forever gives it these), passes 50 ms apart.
+    loop = asyncio.create_task(sync_forever(db, two.gw.providers, 0.05, grace))
+    try:
+        await asyncio.sleep(0.2)  # the loop is running, with b's timeouts as they were
+        await providers.update_provider(db, two.gw.settings, "b", read_timeout_seconds=60.0)
+        assert grace < 20 < 60
+        # Sent to b 20 s ago and not answered yet (as a slow b leaves it): past the settings'
+        # grace, well inside b's own read timeout now.
+        async with db.write() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE orders SET state = 'sending', upstream_order_id = NULL,"
+                    " updated_at = :at WHERE id = :id"
+                ),
+                {"at": utcnow() - timedelta(seconds=20), "id": on_b},
+            )
+        await asyncio.sleep(0.5)  # several passes
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    assert (await get_order(db, on_b)).state == "sending"

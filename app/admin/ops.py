@@ -58,7 +58,7 @@ from app.parsing import row_id
 from app.providers import ProviderClients, as_clients
 from app.report import build_report
 from app.settings import Settings
-from app.sync import PassResult, sync_pass
+from app.sync import PassResult, pass_grace, sync_pass
 from app.upstream import Ambiguous, Refused, UpstreamClient
 
 # --- naming things ------------------------------------------------------------------------------
@@ -472,12 +472,9 @@ async def run_sync_pass(
 ) -> SyncPassOut:
     """One status-sync pass (also turns orders stranded in `sending` into `unknown`)."""
     from app.main import sending_grace_seconds  # here: app.main imports the admin router
-    from app.orders.placing import SEND_MARGIN_SECONDS
 
     clients = as_clients(upstream)
-    await clients.refresh(db)
-    # A provider may have timeouts longer than the settings': the longest call decides.
-    grace = max(sending_grace_seconds(settings), clients.max_call_seconds + SEND_MARGIN_SECONDS)
+    grace = await pass_grace(db, clients, sending_grace_seconds(settings))
     result = await sync_pass(db, clients, sending_grace_seconds=grace, on_batch=on_batch)
     return SyncPassOut.of(result)
 
