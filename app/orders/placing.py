@@ -163,7 +163,10 @@ async def send_and_commit(
         if index == 0:
             sendable = _young(committed_at) or await _still_sendable(db, order_id)
         else:
-            sendable = await _switch(db, order_id, attempt)
+            # Young when its switch was stamped, and still after the switch's write: a stall
+            # in between must not send what recovery may be about to call unknown.
+            stamped = utcnow()
+            sendable = await _switch(db, order_id, attempt, stamped) and _young(stamped)
         if not sendable:
             # Stalled past the margin (a pause, an overloaded host): recovery may already call
             # this order unknown and an operator refund it, so it must never reach the upstream.
@@ -187,7 +190,7 @@ async def send_and_commit(
     raise AssertionError("a route ends in an outcome")
 
 
-async def _switch(db: Database, order_id: int, attempt: Attempt) -> bool:
+async def _switch(db: Database, order_id: int, attempt: Attempt, now: datetime) -> bool:
     """Record the next provider (what it is sent, what it costs there) before sending; its
     `updated_at` restarts the recovery's clock. False: no longer `sending`."""
     async with db.write() as conn:
@@ -198,7 +201,7 @@ async def _switch(db: Database, order_id: int, attempt: Attempt) -> bool:
                 provider_id=attempt.provider_id,
                 params=json.dumps(attempt.params),
                 cost=attempt.cost,
-                updated_at=utcnow(),
+                updated_at=now,
             )
         )
     return result.rowcount == 1
